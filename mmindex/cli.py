@@ -1,0 +1,338 @@
+"""The `mmindex` command. Exit codes: 0 done (even with per-item failures), 2 bad arguments or
+configuration (one line on stderr), 1 anything else that stopped a run.
+
+Heavy imports (torch, transformers, prefect) happen inside the commands that need them, so
+`mmindex stats` and `mmindex --help` stay quick.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from mmindex.config import DEFAULT_MODEL, DEVICES, Settings
+from mmindex.errors import ConfigError, MMIndexError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Index images and captions into LanceDB with CLIP, and search them.",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="LanceDB URI [env MMINDEX_DB, default ./mmindex.lancedb]")
+]
+TableOption = Annotated[
+    str | None, typer.Option("--table", help="table name [env MMINDEX_TABLE, default images]")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"mmindex: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(command: F) -> F:
+    """Turn mmindex's exceptions into one line on stderr and the documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as exc:
+            fail(str(exc), 2)
+        except MMIndexError as exc:
+            fail(str(exc), 1)
+        except KeyboardInterrupt:
+            typer.echo("mmindex: interrupted; finished batches are saved and a rerun continues", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _settings(db: str | None, table: str | None) -> Settings:
+    return Settings.from_env(db=db, table=table)
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None and device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+
+
+@app.command()
+@handles_errors
+def index(
+    source: Annotated[
+        str, typer.Argument(help="directory, manifest (.csv/.jsonl/.parquet) or s3://bucket/prefix")
+    ],
+    db: DbOption = None,
+    table: TableOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help=f"CLIP model id or directory [MMINDEX_MODEL; default: the table's, else {DEFAULT_MODEL}]",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="images per forward pass [32 on CPU, 256 on CUDA]"),
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="delete rows whose files are gone")] = False,
+    json_output: JsonOption = False,
+    captions: Annotated[
+        str | None, typer.Option("--captions", help="manifest with captions for a directory's images")
+    ] = None,
+    path_column: Annotated[
+        str | None, typer.Option("--path-column", help="manifest column holding image paths")
+    ] = None,
+    caption_column: Annotated[
+        str | None, typer.Option("--caption-column", help="manifest column holding captions")
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="glob on keys to include (repeatable)")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="glob on keys to exclude (repeatable)")
+    ] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="only keys starting with this")] = "",
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="only items modified at or after (UTC)")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option("--until", help="only items modified before (UTC)")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="decode threads [1 on CPU, cores-1 on GPU]")
+    ] = None,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, bf16, fp16")
+    ] = "auto",
+    quantize: Annotated[
+        str | None, typer.Option("--quantize", help="int8: dynamic int8 linear layers (CPU)")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="retry items that failed before, unchanged")
+    ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
+) -> None:
+    """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
+    from mmindex.jobs import IndexJob, prepare_index
+
+    _check_device(device)
+    job = IndexJob(
+        source=source,
+        db=db,
+        table=table,
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        prune=prune,
+        retry_failed=retry_failed,
+        captions=captions,
+        path_column=path_column,
+        caption_column=caption_column,
+        include=list(include or []),
+        exclude=list(exclude or []),
+        prefix=prefix,
+        since=since,
+        until=until,
+        precision=precision,
+        quantize=quantize,
+    )
+    prepare_index(job)  # refuse bad arguments before a flow (and a Prefect server) starts
+    from flows.index import index_flow_for_cli
+
+    report = index_flow_for_cli(job, progress_bar=progress and not json_output and sys.stderr.isatty())
+    if json_output:
+        emit_json(report)
+    else:
+        typer.echo("\n".join(_summary(report)))
+
+
+def _summary(report: dict[str, Any]) -> list[str]:
+    from mmindex.report import RunReport
+
+    fields = {
+        k: v for k, v in report.items() if k in RunReport.__dataclass_fields__ and not k.startswith("_")
+    }
+    return RunReport(**fields).summary_lines()
+
+
+@app.command()
+@handles_errors
+def search(
+    text: Annotated[str | None, typer.Argument(help="text query")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="query image file")] = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="comma-separated labels for zero-shot scoring of --image")
+    ] = None,
+    captions: Annotated[bool, typer.Option("--captions", help="nearest stored captions to --image")] = False,
+    text_only: Annotated[
+        bool, typer.Option("--text-only", help="full-text (BM25) search over captions")
+    ] = False,
+    hybrid: Annotated[bool, typer.Option("--hybrid", help="vector + full-text search fused by rank")] = False,
+    db: DbOption = None,
+    table: TableOption = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="number of results")] = 10,
+    where: Annotated[
+        str | None, typer.Option("--where", help='SQL filter over the columns, e.g. "width > 512"')
+    ] = None,
+    template: Annotated[
+        str, typer.Option("--template", help="prompt template for --labels")
+    ] = "a photo of a {}",
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Search: TEXT -> images, --image -> similar images, --captions, --labels, --text-only, --hybrid."""
+    from mmindex.search import Searcher
+    from mmindex.store import Store
+
+    _check_device(device)
+    if text is None and image is None:
+        raise ConfigError("give a TEXT query or --image PATH")
+    if (labels or captions) and image is None:
+        raise ConfigError("--labels and --captions score an image: add --image PATH")
+    if (text_only or hybrid) and text is None:
+        raise ConfigError("--text-only and --hybrid need a TEXT query")
+    if text is not None and image is not None:
+        raise ConfigError("give either a TEXT query or --image, not both")
+    settings = _settings(db, table)
+    searcher = Searcher(Store(settings.db, settings.table), device=device or settings.device)
+    searcher.store.table  # noqa: B018 - a missing table is a configuration error, before any model loads
+    if image is not None and labels is not None:
+        scores = searcher.labels(image, labels.split(","), template)
+        if json_output:
+            emit_json([s.to_dict() for s in scores])
+        else:
+            for s in scores:
+                typer.echo(f"{s.score:7.4f}  {s.probability:6.1%}  {s.label}")
+        return
+    if image is not None:
+        hits = searcher.captions(image, k, where) if captions else searcher.image(image, k, where)
+    elif text_only:
+        hits = searcher.fulltext(text or "", k, where)
+    elif hybrid:
+        hits = searcher.hybrid(text or "", k, where)
+    else:
+        hits = searcher.text(text or "", k, where)
+    if json_output:
+        emit_json([hit.to_dict() for hit in hits])
+        return
+    if not hits:
+        typer.echo("no results", err=True)
+    for rank, hit in enumerate(hits, 1):
+        caption = f"  “{hit.caption}”" if hit.caption else ""
+        typer.echo(f"{rank:3d}. {hit.score:7.4f}  {hit.key}{caption}")
+
+
+@app.command()
+@handles_errors
+def stats(db: DbOption = None, table: TableOption = None, json_output: JsonOption = False) -> None:
+    """Rows, failures, captions by source, the embedding model and the indices of a table."""
+    from mmindex.store import Store
+
+    settings = _settings(db, table)
+    result = Store(settings.db, settings.table).stats()
+    if json_output:
+        emit_json(result)
+        return
+    captions = result["captions"]
+    typer.echo(f"table        {result['table']} in {result['db']}")
+    typer.echo(f"rows         {result['rows']}")
+    typer.echo(f"failures     {result['failures']} (+{result['warnings']} warnings)")
+    typer.echo(
+        f"captions     human {captions['human']}, generated {captions['generated']}, none {captions['none']}"
+    )
+    typer.echo(f"model        {result['embed_model']} ({result['dim']}-d)")
+    typer.echo(f"version      {result['version']}, {result['fragments']} fragments")
+    for index_info in result["indices"]:
+        typer.echo(
+            f"index        {index_info['name']}: {index_info['type']} on {index_info['column']}"
+            f" ({index_info['unindexed_rows']} rows not yet indexed)"
+        )
+
+
+@app.command()
+@handles_errors
+def failures(
+    db: DbOption = None,
+    table: TableOption = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="only this stage")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """The failures table: items that could not be indexed (and warnings), with stage and error."""
+    from mmindex.store import Store, sql_string
+
+    settings = _settings(db, table)
+    store = Store(settings.db, settings.table)
+    store.table  # noqa: B018 - refuse a missing table with exit 2
+    rows = store.failure_rows(f"stage = {sql_string(stage)}" if stage else None)
+    if json_output:
+        emit_json(
+            [
+                {
+                    "uri": r["uri"],
+                    "key": r["key"],
+                    "stage": r["stage"],
+                    "error": r["error"],
+                    "severity": r["severity"],
+                    "retryable": r["retryable"],
+                    "time": r["failed_at"],
+                }
+                for r in rows
+            ]
+        )
+        return
+    if not rows:
+        typer.echo("no failures")
+    for r in rows:
+        typer.echo(f"{r['severity']:<8}{r['stage']:<9}{r['key']}: {r['error']}")
+
+
+@app.command()
+@handles_errors
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="where the sample corpus and its database go")
+    ] = Path("mmindex-demo"),
+    model: Annotated[
+        str | None, typer.Option("--model", help="a real CLIP model id or directory instead of the toy")
+    ] = None,
+    images: Annotated[int, typer.Option("--images", min=8, help="size of the sample corpus")] = 48,
+) -> None:
+    """Index a generated sample corpus of coloured shapes and run a few queries, offline."""
+    from mmindex.demo import run_demo
+
+    run_demo(directory, model=model, images=images)
+
+
+def main() -> None:
+    # Prefect's console shows warnings only (its run logs still reach the API at INFO); stdout stays ours.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Settings, read from MMINDEX_* environment variables when asked for, never at import time.
+
+Precedence everywhere: an explicit argument (CLI flag, function parameter) beats the environment,
+which beats the defaults below. A setting left as None means "decide later from context": the model,
+for instance, defaults to the one recorded in an existing table before falling back to DEFAULT_MODEL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from mmindex.errors import ConfigError
+
+DEFAULT_DB = "./mmindex.lancedb"
+DEFAULT_TABLE = "images"
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+_ENV = {
+    "db": "MMINDEX_DB",
+    "table": "MMINDEX_TABLE",
+    "model": "MMINDEX_MODEL",
+    "caption_model": "MMINDEX_CAPTION_MODEL",
+    "device": "MMINDEX_DEVICE",
+    "batch_size": "MMINDEX_BATCH_SIZE",
+    "workers": "MMINDEX_WORKERS",
+    "s3_endpoint": "MMINDEX_S3_ENDPOINT",
+    "s3_region": "MMINDEX_S3_REGION",
+    "s3_profile": "MMINDEX_S3_PROFILE",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the index lives and how it is built. Frozen: derive variants with `with_overrides`."""
+
+    db: str = DEFAULT_DB
+    table: str = DEFAULT_TABLE
+    model: str | None = None
+    caption_model: str | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_profile: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from MMINDEX_* variables, then `overrides` that are not None on top."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, var in _ENV.items():
+            raw = env.get(var)
+            if raw is not None and raw.strip() != "":
+                values[name] = _parse(name, var, raw.strip())
+        return cls(**values).with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        settings = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if not self.table or not all(c.isalnum() or c in "_-." for c in self.table):
+            raise ConfigError(
+                f"table name {self.table!r} is not valid: use letters, digits, '_', '-' and '.'"
+            )
+
+
+def _parse(name: str, var: str, raw: str) -> Any:
+    if name in ("batch_size", "workers"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not an integer") from None
+    return raw

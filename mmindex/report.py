@@ -1,0 +1,152 @@
+"""What a run did: counts, per-stage seconds and throughput, rendered as JSON, text and markdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("list", "read", "decode", "embed", "caption", "write")
+
+
+@dataclass
+class FailureExample:
+    key: str
+    stage: str
+    error: str
+
+
+@dataclass
+class RunReport:
+    """Counters of one index or caption run. Stage seconds are summed over threads, so stages that
+    overlap can add up to more than the wall time; `items_per_second` uses the wall time."""
+
+    kind: str = "index"
+    source: str = ""
+    table: str = ""
+    scanned: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    indexed: int = 0
+    failed: int = 0
+    known_failures: int = 0
+    warnings: int = 0
+    pruned: int = 0
+    captioned: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_items: dict[str, int] = field(default_factory=dict)
+    failures_by_stage: Counter[str] = field(default_factory=Counter)
+    failure_examples: list[FailureExample] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add_time(self, stage: str, seconds: float, items: int) -> None:
+        with self._lock:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+            self.stage_items[stage] = self.stage_items.get(stage, 0) + items
+
+    @contextmanager
+    def timed(self, stage: str, items: int) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_time(stage, time.perf_counter() - start, items)
+
+    def record_failure(self, key: str, stage: str, error: str, *, fatal: bool = True) -> None:
+        with self._lock:
+            if fatal:
+                self.failed += 1
+            else:
+                self.warnings += 1
+            self.failures_by_stage[stage] += 1
+            if len(self.failure_examples) < 20:
+                self.failure_examples.append(FailureExample(key, stage, error))
+
+    @property
+    def items_per_second(self) -> float:
+        done = self.indexed if self.kind == "index" else self.captioned
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` object: integer counts first, then timings."""
+        return {
+            "scanned": self.scanned,
+            "indexed": self.indexed,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "new": self.new,
+            "changed": self.changed,
+            "known_failures": self.known_failures,
+            "warnings": self.warnings,
+            "pruned": self.pruned,
+            "captioned": self.captioned,
+            "seconds": round(self.seconds, 3),
+            "items_per_second": round(self.items_per_second, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "failures_by_stage": dict(self.failures_by_stage),
+            "source": self.source,
+            "table": self.table,
+        }
+
+    def stage_rows(self) -> list[tuple[str, float, int, float]]:
+        rows = []
+        for stage in STAGES:
+            if stage in self.stage_seconds:
+                seconds, items = self.stage_seconds[stage], self.stage_items.get(stage, 0)
+                rows.append((stage, seconds, items, items / seconds if seconds > 0 else 0.0))
+        return rows
+
+    def summary_lines(self) -> list[str]:
+        """A short human summary for the terminal."""
+        lines = [
+            f"{self.kind} {self.source} -> {self.table}",
+            f"  scanned {self.scanned}  new {self.new}  changed {self.changed}  unchanged {self.unchanged}"
+            f"  failed {self.failed}" + (f"  pruned {self.pruned}" if self.pruned else ""),
+        ]
+        if self.known_failures:
+            lines.append(
+                f"  skipped {self.known_failures} known failures (unchanged; --retry-failed retries)"
+            )
+        if self.captioned:
+            lines.append(f"  captioned {self.captioned}")
+        if self.warnings:
+            lines.append(f"  warnings {self.warnings} (see `mmindex failures`)")
+        lines.append(f"  {self.seconds:.1f} s, {self.items_per_second:.1f} items/s")
+        for stage, seconds, items, rate in self.stage_rows():
+            lines.append(f"    {stage:<8}{seconds:8.2f} s  {items:7d} items  {rate:9.1f}/s")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return lines
+
+    def to_markdown(self) -> str:
+        """The run summary artifact."""
+        out = [
+            f"# mmindex {self.kind}: {self.table}",
+            "",
+            f"Source: `{self.source}`",
+            "",
+            "| scanned | new | changed | unchanged | failed | known failures | pruned | captioned | s |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {self.scanned} | {self.new} | {self.changed} | {self.unchanged} | {self.failed} "
+            f"| {self.known_failures} | {self.pruned} | {self.captioned} | {self.seconds:.1f} |",
+            "",
+            "| stage | seconds | items | items/s |",
+            "|---|---:|---:|---:|",
+        ]
+        out += [f"| {s} | {sec:.2f} | {n} | {rate:.1f} |" for s, sec, n, rate in self.stage_rows()]
+        if self.failures_by_stage:
+            out += ["", "## Failures by stage", "", "| stage | count |", "|---|---:|"]
+            out += [f"| {stage} | {count} |" for stage, count in sorted(self.failures_by_stage.items())]
+            out += ["", "| key | stage | error |", "|---|---|---|"]
+            out += [
+                f"| `{e.key}` | {e.stage} | {e.error.replace('|', '/')} |" for e in self.failure_examples[:10]
+            ]
+        if self.notes:
+            out += ["", *[f"- {note}" for note in self.notes]]
+        return "\n".join(out) + "\n"

@@ -1,0 +1,104 @@
+"""The Arrow schemas of mmindex's LanceDB tables, in one place.
+
+Table `<name>` (default `images`), one row per image uri:
+
+    id               string     stable row id: 32 hex digits of BLAKE2b-128 of the uri
+    uri              string     absolute path, or s3://bucket/key
+    key              string     path relative to the source root, `/`-separated
+    size             int64      bytes of the image file/object
+    version          string     change marker: mtime in ns for files, ETag for objects
+    fingerprint      int64      digest of version, size and the caption's origin; unchanged -> skipped
+    modified_at      timestamp  file mtime / object LastModified (UTC)
+    sha256           string     hex SHA-256 of the image bytes
+    width, height    int32      pixels of the upright original (after EXIF orientation)
+    format           string     Pillow format name: JPEG, PNG, WEBP, ...
+    caption          string     the caption, or null
+    caption_source   string     `human` (sidecar or manifest), `generated`, or null
+    caption_model    string     the captioning model of a generated caption, else null
+    captioned_at     timestamp  when a generated caption was written, else null
+    image_embedding  float32[d] L2-normalised CLIP image embedding
+    text_embedding   float32[d] L2-normalised CLIP embedding of the caption; null without caption
+    embed_model      string     the CLIP model id (or absolute directory) that made the embeddings
+    indexed_at       timestamp  when the row was last written by an index run
+
+Table `<name>_failures`, one row per (id, stage) problem:
+
+    id, uri, key     as above
+    stage            scan | fetch | sidecar | decode | embed | caption
+    severity         `error` (the item or its caption is missing) or `warning` (indexed, but degraded)
+    error            one line saying what went wrong
+    retryable        whether the next run tries the item again without being asked
+    fingerprint      the item's fingerprint when it failed (a changed file is always retried)
+    failed_at        timestamp
+
+The embedding model and dimension are also kept in the images table's schema metadata, so a table is
+never filled from two models.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+META_MODEL = b"mmindex.embed_model"
+META_DIM = b"mmindex.embedding_dim"
+META_SCHEMA_VERSION = b"mmindex.schema_version"
+
+CAPTION_HUMAN = "human"
+CAPTION_GENERATED = "generated"
+
+SEVERITY_ERROR = "error"
+SEVERITY_WARNING = "warning"
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def images_schema(dim: int, model: str) -> pa.Schema:
+    vector = pa.list_(pa.float32(), dim)
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("size", pa.int64()),
+            pa.field("version", pa.string()),
+            pa.field("fingerprint", pa.int64()),
+            pa.field("modified_at", _TIMESTAMP),
+            pa.field("sha256", pa.string()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("format", pa.string()),
+            pa.field("caption", pa.string()),
+            pa.field("caption_source", pa.string()),
+            pa.field("caption_model", pa.string()),
+            pa.field("captioned_at", _TIMESTAMP),
+            pa.field("image_embedding", vector, nullable=False),
+            pa.field("text_embedding", vector),
+            pa.field("embed_model", pa.string()),
+            pa.field("indexed_at", _TIMESTAMP),
+        ],
+        metadata={
+            META_MODEL: model.encode(),
+            META_DIM: str(dim).encode(),
+            META_SCHEMA_VERSION: SCHEMA_VERSION.encode(),
+        },
+    )
+
+
+FAILURES_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("key", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("retryable", pa.bool_()),
+        pa.field("fingerprint", pa.int64()),
+        pa.field("failed_at", _TIMESTAMP),
+    ]
+)
+
+
+def failures_table_name(table: str) -> str:
+    return f"{table}_failures"

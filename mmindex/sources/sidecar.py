@@ -1,0 +1,78 @@
+"""Caption sidecars: `photo.txt` (the caption as text) or `photo.json` (a `caption` field).
+
+A sidecar never costs the image its place in the index: undecodable bytes are decoded with U+FFFD
+replacement characters and a warning is recorded; JSON without a usable caption gives no caption.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+SIDECAR_SUFFIXES = (".txt", ".json")
+JSON_CAPTION_FIELDS = ("caption", "text", "alt", "title")
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarCaption:
+    caption: str | None
+    warning: str | None = None
+
+
+def sidecar_names(image_name: str) -> list[str]:
+    """Candidate sidecar names for an image file name, most specific convention first."""
+    stem = image_name.rsplit(".", 1)[0] if "." in image_name else image_name
+    names = [stem + suffix for suffix in SIDECAR_SUFFIXES]
+    if stem != image_name:
+        names += [image_name + suffix for suffix in SIDECAR_SUFFIXES]
+    return names
+
+
+def parse_sidecar(data: bytes, name: str) -> SidecarCaption:
+    """The caption in a sidecar's bytes; `name` (ending .txt or .json) says which kind it is."""
+    text, warning = decode_text(data)
+    if name.lower().endswith(".json"):
+        return _parse_json(text, warning)
+    return SidecarCaption(clean_caption(text), warning)
+
+
+def decode_text(data: bytes) -> tuple[str, str | None]:
+    """Decode UTF-8 (or UTF-16 with a BOM); invalid bytes become U+FFFD and a warning says where."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16"), None
+        except UnicodeDecodeError:
+            pass
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        warning = f"invalid UTF-8 at byte {exc.start}; undecodable bytes replaced with U+FFFD"
+        return data.decode("utf-8-sig", errors="replace"), warning
+
+
+def clean_caption(text: str | None) -> str | None:
+    """Collapse whitespace; an empty caption is no caption."""
+    if text is None:
+        return None
+    cleaned = " ".join(text.split())
+    return cleaned or None
+
+
+def _parse_json(text: str, warning: str | None) -> SidecarCaption:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return SidecarCaption(
+            None, _join(warning, f"sidecar is not valid JSON: {exc.msg} at line {exc.lineno}")
+        )
+    if not isinstance(document, dict):
+        return SidecarCaption(None, _join(warning, "sidecar JSON is not an object"))
+    for field in JSON_CAPTION_FIELDS:
+        value = document.get(field)
+        if isinstance(value, str):
+            return SidecarCaption(clean_caption(value), warning)
+    return SidecarCaption(None, warning)
+
+
+def _join(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second

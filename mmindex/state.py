@@ -1,0 +1,166 @@
+"""What a table already holds, compact enough to compare a huge listing against without queries.
+
+Row ids are 128-bit hex digests; their first 64 bits serve as sorted numpy keys, so the state of a
+table costs 16 bytes a row (key + fingerprint) and a lookup is a binary search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmindex.schema import FAILURES_SCHEMA, SEVERITY_ERROR
+from mmindex.sources.base import SourceItem
+
+_HEX_VALUES = np.zeros(256, dtype=np.uint64)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUES[_c] = _i
+_HEX_VALUES[ord("A") : ord("F") + 1] = np.arange(10, 16, dtype=np.uint64)
+_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
+
+
+def id_key(row_id: str) -> int:
+    """The 64-bit lookup key of a row id."""
+    return int(row_id[:16], 16)
+
+
+def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Vectorised `id_key` over an Arrow string array of row ids."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    prefixes = pc.utf8_slice_codeunits(ids, 0, 16).cast(pa.large_binary())
+    offsets = np.frombuffer(prefixes.buffers()[1], dtype=np.int64)[
+        prefixes.offset : prefixes.offset + len(prefixes) + 1
+    ]
+    if not np.all(np.diff(offsets) == 16):
+        return np.fromiter((id_key(value) for value in ids.to_pylist()), dtype=np.uint64, count=len(ids))
+    data = np.frombuffer(prefixes.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 16)
+    return np.bitwise_or.reduce(_HEX_VALUES[data] << _SHIFTS, axis=1)
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One row of the failures table."""
+
+    id: str
+    uri: str
+    key: str
+    stage: str
+    error: str
+    severity: str = SEVERITY_ERROR
+    retryable: bool = False
+    fingerprint: int | None = None
+    failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def of(cls, row_id: str, uri: str, key: str, stage: str, error: str, **kwargs: object) -> FailureRecord:
+        return cls(row_id, uri, key, stage, error, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_item(cls, item: SourceItem, stage: str, error: str, **kwargs: object) -> FailureRecord:
+        return cls(item.id, item.uri, item.key, stage, error, fingerprint=item.fingerprint, **kwargs)  # type: ignore[arg-type]
+
+
+def failures_table(records: Iterable[FailureRecord]) -> pa.Table:
+    records = list(records)
+    return pa.table(
+        {
+            "id": [r.id for r in records],
+            "uri": [r.uri for r in records],
+            "key": [r.key for r in records],
+            "stage": [r.stage for r in records],
+            "severity": [r.severity for r in records],
+            "error": [r.error for r in records],
+            "retryable": [r.retryable for r in records],
+            "fingerprint": [r.fingerprint for r in records],
+            "failed_at": [r.failed_at for r in records],
+        },
+        schema=FAILURES_SCHEMA,
+    )
+
+
+class IndexedState:
+    """The (id, fingerprint) pairs of the images table plus the permanent failures."""
+
+    def __init__(self, keys: np.ndarray, fingerprints: np.ndarray, permanent_failures: dict[str, int | None]):
+        order = np.argsort(keys, kind="stable")
+        self._keys = keys[order]
+        self._fingerprints = fingerprints[order]
+        self._failures = permanent_failures
+
+    @classmethod
+    def empty(cls) -> IndexedState:
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.int64), {})
+
+    @classmethod
+    def from_tables(cls, rows: Iterable[pa.RecordBatch], failures: Iterable[pa.RecordBatch]) -> IndexedState:
+        """From batches of images rows (id, fingerprint) and failures rows (+ retryable, severity)."""
+        keys, fingerprints = [], []
+        for batch in rows:
+            keys.append(id_keys(batch.column("id")))
+            column = batch.column("fingerprint").fill_null(0)
+            fingerprints.append(column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+        permanent: dict[str, int | None] = {}
+        for batch in failures:
+            for row in batch.to_pylist():
+                if row["severity"] == SEVERITY_ERROR and not row["retryable"]:
+                    permanent[row["id"]] = row["fingerprint"]
+        return cls(
+            np.concatenate(keys) if keys else np.zeros(0, np.uint64),
+            np.concatenate(fingerprints) if fingerprints else np.zeros(0, np.int64),
+            permanent,
+        )
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def fingerprint_of(self, row_id: str) -> int | None:
+        key = np.uint64(id_key(row_id))
+        position = int(np.searchsorted(self._keys, key))
+        if position < len(self._keys) and self._keys[position] == key:
+            return int(self._fingerprints[position])
+        return None
+
+    def status(self, row_id: str, fingerprint: int) -> str:
+        """`unchanged`, `changed`, `known_failure` (same bytes failed before, permanently) or `new`."""
+        stored = self.fingerprint_of(row_id)
+        if stored == fingerprint:
+            return "unchanged"
+        if row_id in self._failures and self._failures[row_id] == fingerprint:
+            return "known_failure"
+        return "new" if stored is None else "changed"
+
+
+class SeenIds:
+    """The ids a listing produced, as 64-bit keys (8 bytes each), for pruning what was not seen."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._pending: list[int] = []
+
+    def add(self, row_id: str) -> None:
+        self._pending.append(id_key(row_id))
+        if len(self._pending) >= 65536:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._chunks.append(np.array(self._pending, dtype=np.uint64))
+            self._pending = []
+
+    def sorted_keys(self) -> np.ndarray:
+        self._flush()
+        keys = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.uint64)
+        self._chunks = [np.unique(keys)]
+        return self._chunks[0]
+
+    def missing(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """A boolean mask over `ids`: True where the id was not seen."""
+        return ~np.isin(id_keys(ids), self.sorted_keys(), assume_unique=False)
