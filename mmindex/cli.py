@@ -172,10 +172,7 @@ def index(
 def _summary(report: dict[str, Any]) -> list[str]:
     from mmindex.report import RunReport
 
-    fields = {
-        k: v for k, v in report.items() if k in RunReport.__dataclass_fields__ and not k.startswith("_")
-    }
-    return RunReport(**fields).summary_lines()
+    return RunReport.from_dict(report).summary_lines()
 
 
 @app.command()
@@ -321,9 +318,21 @@ def demo(
     images: Annotated[int, typer.Option("--images", min=8, help="size of the sample corpus")] = 48,
 ) -> None:
     """Index a generated sample corpus of coloured shapes and run a few queries, offline."""
-    from mmindex.demo import run_demo
+    from flows.index import index_flow_for_cli
+    from mmindex.demo import prepare_corpus, show_queries, table_for
+    from mmindex.jobs import IndexJob
+    from mmindex.search import Searcher
+    from mmindex.store import Store
 
-    run_demo(directory, model=model, images=images)
+    corpus = prepare_corpus(directory, images)
+    db, table = str(directory / "db"), table_for(model)
+    typer.echo(f"sample corpus: {corpus} ({images} generated images, a few broken files)")
+    typer.echo(f"model: {model or 'toy-clip (trained on generated shapes, shipped with mmindex)'}")
+    job = IndexJob(source=str(corpus), db=db, table=table, model=model or "toy-clip")
+    report = index_flow_for_cli(job, progress_bar=sys.stderr.isatty())
+    typer.echo("\n".join(_summary(report)))
+    show_queries(Searcher(Store(db, table)), corpus, echo=typer.echo)
+    typer.echo(f'\nexplore: mmindex search "a red circle" --db {db} --table {table}')
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ _ENV = {
     "device": "MMINDEX_DEVICE",
     "batch_size": "MMINDEX_BATCH_SIZE",
     "workers": "MMINDEX_WORKERS",
+    "write_rows": "MMINDEX_WRITE_ROWS",
+    "write_seconds": "MMINDEX_WRITE_SECONDS",
     "s3_endpoint": "MMINDEX_S3_ENDPOINT",
     "s3_region": "MMINDEX_S3_REGION",
     "s3_profile": "MMINDEX_S3_PROFILE",
@@ -45,6 +47,8 @@ class Settings:
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None
+    write_rows: int = 4096
+    write_seconds: float = 5.0
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_profile: str | None = None
@@ -74,6 +78,8 @@ class Settings:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.write_rows < 1 or self.write_seconds < 0:
+            raise ConfigError("MMINDEX_WRITE_ROWS must be at least 1 and MMINDEX_WRITE_SECONDS not negative")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if not self.table or not all(c.isalnum() or c in "_-." for c in self.table):
@@ -83,9 +89,14 @@ class Settings:
 
 
 def _parse(name: str, var: str, raw: str) -> Any:
-    if name in ("batch_size", "workers"):
+    if name in ("batch_size", "workers", "write_rows"):
         try:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{var}={raw!r} is not an integer") from None
+    if name == "write_seconds":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not a number") from None
     return raw

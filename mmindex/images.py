@@ -182,6 +182,14 @@ def _describe_head(data: bytes) -> str:
     fmt = sniff_format(data[:SNIFF_BYTES])
     if fmt:
         return f"starts like {fmt} but cannot be decoded"
-    if data[:1] in (b"{", b"[", b"<") or data[:5].isascii():
+    if _looks_like_text(data[:512]):
         return f"{len(data)} bytes that look like text"
     return f"{len(data)} bytes of unknown content"
+
+
+def _looks_like_text(sample: bytes) -> bool:
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and sum(ch.isprintable() or ch.isspace() for ch in text) >= 0.95 * len(text)

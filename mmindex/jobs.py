@@ -102,6 +102,8 @@ def prepare_index(job: IndexJob, *, check_model: bool = True) -> PreparedIndex:
         workers=settings.workers or default_workers(device),
         prune=job.prune,
         retry_failed=job.retry_failed,
+        write_rows=settings.write_rows,
+        write_seconds=settings.write_seconds,
     )
     return PreparedIndex(source, store, model, device, options, job.precision, job.quantize)
 

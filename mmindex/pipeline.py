@@ -93,6 +93,8 @@ class IndexOptions:
     prune: bool = False
     retry_failed: bool = False
     lookahead: int = 50_000
+    write_rows: int = 4096
+    write_seconds: float = 5.0
 
 
 T = TypeVar("T")
@@ -329,7 +331,7 @@ def run_index(
     done = 0
     with (
         ReadAhead(planned, options.lookahead) as listing,
-        store.writer() as writer,
+        store.writer(flush_rows=options.write_rows, flush_seconds=options.write_seconds) as writer,
         ThreadPoolExecutor(options.workers, "mmindex-decode") as decode_pool,
         ThreadPoolExecutor(1, "mmindex-load") as loader,
     ):
@@ -461,7 +463,9 @@ class IndexTarget(Protocol):
 
     def load_state(self) -> IndexedState: ...
 
-    def writer(self) -> contextlib.AbstractContextManager[Writer]: ...
+    def writer(
+        self, *, flush_rows: int, flush_seconds: float
+    ) -> contextlib.AbstractContextManager[Writer]: ...
 
     def prune(self, root: str, seen: SeenIds) -> int: ...
 

@@ -90,10 +90,28 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "items_per_second": round(self.items_per_second, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "stage_items": dict(self.stage_items),
             "failures_by_stage": dict(self.failures_by_stage),
             "source": self.source,
             "table": self.table,
+            "kind": self.kind,
+            "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """Rebuild a report from `to_dict()` output (e.g. a flow's return value)."""
+        counts = {
+            k: v
+            for k, v in data.items()
+            if k in cls.__dataclass_fields__ and isinstance(v, (int, float, str))
+        }
+        report = cls(**counts)
+        report.stage_seconds = dict(data.get("stage_seconds", {}))
+        report.stage_items = dict(data.get("stage_items", {}))
+        report.failures_by_stage = Counter(data.get("failures_by_stage", {}))
+        report.notes = list(data.get("notes", []))
+        return report
 
     def stage_rows(self) -> list[tuple[str, float, int, float]]:
         rows = []

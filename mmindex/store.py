@@ -191,8 +191,10 @@ class Store:
     # -- writing ---------------------------------------------------------------------------------
 
     @contextmanager
-    def writer(self) -> Iterator[StoreWriter]:
-        writer = StoreWriter(self)
+    def writer(
+        self, *, flush_rows: int = FLUSH_ROWS, flush_seconds: float = FLUSH_SECONDS
+    ) -> Iterator[StoreWriter]:
+        writer = StoreWriter(self, flush_rows=flush_rows, flush_seconds=flush_seconds)
         try:
             yield writer
         finally:
@@ -377,7 +379,9 @@ class StoreWriter:
 
     def flush(self) -> None:
         if self._done or self._failures:
-            self.store.replace_failures(self._done, self._stages, self._failures)
+            # a retried write task may hand the same batch twice: keep one record per (id, stage)
+            failures = list({(f.id, f.stage): f for f in self._failures}.values())
+            self.store.replace_failures(self._done, self._stages, failures)
         if self._rows:
             self.store.upsert_rows(pa.concat_tables(self._rows, promote_options="permissive"))
         self._rows, self._row_count, self._failures, self._done = [], 0, [], []

@@ -81,13 +81,16 @@ def _polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> l
 def samples(
     count: int, seed: int = 0, size_range: tuple[int, int] = (96, 320)
 ) -> Iterator[tuple[Shape, Image.Image]]:
-    """`count` (shape, image) pairs cycling through every colour and shape, sizes within `size_range`."""
+    """`count` (shape, image) pairs cycling through every colour and shape; widths within `size_range`."""
     rng = random.Random(seed)
     specs = all_shapes()
     for index in range(count):
         spec = specs[index % len(specs)] if index < len(specs) else rng.choice(specs)
-        size = (rng.randint(*size_range), rng.randint(*size_range))
-        yield spec, render(spec, size, rng)
+        width = rng.randint(*size_range)
+        height = max(
+            8, round(width * rng.uniform(0.75, 1.33))
+        )  # photo-like aspect: CLIP's centre crop keeps the shape
+        yield spec, render(spec, (width, height), rng)
 
 
 def write_corpus(

@@ -1,0 +1,134 @@
+"""Shared fixtures: a private Prefect server, tiny models built on the spot, generated corpora.
+
+Nothing here touches the network: Hugging Face is forced offline, Prefect runs a real server on
+127.0.0.1 (started here unless PREFECT_API_URL already points at one), and models are built from
+configs or loaded from the toy weights shipped in the package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+_PRIVATE = Path(tempfile.mkdtemp(prefix="mmindex-tests-"))
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+        "LANCEDB_LOG": "error",
+    }
+)
+os.environ.setdefault("PREFECT_HOME", str(_PRIVATE / "prefect-home"))
+for variable in ("MMINDEX_DB", "MMINDEX_TABLE", "MMINDEX_MODEL", "MMINDEX_CAPTION_MODEL", "MMINDEX_DEVICE"):
+    os.environ.pop(variable, None)
+
+_SERVER: subprocess.Popen[bytes] | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start one Prefect server for the session before any test module imports prefect."""
+    global _SERVER
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    port = free_port()
+    log = open(_PRIVATE / "prefect-server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    _SERVER = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+         "--no-ui", "--analytics-off"],
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    )  # fmt: skip
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    wait_for_http(f"http://127.0.0.1:{port}/api/health")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SERVER is not None:
+        if "prefect" in sys.modules:  # let this process's log and event workers flush before the server goes
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
+        _SERVER.send_signal(signal.SIGTERM)
+        try:
+            _SERVER.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            _SERVER.kill()
+    shutil.rmtree(_PRIVATE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A randomly initialised two-layer CLIP (32-px images): for plumbing, not meaning."""
+    from mmindex.toy.models import tiny_clip as build
+
+    return str(build(tmp_path_factory.mktemp("tiny-clip")))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second tiny CLIP, to test that a table refuses a model it was not built with."""
+    from mmindex.toy.models import tiny_clip as build
+
+    return str(build(tmp_path_factory.mktemp("other-tiny-clip"), seed=1))
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """24 generated shape images (JPEG and PNG, two folders), most with .txt captions."""
+    from mmindex.toy.shapes import write_corpus
+
+    root = tmp_path / "corpus"
+    write_corpus(root, 24, seed=3)
+    return root
+
+
+CliRunner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    """Run the `mmindex` command as a user would, in a subprocess: cli("index", path, env={...})."""
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mmindex.cli", *args],
+            capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+
+    return run

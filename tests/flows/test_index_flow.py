@@ -1,0 +1,69 @@
+"""The index flow against a real Prefect server: task runs, artifacts and the returned counts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+
+from flows.index import index
+from mmindex.store import Store
+
+
+async def flow_run_record(flow_run_id: Any) -> tuple[Any, list[Any], list[Any]]:
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(flow_run_id)
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return flow_run, task_runs, artifacts
+
+
+def test_index_flow_runs_stages_as_tasks_and_publishes_a_summary(
+    corpus: Path, tmp_path: Path, tiny_clip: str
+) -> None:
+    (corpus / "broken.jpg").write_bytes(b"\xff\xd8\xff not an image")
+    db = str(tmp_path / "db")
+
+    state = index(str(corpus), db=db, model=tiny_clip, batch_size=8, return_state=True)
+
+    assert state.is_completed()
+    counts = state.result()
+    assert (counts["scanned"], counts["indexed"], counts["failed"]) == (25, 24, 1)
+    assert Store(db).table.count_rows() == 24
+
+    flow_run, task_runs, artifacts = asyncio.run(flow_run_record(state.state_details.flow_run_id))
+    names = sorted({run.name.rsplit("-", 1)[0] for run in task_runs})
+    assert names == ["embed", "load", "load-model", "write"]
+    assert all(run.state.is_completed() for run in task_runs)
+    assert (
+        sum(run.name.startswith("load-") and not run.name.startswith("load-model") for run in task_runs) == 4
+    )
+    by_type = {artifact.type: artifact for artifact in artifacts}
+    assert {"markdown", "table", "progress"} <= set(by_type)
+    assert "| 25 | 25 | 0 | 0 | 1 |" in by_type["markdown"].data
+    assert "broken.jpg" in str(by_type["table"].data)
+    assert float(by_type["progress"].data) == 100.0
+    assert flow_run.parameters["source"] == str(corpus)
+
+
+def test_a_bad_source_fails_the_flow_with_the_config_error(tmp_path: Path) -> None:
+    state = index(str(tmp_path / "missing"), db=str(tmp_path / "db"), return_state=True)
+    assert state.is_failed()
+    try:
+        state.result()
+    except Exception as exc:  # the original exception type reaches the caller
+        assert type(exc).__name__ == "SourceError" and "does not exist" in str(exc)
+    else:
+        raise AssertionError("a failed flow must raise its error")

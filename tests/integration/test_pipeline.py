@@ -1,0 +1,241 @@
+"""Indexing into a real LanceDB: awkward files, incremental reruns, changed files, pruning."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmindex.embed import ClipEmbedder
+from mmindex.errors import TableError
+from mmindex.pipeline import IndexOptions, run_index
+from mmindex.report import RunReport
+from mmindex.search import Searcher
+from mmindex.sources import ScanFilter, open_source
+from mmindex.store import Store
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_clip: str) -> ClipEmbedder:
+    return ClipEmbedder.load(tiny_clip)
+
+
+def index(source: Path | str, db: Path, embedder: ClipEmbedder, **options: object) -> RunReport:
+    scan_filter = options.pop("scan_filter", None)
+    return run_index(
+        open_source(str(source), scan_filter=scan_filter),  # type: ignore[arg-type]
+        embedder,
+        Store(str(db)),
+        IndexOptions(batch_size=5, **options),  # type: ignore[arg-type]
+    )
+
+
+def rows(db: Path) -> list[dict[str, object]]:
+    return Store(str(db)).table.to_arrow().sort_by("key").to_pylist()
+
+
+def add_awkward_files(root: Path) -> None:
+    awkward = root / "awkward"
+    awkward.mkdir()
+    (awkward / "empty.jpg").write_bytes(b"")
+    (awkward / "garbage.png").write_bytes(os.urandom(2048))
+    (awkward / "disguised.jpg").write_text("I am a text file\n")
+    good = next(root.glob("set-a/*.jpg")).read_bytes()
+    (awkward / "truncated.jpg").write_bytes(good[: len(good) // 4])
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(awkward / "transparent.png")
+    (awkward / "transparent.txt").write_bytes(b"caf\xe9 cr\xe8me")  # Latin-1, not UTF-8
+
+
+def test_a_corpus_with_awkward_files_indexes_every_good_image(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    add_awkward_files(corpus)
+    db = tmp_path / "db"
+
+    report = index(corpus, db, embedder)
+
+    keys = [r["key"] for r in rows(db)]
+    assert len(keys) == len(set(keys)) == 25  # 24 shapes + the transparent PNG
+    assert report.scanned == 29 and report.indexed == 25 and report.failed == 4 and report.warnings == 1
+    failures = {r["key"]: r for r in Store(str(db)).failure_rows()}
+    assert {k for k, r in failures.items() if r["severity"] == "error"} == {
+        "awkward/empty.jpg", "awkward/garbage.png", "awkward/disguised.jpg", "awkward/truncated.jpg"
+    }  # fmt: skip
+    assert all(failures[k]["stage"] == "decode" for k in failures if k != "awkward/transparent.png")
+    assert failures["awkward/transparent.png"]["stage"] == "sidecar"
+    transparent = next(r for r in rows(db) if r["key"] == "awkward/transparent.png")
+    assert transparent["caption"] == "caf\ufffd cr\ufffdme" and transparent["caption_source"] == "human"
+
+
+def test_rows_hold_what_the_schema_promises(corpus: Path, tmp_path: Path, embedder: ClipEmbedder) -> None:
+    db = tmp_path / "db"
+    index(corpus, db, embedder)
+    table = rows(db)
+    first = table[0]
+    path = Path(str(first["uri"]))
+    assert first["key"] == path.relative_to(corpus.resolve()).as_posix()
+    assert first["size"] == path.stat().st_size and first["version"] == str(path.stat().st_mtime_ns)
+    with Image.open(path) as image:
+        assert (first["width"], first["height"]) == image.size and first["format"] == image.format
+    captioned = [r for r in table if r["caption"] is not None]
+    uncaptioned = [r for r in table if r["caption"] is None]
+    assert captioned and uncaptioned
+    assert all(r["caption_source"] == "human" and r["text_embedding"] is not None for r in captioned)
+    assert all(r["caption_source"] is None and r["text_embedding"] is None for r in uncaptioned)
+    assert {r["embed_model"] for r in table} == {embedder.model_id}
+    vector = np.asarray(first["image_embedding"])
+    assert vector.shape == (embedder.dim,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+    assert Store(str(db)).info().model == embedder.model_id
+
+
+def test_an_unchanged_rerun_reads_nothing_and_writes_nothing(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    add_awkward_files(corpus)
+    db = tmp_path / "db"
+    index(corpus, db, embedder)
+    store = Store(str(db))
+    versions = (store.table.version, store.failures.version)
+
+    again = index(corpus, db, embedder)
+
+    assert (again.unchanged, again.known_failures, again.indexed, again.failed) == (25, 4, 0, 0)
+    assert "read" not in again.stage_seconds and "decode" not in again.stage_seconds
+    reopened = Store(str(db))
+    assert (reopened.table.version, reopened.failures.version) == versions
+
+
+def test_a_changed_file_is_reembedded_in_place(corpus: Path, tmp_path: Path, embedder: ClipEmbedder) -> None:
+    db = tmp_path / "db"
+    index(corpus, db, embedder)
+    target = sorted(corpus.glob("set-a/*.jpg"))[0]
+    before = next(r for r in rows(db) if r["uri"] == str(target.resolve()))
+    Image.new("RGB", (300, 200), (0, 0, 0)).save(target)
+    os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
+
+    report = index(corpus, db, embedder)
+
+    after = [r for r in rows(db) if r["uri"] == str(target.resolve())]
+    assert report.changed == 1 and report.indexed == 1 and len(rows(db)) == 24
+    assert len(after) == 1
+    assert after[0]["sha256"] != before["sha256"] and (after[0]["width"], after[0]["height"]) == (300, 200)
+    assert not np.allclose(after[0]["image_embedding"], before["image_embedding"])
+
+
+def test_editing_only_a_caption_sidecar_updates_the_caption(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    db = tmp_path / "db"
+    index(corpus, db, embedder)
+    sidecar = sorted(corpus.glob("set-*/*.txt"))[0]
+    sidecar.write_text("a completely new caption")
+    os.utime(sidecar, ns=(time.time_ns(), time.time_ns() + 10**9))
+
+    report = index(corpus, db, embedder)
+
+    assert report.changed == 1
+    captions = Counter(r["caption"] for r in rows(db))
+    assert captions["a completely new caption"] == 1
+
+
+def test_prune_removes_rows_of_deleted_files_only_under_the_source_root(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    db = tmp_path / "db"
+    other = tmp_path / "other"
+    shutil.copytree(corpus / "set-b", other)
+    index(corpus, db, embedder)
+    index(other, db, embedder)
+    total = len(rows(db))
+    victims = sorted(corpus.glob("set-a/*.jpg"))[:2]
+    for victim in victims:
+        victim.unlink()
+
+    assert index(corpus, db, embedder).pruned == 0  # without --prune nothing is removed
+    report = index(corpus, db, embedder, prune=True)
+
+    remaining = {r["uri"] for r in rows(db)}
+    assert report.pruned == 2 and len(remaining) == total - 2
+    assert not {str(v.resolve()) for v in victims} & remaining
+    assert sum(1 for uri in remaining if str(uri).startswith(str(other.resolve()))) == len(
+        list(other.glob("*.*g"))
+    )
+
+
+def test_prune_is_skipped_when_the_listing_was_filtered(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    db = tmp_path / "db"
+    index(corpus, db, embedder)
+    report = index(corpus, db, embedder, prune=True, scan_filter=ScanFilter(prefix="set-a/"))
+    assert report.pruned == 0 and any("prune skipped" in note for note in report.notes)
+    assert len(rows(db)) == 24
+
+
+def test_known_failures_are_skipped_until_the_file_changes_or_retry_is_asked(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    db = tmp_path / "db"
+    broken = corpus / "set-a" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    assert index(corpus, db, embedder).failed == 1
+    assert index(corpus, db, embedder).known_failures == 1
+    assert index(corpus, db, embedder, retry_failed=True).failed == 1
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(broken, "JPEG")
+    os.utime(broken, ns=(time.time_ns(), time.time_ns() + 10**9))
+    fixed = index(corpus, db, embedder)
+    assert (fixed.indexed, fixed.failed) == (1, 0)
+    assert Store(str(db)).failure_rows() == []
+
+
+def test_a_manifest_listing_an_image_twice_still_gives_one_row(
+    tmp_path: Path, corpus: Path, embedder: ClipEmbedder
+) -> None:
+    images = sorted(corpus.glob("set-a/*.jpg"))[:3]
+    manifest = tmp_path / "manifest.csv"
+    lines = ["path,caption"] + [f"{p},one" for p in images] + [f"{images[0]},again"]
+    manifest.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "db"
+    index(manifest, db, embedder)
+    assert sorted(Counter(r["uri"] for r in rows(db)).values()) == [1, 1, 1]
+
+
+def test_a_table_refuses_another_model(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder, other_tiny_clip: str
+) -> None:
+    db = tmp_path / "db"
+    index(corpus, db, embedder)
+    with pytest.raises(TableError, match="was built with model"):
+        index(corpus, db, ClipEmbedder.load(other_tiny_clip))
+
+
+def test_vector_index_is_built_past_the_threshold_and_scores_stay_exact_cosines(
+    tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    from mmindex.toy.shapes import write_corpus
+
+    root = tmp_path / "big"
+    write_corpus(root, 300, seed=11, size_range=(40, 60))
+    store = Store(str(tmp_path / "db"))
+    store.vector_index_min_rows = 256
+    report = run_index(open_source(str(root)), embedder, store, IndexOptions(batch_size=64))
+    assert any("IVF_HNSW_SQ index on image_embedding" in note for note in report.notes)
+    indexed = {index.columns[0]: index.index_type for index in store.table.list_indices()}
+    assert indexed["image_embedding"] == "IvfHnswSq" and indexed["caption"] == "FTS"
+
+    query = embedder.embed_texts(["a red circle"])[0]
+    hits = Searcher(store, embedder).vector(query, k=10)
+    table = store.table.to_arrow()
+    vectors = np.stack(table.column("image_embedding").to_numpy(zero_copy_only=False))
+    exact = dict(zip(table.column("id").to_pylist(), vectors @ query, strict=True))
+    assert [round(h.score, 4) for h in hits] == [round(float(exact[h.id]), 4) for h in hits]
+    best = sorted(exact.values(), reverse=True)[:10]
+    assert (
+        len({round(h.score, 4) for h in hits} & {round(float(s), 4) for s in best}) >= 9
+    )  # recall@10 >= 0.9

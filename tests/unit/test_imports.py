@@ -1,0 +1,42 @@
+"""The library stays importable without Prefect and cheap to import; its public surface is pinned."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mmindex
+
+PUBLIC = {
+    "__version__", "index", "open_searcher", "Settings", "ClipEmbedder", "Store", "Searcher", "Hit",
+    "LabelScore", "run_index", "IndexOptions", "RunReport", "open_source", "ScanFilter", "SourceItem",
+    "MMIndexError", "ConfigError",
+}  # fmt: skip
+
+
+def modules_after(statement: str) -> set[str]:
+    code = f"import sys, json; {statement}; print(json.dumps(sorted(sys.modules)))"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(output))
+
+
+def test_import_mmindex_pulls_in_neither_prefect_nor_torch() -> None:
+    loaded = modules_after("import mmindex")
+    assert not any(name == "prefect" or name.startswith("prefect.") for name in loaded)
+    assert "torch" not in loaded
+
+
+def test_the_library_modules_never_import_prefect() -> None:
+    statement = (
+        "import mmindex.api, mmindex.pipeline, mmindex.store, mmindex.search, mmindex.embed, "
+        "mmindex.sources, mmindex.jobs, mmindex.demo"
+    )
+    loaded = modules_after(statement)
+    assert not any(name == "prefect" or name.startswith("prefect.") for name in loaded)
+
+
+def test_public_surface_is_pinned() -> None:
+    assert set(mmindex.__all__) == PUBLIC == {"__version__", *mmindex._EXPORTS}
+    for name in PUBLIC - {"__version__"}:
+        assert getattr(mmindex, name) is not None
