@@ -73,7 +73,8 @@ def index_flow_for_cli(job: IndexJob, *, progress_bar: bool = False) -> dict[str
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return index(**job.to_params(), progress_bar=progress_bar)
+        counts: dict[str, Any] = index(**job.to_params(), progress_bar=progress_bar)
+        return counts
 
 
 def index_job(job: IndexJob, *, progress_bar: bool = False) -> RunReport:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -27,9 +28,9 @@ class FlowProgress:
         self.terminal = terminal
         self.every = every
         self.log_every = log_every
-        self._artifact_id = create_progress_artifact(
-            0.0, description="items done of those known to need work"
-        )
+        artifact_id = create_progress_artifact(0.0, description="items done of those known to need work")
+        assert isinstance(artifact_id, UUID)  # called from sync code: the id, not a coroutine
+        self._artifact_id = artifact_id
         self._last_update = self._last_log = time.monotonic()
         self._logger = get_run_logger()
 

@@ -129,7 +129,8 @@ class ClipEmbedder:
         tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
-        return self._forward_images(tensor).float().cpu().numpy()
+        vectors: np.ndarray = self._forward_images(tensor).float().cpu().numpy()
+        return vectors
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         """PIL images (any mode) -> [B, dim] unit vectors."""
@@ -150,7 +151,8 @@ class ClipEmbedder:
         inputs = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         with torch.inference_mode(), self._autocast():
             output = self.model.get_text_features(**inputs)
-            return _normalise(_pooled(output)).float().cpu().numpy()
+            vectors: np.ndarray = _normalise(_pooled(output)).float().cpu().numpy()
+            return vectors
 
 
 def check_embedding_config(ref: ModelRef) -> Any:

@@ -35,15 +35,21 @@ from mmindex.state import FailureRecord, IndexedState, SeenIds
 class Preprocessor(Protocol):
     """Turns an upright RGB image into a model's input array."""
 
-    min_side: int
+    @property
+    def min_side(self) -> int: ...
 
     def __call__(self, image: object) -> np.ndarray: ...
 
 
 class Embedder(Protocol):
-    model_id: str
-    dim: int
-    preprocess: Preprocessor
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def preprocess(self) -> Preprocessor: ...
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
 

@@ -101,12 +101,10 @@ class RunReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunReport:
         """Rebuild a report from `to_dict()` output (e.g. a flow's return value)."""
-        counts = {
-            k: v
-            for k, v in data.items()
-            if k in cls.__dataclass_fields__ and isinstance(v, (int, float, str))
-        }
-        report = cls(**counts)
+        report = cls()
+        for name, value in data.items():
+            if name in cls.__dataclass_fields__ and isinstance(value, (int, float, str)):
+                setattr(report, name, value)
         report.stage_seconds = dict(data.get("stage_seconds", {}))
         report.stage_items = dict(data.get("stage_items", {}))
         report.failures_by_stage = Counter(data.get("failures_by_stage", {}))

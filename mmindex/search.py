@@ -176,7 +176,8 @@ class Searcher:
         else:
             data = image if isinstance(image, bytes) else _read_query_image(Path(image))
             pil = decode(data, min_side=self.embedder.preprocess.min_side).image
-        return self.embedder.embed_images([pil])[0]
+        vector: np.ndarray = self.embedder.embed_images([pil])[0]
+        return vector
 
     def _indexed(self, column: str) -> bool:
         return any(index.columns[0] == column for index in self.store.table.list_indices())

@@ -42,7 +42,8 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if not np.all(np.diff(offsets) == 16):
         return np.fromiter((id_key(value) for value in ids.to_pylist()), dtype=np.uint64, count=len(ids))
     data = np.frombuffer(prefixes.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 16)
-    return np.bitwise_or.reduce(_HEX_VALUES[data] << _SHIFTS, axis=1)
+    keys: np.ndarray = np.bitwise_or.reduce(_HEX_VALUES[data] << _SHIFTS, axis=1)
+    return keys
 
 
 @dataclass(frozen=True)

@@ -9,22 +9,12 @@ from mmindex import pipeline
 from mmindex.jobs import PreparedIndex
 
 load_batch = task(
-    pipeline.load_batch,
-    name="load",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
-embed_batch = task(pipeline.embed_batch, name="embed", cache_policy=NO_CACHE, persist_result=False)
+    name="load", retries=2, retry_delay_seconds=[2.0, 10.0], cache_policy=NO_CACHE, persist_result=False
+)(pipeline.load_batch)
+embed_batch = task(name="embed", cache_policy=NO_CACHE, persist_result=False)(pipeline.embed_batch)
 write_batch = task(
-    pipeline.write_batch,
-    name="write",
-    retries=3,
-    retry_delay_seconds=[1, 5, 20],
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+    name="write", retries=3, retry_delay_seconds=[1.0, 5.0, 20.0], cache_policy=NO_CACHE, persist_result=False
+)(pipeline.write_batch)
 
 
 @task(name="load-model", cache_policy=NO_CACHE, persist_result=False)

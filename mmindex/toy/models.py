@@ -46,7 +46,7 @@ def clip_tokenizer(words: list[str] | None = None, max_length: int = 32) -> Any:
     )
     bpe.train_from_iterator([" ".join(words)] * 10, trainer)
     model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    merges: Any = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=max_length)
 
 

@@ -43,7 +43,8 @@ def _jpeg_roundtrip(image: Image.Image, rng: random.Random) -> Image.Image:
 
 
 def _texts(rng: random.Random) -> tuple[list[str], list[tuple[str | None, str | None]]]:
-    texts, attributes = [], []
+    texts: list[str] = []
+    attributes: list[tuple[str | None, str | None]] = []
     for colour in COLOURS:
         for shape in SHAPES:
             template = rng.choice(TEMPLATES)
