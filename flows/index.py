@@ -1,18 +1,22 @@
-"""The `index` flow: list -> load/decode -> embed -> write, streamed in batches, with a summary artifact."""
+"""The `index` flow: list -> load/decode -> [caption] -> embed -> write, streamed in batches, with a
+progress artifact and a summary artifact."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from prefect import flow
 
 from flows.reporting import FlowProgress, publish_report
+from mmindex.backfill import run_caption
 from mmindex.jobs import IndexJob, prepare_index
 from mmindex.pipeline import run_index
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
-from tasks.index import STAGES, load_embedder
+from tasks.index import CAPTION_STAGES, INDEX_STAGES
+from tasks.models import load_captioner, load_embedder
 
 
 @flow(name="mmindex-index")
@@ -36,12 +40,18 @@ def index(
     until: datetime | None = None,
     precision: str = "auto",
     quantize: str | None = None,
+    caption_missing: bool = False,
+    caption_model: str | None = None,
+    max_new_tokens: int = 30,
+    num_beams: int = 1,
+    prompt: str | None = None,
     progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Index images from a directory, manifest or bucket into a LanceDB table of CLIP embeddings.
 
-    Unchanged items are skipped, changed ones re-embedded in place; `prune` drops rows of items
-    that are gone. Returns the run's counts (scanned, indexed, unchanged, failed, ...).
+    Unchanged items are skipped, changed ones re-embedded in place; `prune` drops rows of items that
+    are gone; `caption_missing` generates captions for images without one. Returns the run's counts
+    (scanned, indexed, unchanged, failed, captioned, ...).
     """
     job = IndexJob(
         source=source,
@@ -63,9 +73,40 @@ def index(
         until=until,
         precision=precision,
         quantize=quantize,
+        caption_missing=caption_missing,
+        caption_model=caption_model,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        prompt=prompt,
     )
-    report = index_job(job, progress_bar=progress_bar)
-    return report.to_dict()
+    return index_job(job, progress_bar=progress_bar).to_dict()
+
+
+def index_job(job: IndexJob, *, progress_bar: bool = False) -> RunReport:
+    """The body of the index flow, for callers that already hold an IndexJob."""
+    prepared = prepare_index(job)
+    models = prepared.models
+    embedder = load_embedder(models.embed_model, models.device, models.precision, models.quantize)
+    captioner = None
+    if prepared.caption is not None and models.caption_model is not None:
+        captioner = load_captioner(models.caption_model, models.device, models.precision, models.generation)
+    with TerminalProgress(enabled=progress_bar) as terminal:
+        report = run_index(
+            prepared.source,
+            embedder,
+            prepared.store,
+            prepared.options,
+            captioner=captioner,
+            stages=INDEX_STAGES,
+            progress=FlowProgress(terminal if progress_bar else None),
+        )
+    if captioner is not None and prepared.caption is not None:
+        # rows indexed by earlier runs (unchanged now) that still have no caption
+        leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
+        backfill = run_caption(prepared.store, captioner, embedder, leftover, stages=CAPTION_STAGES)
+        report.absorb_captions(backfill)
+    publish_report(report, "index")
+    return report
 
 
 def index_flow_for_cli(job: IndexJob, *, progress_bar: bool = False) -> dict[str, Any]:
@@ -75,20 +116,3 @@ def index_flow_for_cli(job: IndexJob, *, progress_bar: bool = False) -> dict[str
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         counts: dict[str, Any] = index(**job.to_params(), progress_bar=progress_bar)
         return counts
-
-
-def index_job(job: IndexJob, *, progress_bar: bool = False) -> RunReport:
-    """The body of the index flow, for callers that already hold an IndexJob."""
-    prepared = prepare_index(job)
-    embedder = load_embedder(prepared)
-    with TerminalProgress(enabled=progress_bar) as terminal:
-        report = run_index(
-            prepared.source,
-            embedder,
-            prepared.store,
-            prepared.options,
-            stages=STAGES,
-            progress=FlowProgress(terminal if progress_bar else None),
-        )
-    publish_report(report, "index")
-    return report

@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "index": "mmindex.api",
     "open_searcher": "mmindex.api",
+    "caption": "mmindex.api",
+    "Captioner": "mmindex.caption",
     "Settings": "mmindex.config",
     "ClipEmbedder": "mmindex.embed",
     "Store": "mmindex.store",
@@ -36,13 +38,30 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "index", "open_searcher", "Settings", "ClipEmbedder", "Store", "Searcher", "Hit",
-    "LabelScore", "run_index", "IndexOptions", "RunReport", "open_source", "ScanFilter", "SourceItem",
-    "MMIndexError", "ConfigError",
-]  # fmt: skip
+    "__version__",
+    "index",
+    "caption",
+    "Captioner",
+    "open_searcher",
+    "Settings",
+    "ClipEmbedder",
+    "Store",
+    "Searcher",
+    "Hit",
+    "LabelScore",
+    "run_index",
+    "IndexOptions",
+    "RunReport",
+    "open_source",
+    "ScanFilter",
+    "SourceItem",
+    "MMIndexError",
+    "ConfigError",
+]
 
 if TYPE_CHECKING:
-    from mmindex.api import index, open_searcher
+    from mmindex.api import caption, index, open_searcher
+    from mmindex.caption import Captioner
     from mmindex.config import Settings
     from mmindex.embed import ClipEmbedder
     from mmindex.errors import ConfigError, MMIndexError

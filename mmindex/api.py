@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from mmindex.jobs import IndexJob, prepare_index
+from mmindex.backfill import run_caption
+from mmindex.jobs import CaptionJob, IndexJob, prepare_caption, prepare_index
 from mmindex.pipeline import run_index
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
@@ -28,15 +30,32 @@ def index(
     """Index `source` (directory, manifest or s3:// prefix) into a table, in this process.
 
     Takes the same options as `mmindex index` (batch_size, device, workers, include, exclude,
-    prefix, captions, precision, quantize, retry_failed, ...). Returns the run's report.
+    prefix, captions, precision, quantize, retry_failed, caption_missing, caption_model, ...).
+    Returns the run's report.
     """
     job = IndexJob(
         source=source, db=db, table=table, model=model, prune=prune, since=since, until=until, **options
     )
     prepared = prepare_index(job)
-    embedder = prepared.load_embedder()
+    embedder = prepared.models.load_embedder()
+    captioner = prepared.models.load_captioner() if prepared.caption is not None else None
     with TerminalProgress(enabled=progress) as bar:
-        return run_index(prepared.source, embedder, prepared.store, prepared.options, progress=bar)
+        report = run_index(
+            prepared.source, embedder, prepared.store, prepared.options, captioner=captioner, progress=bar
+        )
+    if captioner is not None and prepared.caption is not None:
+        leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
+        report.absorb_captions(run_caption(prepared.store, captioner, embedder, leftover))
+    return report
+
+
+def caption(
+    *, db: str | None = None, table: str | None = None, caption_model: str | None = None, **options: Any
+) -> RunReport:
+    """Generate the captions a table is missing (see `mmindex caption`), in this process."""
+    prepared = prepare_caption(CaptionJob(db=db, table=table, caption_model=caption_model, **options))
+    embedder = prepared.models.load_embedder()
+    return run_caption(prepared.store, prepared.models.load_captioner(), embedder, prepared.options)
 
 
 def open_searcher(db: str | None = None, table: str | None = None, *, device: str = "auto") -> Searcher:

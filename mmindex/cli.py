@@ -37,6 +37,19 @@ TableOption = Annotated[
     str | None, typer.Option("--table", help="table name [env MMINDEX_TABLE, default images]")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+CaptionModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--caption-model",
+        help="captioning model id or directory (BLIP, GIT, VisionEncoderDecoder) "
+        "[MMINDEX_CAPTION_MODEL; default Salesforce/blip-image-captioning-base]",
+    ),
+]
+MaxTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest caption, in tokens")]
+BeamsOption = Annotated[int, typer.Option("--num-beams", min=1, help="beam search width (1: greedy)")]
+PromptOption = Annotated[
+    str | None, typer.Option("--prompt", help='caption prefix that steers the model, e.g. "a photograph of"')
+]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -133,6 +146,13 @@ def index(
         bool, typer.Option("--retry-failed", help="retry items that failed before, unchanged")
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
+    caption_missing: Annotated[
+        bool, typer.Option("--caption-missing", help="generate captions for images that have none")
+    ] = False,
+    caption_model: CaptionModelOption = None,
+    max_new_tokens: MaxTokensOption = 30,
+    num_beams: BeamsOption = 1,
+    prompt: PromptOption = None,
 ) -> None:
     """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
     from mmindex.jobs import IndexJob, prepare_index
@@ -158,6 +178,11 @@ def index(
         until=until,
         precision=precision,
         quantize=quantize,
+        caption_missing=caption_missing,
+        caption_model=caption_model,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        prompt=prompt,
     )
     prepare_index(job)  # refuse bad arguments before a flow (and a Prefect server) starts
     from flows.index import index_flow_for_cli
@@ -244,6 +269,60 @@ def search(
 
 @app.command()
 @handles_errors
+def caption(
+    db: DbOption = None,
+    table: TableOption = None,
+    caption_model: CaptionModelOption = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="caption at most N rows")] = None,
+    where: Annotated[
+        str | None, typer.Option("--where", help="SQL filter choosing rows, e.g. \"key LIKE 'a/%'\"")
+    ] = None,
+    recaption: Annotated[
+        bool, typer.Option("--recaption", help="also regenerate captions made by another captioning model")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="retry images the model failed on")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="images per generate call")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
+    max_new_tokens: MaxTokensOption = 30,
+    num_beams: BeamsOption = 1,
+    prompt: PromptOption = None,
+    json_output: JsonOption = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
+) -> None:
+    """Generate captions for indexed images that have none; resumable; human captions are never touched."""
+    from mmindex.jobs import CaptionJob, prepare_caption
+
+    _check_device(device)
+    job = CaptionJob(
+        db=db,
+        table=table,
+        caption_model=caption_model,
+        limit=limit,
+        where=where,
+        recaption=recaption,
+        retry_failed=retry_failed,
+        batch_size=batch_size,
+        device=device,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        prompt=prompt,
+    )
+    prepare_caption(job)
+    from flows.caption import caption_flow_for_cli
+
+    report = caption_flow_for_cli(job, progress_bar=progress and not json_output and sys.stderr.isatty())
+    if json_output:
+        emit_json(report)
+    else:
+        typer.echo("\n".join(_summary(report)))
+
+
+@app.command()
+@handles_errors
 def stats(db: DbOption = None, table: TableOption = None, json_output: JsonOption = False) -> None:
     """Rows, failures, captions by source, the embedding model and the indices of a table."""
     from mmindex.store import Store
@@ -315,24 +394,42 @@ def demo(
     model: Annotated[
         str | None, typer.Option("--model", help="a real CLIP model id or directory instead of the toy")
     ] = None,
+    caption_model: Annotated[
+        str | None,
+        typer.Option("--caption-model", help="captioner [toy-captioner; with --model, the BLIP default]"),
+    ] = None,
     images: Annotated[int, typer.Option("--images", min=8, help="size of the sample corpus")] = 48,
 ) -> None:
-    """Index a generated sample corpus of coloured shapes and run a few queries, offline."""
+    """Index a generated sample corpus of coloured shapes, caption the images without a caption and
+    run a few queries, offline."""
     from flows.index import index_flow_for_cli
-    from mmindex.demo import prepare_corpus, show_queries, table_for
+    from mmindex.demo import prepare_corpus, show_captions, show_queries, table_for
     from mmindex.jobs import IndexJob
     from mmindex.search import Searcher
     from mmindex.store import Store
 
     corpus = prepare_corpus(directory, images)
     db, table = str(directory / "db"), table_for(model)
-    typer.echo(f"sample corpus: {corpus} ({images} generated images, a few broken files)")
+    captioner = caption_model or ("toy-captioner" if model is None else None)
+    typer.echo(
+        f"sample corpus: {corpus} ({images} generated images, some without captions, a few broken files)"
+    )
     typer.echo(f"model: {model or 'toy-clip (trained on generated shapes, shipped with mmindex)'}")
-    job = IndexJob(source=str(corpus), db=db, table=table, model=model or "toy-clip")
+    job = IndexJob(
+        source=str(corpus),
+        db=db,
+        table=table,
+        model=model or "toy-clip",
+        caption_missing=True,
+        caption_model=captioner,
+    )
     report = index_flow_for_cli(job, progress_bar=sys.stderr.isatty())
     typer.echo("\n".join(_summary(report)))
-    show_queries(Searcher(Store(db, table)), corpus, echo=typer.echo)
+    searcher = Searcher(Store(db, table))
+    show_captions(searcher, echo=typer.echo)
+    show_queries(searcher, corpus, echo=typer.echo)
     typer.echo(f'\nexplore: mmindex search "a red circle" --db {db} --table {table}')
+    typer.echo(f'         mmindex search --text-only "blue star" --db {db} --table {table}')
 
 
 def main() -> None:

@@ -36,6 +36,26 @@ def _matches(key: str, query: str) -> bool:
     return all(word in name for word in words)
 
 
+def show_captions(searcher: Searcher, echo: Callable[[str], None] = print) -> tuple[int, int]:
+    """Print the generated captions with a mark saying whether they name the image's colour and shape."""
+    table = searcher.store.table
+    rows = (
+        table.search()
+        .where("caption_source = 'generated'")
+        .select(["key", "caption", "caption_model"])
+        .limit(None)
+    )
+    generated = sorted(rows.to_arrow().to_pylist(), key=lambda row: row["key"])
+    right = sum(_matches(row["key"], row["caption"]) for row in generated)
+    if generated:
+        echo(f"\ngenerated captions ({generated[0]['caption_model']}), for images that had none:")
+        for row in generated:
+            mark = "✓" if _matches(row["key"], row["caption"]) else "✗"
+            echo(f"  {mark} {row['key']:<36} “{row['caption']}”")
+        echo(f"  {right} of {len(generated)} name the colour and shape the image shows")
+    return right, len(generated)
+
+
 def show_queries(searcher: Searcher, corpus: Path, echo: Callable[[str], None] = print) -> tuple[int, int]:
     """Run the demo queries and print results; returns (relevant images found, relevant images that
     exist) summed over the text queries, looking as deep as there are relevant images (R-precision)."""

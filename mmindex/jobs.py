@@ -7,11 +7,14 @@ environment). Validation is cheap: it opens nothing heavier than a model's confi
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mmindex.config import DEFAULT_MODEL, Settings
+from mmindex.backfill import CaptionOptions
+from mmindex.caption import Captioner, GenerationSettings, check_caption_config
+from mmindex.config import DEFAULT_CAPTION_MODEL, DEFAULT_MODEL, Settings
 from mmindex.embed import ClipEmbedder, check_embedding_config
 from mmindex.errors import ConfigError, ModelError
 from mmindex.models import resolve_model
@@ -21,10 +24,27 @@ from mmindex.store import Store
 
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 256
+CPU_CAPTION_BATCH_SIZE = 16
+GPU_CAPTION_BATCH_SIZE = 64
 
 
 @dataclass
-class IndexJob:
+class CaptionParams:
+    """How captions are generated (shared by `index --caption-missing` and `caption`)."""
+
+    caption_model: str | None = None
+    max_new_tokens: int = 30
+    num_beams: int = 1
+    prompt: str | None = None
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, prompt=self.prompt
+        )
+
+
+@dataclass(kw_only=True)
+class IndexJob(CaptionParams):
     """Everything `mmindex index` takes; None means "from MMINDEX_* or the default"."""
 
     source: str
@@ -46,6 +66,7 @@ class IndexJob:
     until: datetime | None = None
     precision: str = "auto"
     quantize: str | None = None
+    caption_missing: bool = False
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,9 +76,60 @@ class IndexJob:
             db=self.db,
             table=self.table,
             model=self.model,
+            caption_model=self.caption_model,
             device=self.device,
             batch_size=self.batch_size,
             workers=self.workers,
+        )
+
+
+@dataclass(kw_only=True)
+class CaptionJob(CaptionParams):
+    """Everything `mmindex caption` takes."""
+
+    db: str | None = None
+    table: str | None = None
+    limit: int | None = None
+    where: str | None = None
+    recaption: bool = False
+    retry_failed: bool = False
+    batch_size: int | None = None
+    device: str | None = None
+    precision: str = "auto"
+
+    def to_params(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def settings(self) -> Settings:
+        return Settings.from_env(
+            db=self.db,
+            table=self.table,
+            caption_model=self.caption_model,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
+
+
+@dataclass
+class ModelChoice:
+    """Which models a run loads, on which device; loading happens where the run executes."""
+
+    embed_model: str
+    device: str
+    precision: str = "auto"
+    quantize: str | None = None
+    caption_model: str | None = None
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def load_embedder(self) -> ClipEmbedder:
+        return ClipEmbedder.load(
+            self.embed_model, device=self.device, precision=self.precision, quantize=self.quantize
+        )
+
+    def load_captioner(self) -> Captioner:
+        assert self.caption_model is not None
+        return Captioner.load(
+            self.caption_model, device=self.device, precision=self.precision, settings=self.generation
         )
 
 
@@ -65,20 +137,20 @@ class IndexJob:
 class PreparedIndex:
     source: Source
     store: Store
-    model: str
-    device: str
+    models: ModelChoice
     options: IndexOptions
-    precision: str
-    quantize: str | None
+    caption: CaptionOptions | None
 
-    def load_embedder(self) -> ClipEmbedder:
-        return ClipEmbedder.load(
-            self.model, device=self.device, precision=self.precision, quantize=self.quantize
-        )
+
+@dataclass
+class PreparedCaption:
+    store: Store
+    models: ModelChoice
+    options: CaptionOptions
 
 
 def prepare_index(job: IndexJob, *, check_model: bool = True) -> PreparedIndex:
-    """Validate a job into a source, a store and a model choice; raises ConfigError subclasses."""
+    """Validate a job into a source, a store and model choices; raises ConfigError subclasses."""
     settings = job.settings()
     since, until = _aware(job.since), _aware(job.until)
     if since and until and since >= until:
@@ -92,20 +164,66 @@ def prepare_index(job: IndexJob, *, check_model: bool = True) -> PreparedIndex:
         scan_filter=scan_filter,
     )
     store = Store(settings.db, settings.table)
-    model = choose_model(settings.model, store)
+    models = ModelChoice(choose_model(settings.model, store), settings.device, job.precision, job.quantize)
+    caption = None
+    if job.caption_missing:
+        models.caption_model = settings.caption_model or DEFAULT_CAPTION_MODEL
+        models.generation = job.generation()
+        models.generation.validate()
+        caption = CaptionOptions(
+            batch_size=settings.batch_size or _default_caption_batch(settings.device),
+            retry_failed=job.retry_failed,
+        )
     if check_model:
-        check_embedding_config(resolve_model(model))
-    device = settings.device
-    batch_size = settings.batch_size or (GPU_BATCH_SIZE if _cuda_requested(device) else CPU_BATCH_SIZE)
+        check_models(models)
+    gpu = _cuda_requested(settings.device)
     options = IndexOptions(
-        batch_size=batch_size,
-        workers=settings.workers or default_workers(device),
+        batch_size=settings.batch_size or (GPU_BATCH_SIZE if gpu else CPU_BATCH_SIZE),
+        workers=settings.workers or default_workers(gpu),
         prune=job.prune,
         retry_failed=job.retry_failed,
         write_rows=settings.write_rows,
         write_seconds=settings.write_seconds,
     )
-    return PreparedIndex(source, store, model, device, options, job.precision, job.quantize)
+    return PreparedIndex(source, store, models, options, caption)
+
+
+def prepare_caption(job: CaptionJob, *, check_model: bool = True) -> PreparedCaption:
+    """Validate a caption backfill: the table must exist; its embedding model embeds the captions."""
+    settings = job.settings()
+    if job.limit is not None and job.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {job.limit}")
+    store = Store(settings.db, settings.table)
+    embed_model = store.info().model  # TableError if the table is missing
+    if embed_model is None:
+        raise ConfigError(f"table {store.describe()} records no embedding model; was it made by mmindex?")
+    models = ModelChoice(
+        embed_model,
+        settings.device,
+        job.precision,
+        caption_model=settings.caption_model or DEFAULT_CAPTION_MODEL,
+        generation=job.generation(),
+    )
+    models.generation.validate()
+    if check_model:
+        check_models(models)
+    options = CaptionOptions(
+        batch_size=settings.batch_size or _default_caption_batch(settings.device),
+        limit=job.limit,
+        where=job.where,
+        recaption=job.recaption,
+        retry_failed=job.retry_failed,
+        write_rows=min(settings.write_rows, 512),
+        write_seconds=settings.write_seconds,
+    )
+    return PreparedCaption(store, models, options)
+
+
+def check_models(models: ModelChoice) -> None:
+    """Refuse unknown or wrong-kind models before any work (reads config.json files only)."""
+    check_embedding_config(resolve_model(models.embed_model))
+    if models.caption_model is not None:
+        check_caption_config(resolve_model(models.caption_model))
 
 
 def choose_model(requested: str | None, store: Store) -> str:
@@ -119,12 +237,13 @@ def choose_model(requested: str | None, store: Store) -> str:
     return requested
 
 
-def default_workers(device: str) -> int:
+def default_workers(gpu: bool) -> int:
     """Decode threads: one beside the model on CPU (it overlaps with inference); more to feed a GPU."""
-    import os
+    return max(1, (os.cpu_count() or 1) - 1) if gpu else 1
 
-    cores = os.cpu_count() or 1
-    return max(1, cores - 1) if _cuda_requested(device) else 1
+
+def _default_caption_batch(device: str) -> int:
+    return GPU_CAPTION_BATCH_SIZE if _cuda_requested(device) else CPU_CAPTION_BATCH_SIZE
 
 
 def _cuda_requested(device: str) -> bool:

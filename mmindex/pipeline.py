@@ -1,94 +1,50 @@
-"""The indexing loop: list -> plan -> load (read + decode + preprocess) -> embed -> write.
+"""The indexing loop: list -> plan -> load (read + decode + preprocess) -> [caption] -> embed -> write.
 
-Each stage is a plain function of one batch, so a notebook can call them one by one and the Prefect
-flow can wrap each in a task (see `Stages`). `run_index` chains them with one batch being loaded in a
-background thread while the model embeds the previous one, and all writes go through one writer.
+The stages are plain functions of one batch (mmindex.batches), so a notebook can call them one by one
+and the Prefect flow can wrap each in a task (see `Stages`). `run_index` chains them with the next
+batch being loaded in a background thread while the model works on the current one, and every write
+goes through one writer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-import numpy as np
 import pyarrow as pa
 
-from mmindex.errors import ItemError
-from mmindex.images import decode
+from mmindex.batches import (
+    CaptionModel,
+    EmbeddedBatch,
+    Embedder,
+    LoadedBatch,
+    Preprocessor,
+    caption_batch,
+    embed_batch,
+    load_batch,
+)
 from mmindex.report import RunReport
-from mmindex.schema import CAPTION_HUMAN, SEVERITY_ERROR, SEVERITY_WARNING
+from mmindex.schema import SEVERITY_ERROR
 from mmindex.sources.base import ScanFilter, ScanProblem, Source, SourceItem
-from mmindex.sources.sidecar import parse_sidecar
 from mmindex.state import FailureRecord, IndexedState, SeenIds
 
-
-class Preprocessor(Protocol):
-    """Turns an upright RGB image into a model's input array."""
-
-    @property
-    def min_side(self) -> int: ...
-
-    def __call__(self, image: object) -> np.ndarray: ...
-
-
-class Embedder(Protocol):
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def preprocess(self) -> Preprocessor: ...
-
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+T = TypeVar("T")
+B = TypeVar("B")
+L = TypeVar("L")
 
 
 class Writer(Protocol):
     def write(
-        self,
-        rows: pa.Table | None,
-        failures: Sequence[FailureRecord],
-        done_ids: Sequence[str],
-        stages: Sequence[str],
+        self, rows: pa.Table | None, failures: Sequence[FailureRecord], done_ids: Sequence[str]
     ) -> None: ...
-
-
-@dataclass
-class LoadedItem:
-    item: SourceItem
-    pixels: dict[str, np.ndarray]
-    width: int
-    height: int
-    format: str
-    sha256: str
-    caption: str | None
-    warnings: list[FailureRecord] = field(default_factory=list)
-
-
-@dataclass
-class LoadedBatch:
-    items: list[LoadedItem]
-    failures: list[FailureRecord]
-
-
-@dataclass
-class EmbeddedBatch:
-    rows: pa.Table | None
-    failures: list[FailureRecord]
-    done_ids: list[str]
 
 
 @dataclass
@@ -101,11 +57,6 @@ class IndexOptions:
     lookahead: int = 50_000
     write_rows: int = 4096
     write_seconds: float = 5.0
-
-
-T = TypeVar("T")
-
-INDEX_STAGES = ("scan", "fetch", "sidecar", "decode", "embed")
 
 
 def plan(
@@ -139,131 +90,10 @@ def plan(
             yield entry
 
 
-def load_item(
-    source: Source, item: SourceItem, preprocessors: dict[str, Preprocessor], report: RunReport
-) -> LoadedItem | FailureRecord:
-    """Read, decode and preprocess one item; any per-item problem comes back as a FailureRecord."""
-    stage = "fetch"
-    try:
-        with report.timed("read", 1):
-            data = source.read(item)
-            sidecar_bytes = source.read_sidecar(item) if item.sidecar else None
-        stage = "decode"
-        with report.timed("decode", 1):
-            min_side = max(p.min_side for p in preprocessors.values())
-            decoded = decode(data, min_side=min_side)
-            pixels = {role: preprocess(decoded.image) for role, preprocess in preprocessors.items()}
-    except ItemError as exc:
-        return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
-    except Exception as exc:  # anything else one item can raise must not stop the run
-        return FailureRecord.from_item(
-            item, stage, f"{type(exc).__name__}: {exc}", retryable=stage == "fetch"
-        )
-    caption, warnings = item.caption, []
-    if caption is None and sidecar_bytes is not None and item.sidecar is not None:
-        parsed = parse_sidecar(sidecar_bytes, item.sidecar)
-        caption = parsed.caption
-        if parsed.warning:
-            warnings.append(
-                FailureRecord.from_item(item, "sidecar", parsed.warning, severity=SEVERITY_WARNING)
-            )
-    return LoadedItem(
-        item=item,
-        pixels=pixels,
-        width=decoded.width,
-        height=decoded.height,
-        format=decoded.format,
-        sha256=hashlib.sha256(data).hexdigest(),
-        caption=caption,
-        warnings=warnings,
-    )
-
-
-def load_batch(
-    source: Source,
-    items: Sequence[SourceItem],
-    preprocessors: dict[str, Preprocessor],
-    report: RunReport,
-    pool: Executor | None = None,
-) -> LoadedBatch:
-    """Load a batch, spreading items over `pool` when one is given; keeps the items' order."""
-    results = (
-        pool.map(lambda it: load_item(source, it, preprocessors, report), items)
-        if pool is not None
-        else (load_item(source, it, preprocessors, report) for it in items)
-    )
-    loaded, failures = [], []
-    for result in results:
-        if isinstance(result, LoadedItem):
-            loaded.append(result)
-        else:
-            failures.append(result)
-    return LoadedBatch(loaded, failures)
-
-
-def embed_batch(embedder: Embedder, batch: LoadedBatch, report: RunReport) -> EmbeddedBatch:
-    """Embed a loaded batch's images and captions into rows of the images table."""
-    failures = list(batch.failures)
-    done_ids = [failure.id for failure in batch.failures]
-    if not batch.items:
-        return EmbeddedBatch(None, failures, done_ids)
-    with report.timed("embed", len(batch.items)):
-        image_vectors = embedder.embed_pixels(np.stack([loaded.pixels["embed"] for loaded in batch.items]))
-        captioned = [i for i, loaded in enumerate(batch.items) if loaded.caption]
-        text_vectors: list[np.ndarray | None] = [None] * len(batch.items)
-        if captioned:
-            encoded = embedder.embed_texts([batch.items[i].caption or "" for i in captioned])
-            for row, i in enumerate(captioned):
-                text_vectors[i] = encoded[row]
-    rows = build_rows(batch.items, image_vectors, text_vectors, embedder.model_id)
-    for loaded in batch.items:
-        failures.extend(loaded.warnings)
-        done_ids.append(loaded.item.id)
-    return EmbeddedBatch(rows, failures, done_ids)
-
-
-def build_rows(
-    items: Sequence[LoadedItem],
-    image_vectors: np.ndarray,
-    text_vectors: Sequence[np.ndarray | None],
-    model_id: str,
-) -> pa.Table:
-    """Arrow rows for the images table (schema order is applied by the store)."""
-    now = datetime.now(UTC)
-    dim = image_vectors.shape[1]
-    vector_type = pa.list_(pa.float32(), dim)
-    flat = np.ascontiguousarray(image_vectors, dtype=np.float32).reshape(-1)
-    text_column = pa.array(
-        [None if v is None else np.asarray(v, dtype=np.float32) for v in text_vectors], type=vector_type
-    )
-    return pa.table(
-        {
-            "id": [x.item.id for x in items],
-            "uri": [x.item.uri for x in items],
-            "key": [x.item.key for x in items],
-            "size": pa.array([x.item.size for x in items], pa.int64()),
-            "version": [x.item.version for x in items],
-            "fingerprint": pa.array([x.item.fingerprint for x in items], pa.int64()),
-            "modified_at": pa.array([x.item.modified_at for x in items], pa.timestamp("us", tz="UTC")),
-            "sha256": [x.sha256 for x in items],
-            "width": pa.array([x.width for x in items], pa.int32()),
-            "height": pa.array([x.height for x in items], pa.int32()),
-            "format": [x.format for x in items],
-            "caption": [x.caption for x in items],
-            "caption_source": [CAPTION_HUMAN if x.caption else None for x in items],
-            "caption_model": pa.array([None] * len(items), pa.string()),
-            "captioned_at": pa.array([None] * len(items), pa.timestamp("us", tz="UTC")),
-            "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
-            "text_embedding": text_column,
-            "embed_model": [model_id] * len(items),
-            "indexed_at": pa.array([now] * len(items), pa.timestamp("us", tz="UTC")),
-        }
-    )
-
-
 def write_batch(writer: Writer, batch: EmbeddedBatch, report: RunReport) -> None:
+    """Queue a batch's rows and failures with the run's single writer."""
     with report.timed("write", len(batch.done_ids)):
-        writer.write(batch.rows, batch.failures, batch.done_ids, INDEX_STAGES)
+        writer.write(batch.rows, batch.failures, batch.done_ids)
     report.indexed += 0 if batch.rows is None else batch.rows.num_rows
 
 
@@ -272,6 +102,7 @@ class Stages:
     """The stage callables `run_index` chains. The Prefect flow passes task-wrapped versions."""
 
     load: Callable[..., LoadedBatch] = load_batch
+    caption: Callable[..., LoadedBatch] = caption_batch
     embed: Callable[..., EmbeddedBatch] = embed_batch
     write: Callable[..., None] = write_batch
 
@@ -310,11 +141,13 @@ def run_index(
     store: IndexTarget,
     options: IndexOptions | None = None,
     *,
+    captioner: CaptionModel | None = None,
     stages: Stages | None = None,
     progress: Callable[[ProgressUpdate], None] | None = None,
     report: RunReport | None = None,
 ) -> RunReport:
-    """Index `source` into `store` with `embedder`; returns the run's report.
+    """Index `source` into `store` with `embedder`; returns the run's report. With a `captioner`,
+    images without a caption get a generated one in the same pass (each image is decoded once).
 
     Safe to kill at any moment: finished batches are committed, and the next run skips them.
     """
@@ -334,34 +167,24 @@ def run_index(
         seen=seen.add if options.prune else None,
     )
     preprocessors: dict[str, Preprocessor] = {"embed": embedder.preprocess}
+    if captioner is not None:
+        preprocessors["caption"] = captioner.preprocess
     done = 0
     with (
         ReadAhead(planned, options.lookahead) as listing,
         store.writer(flush_rows=options.write_rows, flush_seconds=options.write_seconds) as writer,
-        ThreadPoolExecutor(options.workers, "mmindex-decode") as decode_pool,
-        ThreadPoolExecutor(1, "mmindex-load") as loader,
+        stage_pools(options.workers, getattr(source, "fetch_concurrency", 1)) as pools,
     ):
-        pool = decode_pool if options.workers > 1 else None
-        pending: deque[tuple[Future[LoadedBatch], list[FailureRecord]]] = deque()
-        batches = chunks(listing, options.batch_size)
 
-        def submit_next() -> bool:
-            batch = next(batches, None)
-            if batch is None:
-                return False
-            items, scan_failures = batch
-            context = contextvars.copy_context()  # so Prefect links task runs in this thread to the flow
-            future = loader.submit(context.run, stages.load, source, items, preprocessors, report, pool)
-            pending.append((future, scan_failures))
-            return True
+        def load(batch: tuple[list[SourceItem], list[FailureRecord]]) -> LoadedBatch:
+            return stages.load(source, batch[0], preprocessors, report, *pools)
 
-        while len(pending) < options.prefetch and submit_next():
-            pass
-        while pending:
-            future, scan_failures = pending.popleft()
-            loaded = future.result()
-            submit_next()
+        for (_, scan_failures), loaded in overlapped(
+            chunks(listing, options.batch_size), load, options.prefetch
+        ):
             loaded.failures.extend(scan_failures)
+            if captioner is not None:
+                loaded = stages.caption(captioner, loaded, report)
             embedded = stages.embed(embedder, loaded, report)
             _count_failures(embedded, report)
             stages.write(writer, embedded, report)
@@ -379,6 +202,44 @@ def run_index(
     store.finish(report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+@contextlib.contextmanager
+def stage_pools(decode_workers: int, fetch_threads: int) -> Iterator[tuple[Executor | None, Executor | None]]:
+    """(decode pool, fetch pool) for `load_batch`; None where one thread is all that helps."""
+    with contextlib.ExitStack() as stack:
+        decode_pool = (
+            stack.enter_context(ThreadPoolExecutor(decode_workers, "mmindex-decode"))
+            if decode_workers > 1
+            else None
+        )
+        fetch_pool = (
+            stack.enter_context(ThreadPoolExecutor(fetch_threads, "mmindex-fetch"))
+            if fetch_threads > 1
+            else None
+        )
+        yield decode_pool, fetch_pool
+
+
+def overlapped(batches: Iterator[B], load: Callable[[B], L], prefetch: int = 2) -> Iterator[tuple[B, L]]:
+    """Yield `(batch, load(batch))` in order while up to `prefetch` later batches load in a background
+    thread, so reading and decoding overlap with the model's work on the current batch."""
+    pending: deque[tuple[B, Future[L]]] = deque()
+    with ThreadPoolExecutor(1, "mmindex-load") as loader:
+
+        def submit_next() -> None:
+            batch = next(batches, None)
+            if batch is not None:
+                context = contextvars.copy_context()  # Prefect links task runs in that thread to the flow
+                pending.append((batch, loader.submit(context.run, load, batch)))
+
+        for _ in range(max(1, prefetch)):
+            submit_next()
+        while pending:
+            batch, future = pending.popleft()
+            result = future.result()
+            submit_next()
+            yield batch, result
 
 
 class ReadAhead(Generic[T]):

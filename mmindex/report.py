@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-STAGES = ("list", "read", "decode", "embed", "caption", "write")
+STAGES = ("list", "read", "decode", "caption", "embed", "write")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class RunReport:
     warnings: int = 0
     pruned: int = 0
     captioned: int = 0
+    caption_failed: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_items: dict[str, int] = field(default_factory=dict)
@@ -61,13 +62,24 @@ class RunReport:
 
     def record_failure(self, key: str, stage: str, error: str, *, fatal: bool = True) -> None:
         with self._lock:
-            if fatal:
+            if stage == "caption" and self.kind == "index":
+                self.caption_failed += 1  # the image is indexed; only its caption is missing
+            elif fatal:
                 self.failed += 1
             else:
                 self.warnings += 1
             self.failures_by_stage[stage] += 1
-            if len(self.failure_examples) < 20:
+            if len(self.failure_examples) < 500:
                 self.failure_examples.append(FailureExample(key, stage, error))
+
+    def absorb_captions(self, backfill: RunReport) -> None:
+        """Fold a caption backfill run into this index report."""
+        self.captioned += backfill.captioned
+        self.caption_failed += backfill.failed
+        for stage, seconds in backfill.stage_seconds.items():
+            self.add_time(stage, seconds, backfill.stage_items.get(stage, 0))
+        self.failures_by_stage.update(backfill.failures_by_stage)
+        self.failure_examples.extend(backfill.failure_examples[: max(0, 500 - len(self.failure_examples))])
 
     @property
     def items_per_second(self) -> float:
@@ -87,6 +99,7 @@ class RunReport:
             "warnings": self.warnings,
             "pruned": self.pruned,
             "captioned": self.captioned,
+            "caption_failed": self.caption_failed,
             "seconds": round(self.seconds, 3),
             "items_per_second": round(self.items_per_second, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
@@ -121,17 +134,24 @@ class RunReport:
 
     def summary_lines(self) -> list[str]:
         """A short human summary for the terminal."""
-        lines = [
-            f"{self.kind} {self.source} -> {self.table}",
-            f"  scanned {self.scanned}  new {self.new}  changed {self.changed}  unchanged {self.unchanged}"
-            f"  failed {self.failed}" + (f"  pruned {self.pruned}" if self.pruned else ""),
-        ]
+        if self.kind == "caption":
+            lines = [
+                f"caption {self.table}",
+                f"  rows {self.scanned}  captioned {self.captioned}  failed {self.failed}",
+            ]
+        else:
+            lines = [
+                f"{self.kind} {self.source} -> {self.table}",
+                f"  scanned {self.scanned}  new {self.new}  changed {self.changed}"
+                f"  unchanged {self.unchanged}  failed {self.failed}"
+                + (f"  pruned {self.pruned}" if self.pruned else ""),
+            ]
         if self.known_failures:
             lines.append(
                 f"  skipped {self.known_failures} known failures (unchanged; --retry-failed retries)"
             )
-        if self.captioned:
-            lines.append(f"  captioned {self.captioned}")
+        if self.kind == "index" and (self.captioned or self.caption_failed):
+            lines.append(f"  captioned {self.captioned}, caption failures {self.caption_failed}")
         if self.warnings:
             lines.append(f"  warnings {self.warnings} (see `mmindex failures`)")
         lines.append(f"  {self.seconds:.1f} s, {self.items_per_second:.1f} items/s")

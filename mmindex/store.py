@@ -192,9 +192,17 @@ class Store:
 
     @contextmanager
     def writer(
-        self, *, flush_rows: int = FLUSH_ROWS, flush_seconds: float = FLUSH_SECONDS
+        self,
+        *,
+        flush_rows: int = FLUSH_ROWS,
+        flush_seconds: float = FLUSH_SECONDS,
+        stages: Sequence[str] | None = None,
+        partial: bool = False,
     ) -> Iterator[StoreWriter]:
-        writer = StoreWriter(self, flush_rows=flush_rows, flush_seconds=flush_seconds)
+        """The run's single writer; whatever it still buffers is flushed on exit, even on an error."""
+        writer = StoreWriter(
+            self, flush_rows=flush_rows, flush_seconds=flush_seconds, stages=stages, partial=partial
+        )
         try:
             yield writer
         finally:
@@ -211,17 +219,30 @@ class Store:
         )
         self._wrote = True
 
+    def update_rows(self, rows: pa.Table) -> None:
+        """Update some columns of existing rows (matched by id); ids no longer in the table are ignored."""
+        schema = self.table.schema
+        ordered = rows.select([n for n in schema.names if n in rows.column_names])
+        ordered = ordered.cast(pa.schema([schema.field(n) for n in ordered.column_names]))
+        self.table.merge_insert("id").when_matched_update_all().execute(ordered, on_bad_vectors="null")
+        self._wrote = True
+
     def replace_failures(
-        self, done_ids: Sequence[str], stages: Sequence[str], records: Sequence[FailureRecord]
+        self, done_ids: Sequence[str], stages: Sequence[str] | None, records: Sequence[FailureRecord]
     ) -> None:
-        """Drop the (id, stage) failure rows of items just processed, then add the new ones."""
+        """Drop the failure rows (of `stages`, or all) of items just processed, then add the new ones."""
         failures = self.failures
         if failures is None:
             raise StoreError("failures table missing; call prepare() first")
         stale = [row_id for row_id in dict.fromkeys(done_ids) if row_id in self._ids_with_failures]
         for start in range(0, len(stale), DELETE_CHUNK):
             chunk = stale[start : start + DELETE_CHUNK]
-            failures.delete(f"{sql_in('id', chunk)} AND {sql_in('stage', list(stages))}")
+            where = (
+                sql_in("id", chunk)
+                if stages is None
+                else f"{sql_in('id', chunk)} AND {sql_in('stage', stages)}"
+            )
+            failures.delete(where)
             self._wrote = True
         self._ids_with_failures.difference_update(stale)
         if records:
@@ -346,29 +367,36 @@ class Store:
 
 
 class StoreWriter:
-    """Buffers a run's rows and failure records; flushes every FLUSH_SECONDS or FLUSH_ROWS."""
+    """Buffers a run's rows and failure records; flushes every `flush_seconds` or `flush_rows` rows.
 
-    def __init__(self, store: Store, *, flush_rows: int = FLUSH_ROWS, flush_seconds: float = FLUSH_SECONDS):
+    `stages`: which earlier failure rows of the processed items a flush replaces (None: all of them,
+    for items processed from scratch). `partial`: rows carry only some columns and update existing
+    rows (a caption backfill) instead of upserting whole rows.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        flush_rows: int = FLUSH_ROWS,
+        flush_seconds: float = FLUSH_SECONDS,
+        stages: Sequence[str] | None = None,
+        partial: bool = False,
+    ):
         self.store = store
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        self.stages = tuple(stages) if stages is not None else None
+        self.partial = partial
         self._rows: list[pa.Table] = []
         self._row_count = 0
         self._failures: list[FailureRecord] = []
         self._done: list[str] = []
-        self._stages: tuple[str, ...] = ()
         self._last_flush = time.monotonic()
 
     def write(
-        self,
-        rows: pa.Table | None,
-        failures: Sequence[FailureRecord],
-        done_ids: Sequence[str],
-        stages: Sequence[str],
+        self, rows: pa.Table | None, failures: Sequence[FailureRecord], done_ids: Sequence[str]
     ) -> None:
-        if self._stages and tuple(stages) != self._stages:
-            self.flush()
-        self._stages = tuple(stages)
         if rows is not None and rows.num_rows:
             self._rows.append(rows)
             self._row_count += rows.num_rows
@@ -381,9 +409,10 @@ class StoreWriter:
         if self._done or self._failures:
             # a retried write task may hand the same batch twice: keep one record per (id, stage)
             failures = list({(f.id, f.stage): f for f in self._failures}.values())
-            self.store.replace_failures(self._done, self._stages, failures)
+            self.store.replace_failures(self._done, self.stages, failures)
         if self._rows:
-            self.store.upsert_rows(pa.concat_tables(self._rows, promote_options="permissive"))
+            rows = pa.concat_tables(self._rows, promote_options="permissive")
+            self.store.update_rows(rows) if self.partial else self.store.upsert_rows(rows)
         self._rows, self._row_count, self._failures, self._done = [], 0, [], []
         self._last_flush = time.monotonic()
 

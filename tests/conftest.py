@@ -66,10 +66,23 @@ def pytest_configure(config: pytest.Config) -> None:
     port = free_port()
     log = open(_PRIVATE / "prefect-server.log", "wb")  # noqa: SIM115 - lives as long as the server
     _SERVER = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--no-ui", "--analytics-off"],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     wait_for_http(f"http://127.0.0.1:{port}/api/health")
 
@@ -128,7 +141,10 @@ def cli() -> CliRunner:
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "mmindex.cli", *args],
-            capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
 
     return run

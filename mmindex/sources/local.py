@@ -79,11 +79,11 @@ class LocalSource:
             stack.extend(reversed(subdirectories))
 
     def read(self, item: SourceItem) -> bytes:
-        return _read_file(item.uri)
+        return read_file(item.uri)
 
     def read_sidecar(self, item: SourceItem) -> bytes:
         assert item.sidecar is not None
-        return _read_file(item.sidecar)
+        return read_file(item.sidecar)
 
     def _may_contain(self, directory_key: str) -> bool:
         prefix = self.scan_filter.prefix
@@ -175,7 +175,7 @@ class LocalManifestSource:
                 )
 
     def read(self, item: SourceItem) -> bytes:
-        return _read_file(item.uri)
+        return read_file(item.uri)
 
     def read_sidecar(self, item: SourceItem) -> bytes:
         raise FetchError("manifest items have no sidecar")
@@ -249,7 +249,7 @@ def _find_sidecar(entry: os.DirEntry[str], names: set[str]) -> tuple[str | None,
     return None, None
 
 
-def _read_file(path: str) -> bytes:
+def read_file(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
             return handle.read()

@@ -51,10 +51,11 @@ def decode_text(data: bytes) -> tuple[str, str | None]:
 
 
 def clean_caption(text: str | None) -> str | None:
-    """Collapse whitespace; an empty caption is no caption."""
+    """Drop control characters, collapse whitespace; an empty caption is no caption."""
     if text is None:
         return None
-    cleaned = " ".join(text.split())
+    printable = "".join(ch if ch.isprintable() else " " for ch in text)
+    cleaned = " ".join(printable.split())
     return cleaned or None
 
 

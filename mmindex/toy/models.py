@@ -116,3 +116,181 @@ def real_size_clip(directory: str | Path, *, seed: int = 0) -> Path:
     CLIPModel(config).save_pretrained(directory)
     CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer).save_pretrained(directory)
     return directory
+
+
+def bert_tokenizer(words: list[str] | None = None) -> Any:
+    """A BERT WordPiece tokenizer (as BLIP and GIT use) whose vocabulary is the toy words plus letters."""
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    tokens = specials + list(
+        dict.fromkeys([*(words or TOY_WORDS), *_ALPHABET, *[f"##{c}" for c in _ALPHABET]])
+    )
+    return BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, bos_token="[DEC]")
+
+
+def gpt2_tokenizer(words: list[str] | None = None) -> Any:
+    """A byte-level BPE tokenizer (as GPT-2 decoders use) that keeps each toy word in one token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Tokenizer
+
+    words = words or TOY_WORDS
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300 + 10 * len(words),
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([" ".join(words)] * 10, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges: Any = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return GPT2Tokenizer(vocab=model["vocab"], merges=merges)
+
+
+def _tiny_vision(
+    image_size: int, hidden: int, layers: int, heads: int, patch_size: int = 8
+) -> dict[str, Any]:
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
+def tiny_blip(
+    directory: str | Path,
+    *,
+    image_size: int = 32,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    text_layers: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """A randomly initialised small BLIP captioner (BlipForConditionalGeneration + BlipProcessor)."""
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+
+    tokenizer = bert_tokenizer()
+    config = BlipConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=text_layers or layers,
+            num_attention_heads=heads,
+            max_position_embeddings=40,
+            bos_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=_tiny_vision(image_size, hidden, layers, heads),
+        projection_dim=hidden,
+        image_text_hidden_size=hidden,
+    )
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    BlipForConditionalGeneration(config).save_pretrained(directory)
+    processor = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
+    BlipProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+def tiny_git(
+    directory: str | Path, *, image_size: int = 32, hidden: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
+    """A randomly initialised small GIT captioner (GitForCausalLM + GitProcessor)."""
+    import torch
+    from transformers import CLIPImageProcessorPil, GitConfig, GitForCausalLM, GitProcessor
+
+    tokenizer = bert_tokenizer()
+    config = GitConfig(
+        vision_config=_tiny_vision(image_size, hidden, layers, 2),
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    GitForCausalLM(config).save_pretrained(directory)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    GitProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+def tiny_vision_encoder_decoder(
+    directory: str | Path, *, image_size: int = 32, hidden: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
+    """A randomly initialised ViT + GPT-2 VisionEncoderDecoderModel, saved like nlpconnect/vit-gpt2."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessorPil,
+    )
+
+    tokenizer = gpt2_tokenizer()
+    end = tokenizer.eos_token_id
+    encoder = ViTConfig(**_tiny_vision(image_size, hidden, layers, 2))
+    decoder = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=end,
+        eos_token_id=end,
+    )
+    torch.manual_seed(seed)
+    model = VisionEncoderDecoderModel(
+        config=VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    )
+    for config in (model.config, model.generation_config):  # generate() reads generation_config in v5
+        config.decoder_start_token_id = end
+        config.pad_token_id = end
+        config.eos_token_id = end
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    ViTImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def real_size_blip(directory: str | Path, *, seed: int = 0) -> Path:
+    """A randomly initialised BLIP with the configuration of Salesforce/blip-image-captioning-base
+    (its compute cost), with a small toy tokenizer in place of the 30k BERT vocabulary."""
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+
+    tokenizer = bert_tokenizer()
+    config = BlipConfig(
+        text_config=dict(
+            bos_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(image_size=384, patch_size=16),
+    )
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    BlipForConditionalGeneration(config).save_pretrained(directory)
+    processor = BlipImageProcessorPil(size={"height": 384, "width": 384})
+    BlipProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory

@@ -40,8 +40,21 @@ def test_sigkill_at_random_moments_then_a_rerun_completes_the_job(tmp_path: Path
     (corpus / "broken-1.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (corpus / "broken-2.png").write_bytes(b"")
     db = tmp_path / "db"
-    command = [sys.executable, "-m", "mmindex.cli", "index", str(corpus), "--db", str(db),
-               "--model", tiny_clip, "--batch-size", "4", "--no-progress", "--json"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mmindex.cli",
+        "index",
+        str(corpus),
+        "--db",
+        str(db),
+        "--model",
+        tiny_clip,
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--json",
+    ]
     env = {**os.environ, "MMINDEX_WRITE_ROWS": "4", "MMINDEX_WRITE_SECONDS": "0"}  # commit after every batch
     rng = random.Random(1234)
     kills, counts = 0, [0]

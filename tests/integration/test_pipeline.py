@@ -65,8 +65,11 @@ def test_a_corpus_with_awkward_files_indexes_every_good_image(
     assert report.scanned == 29 and report.indexed == 25 and report.failed == 4 and report.warnings == 1
     failures = {r["key"]: r for r in Store(str(db)).failure_rows()}
     assert {k for k, r in failures.items() if r["severity"] == "error"} == {
-        "awkward/empty.jpg", "awkward/garbage.png", "awkward/disguised.jpg", "awkward/truncated.jpg"
-    }  # fmt: skip
+        "awkward/empty.jpg",
+        "awkward/garbage.png",
+        "awkward/disguised.jpg",
+        "awkward/truncated.jpg",
+    }
     assert all(failures[k]["stage"] == "decode" for k in failures if k != "awkward/transparent.png")
     assert failures["awkward/transparent.png"]["stage"] == "sidecar"
     transparent = next(r for r in rows(db) if r["key"] == "awkward/transparent.png")

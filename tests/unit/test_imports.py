@@ -9,10 +9,26 @@ import sys
 import mmindex
 
 PUBLIC = {
-    "__version__", "index", "open_searcher", "Settings", "ClipEmbedder", "Store", "Searcher", "Hit",
-    "LabelScore", "run_index", "IndexOptions", "RunReport", "open_source", "ScanFilter", "SourceItem",
-    "MMIndexError", "ConfigError",
-}  # fmt: skip
+    "__version__",
+    "index",
+    "caption",
+    "Captioner",
+    "open_searcher",
+    "Settings",
+    "ClipEmbedder",
+    "Store",
+    "Searcher",
+    "Hit",
+    "LabelScore",
+    "run_index",
+    "IndexOptions",
+    "RunReport",
+    "open_source",
+    "ScanFilter",
+    "SourceItem",
+    "MMIndexError",
+    "ConfigError",
+}
 
 
 def modules_after(statement: str) -> set[str]:

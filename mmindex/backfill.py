@@ -1,0 +1,213 @@
+"""Caption backfill: generate the captions an indexed table is missing, in resumable chunks.
+
+Targets are rows without a caption (and, with `recaption`, rows whose generated caption came from
+another model); human captions are never touched. Each chunk is read by uri, decoded, captioned,
+its captions embedded with the table's CLIP model, and written through the single writer as a
+partial update. A finished row no longer matches the target query, so a run killed half-way
+resumes where it stopped without redoing finished chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from mmindex.batches import (
+    CaptionModel,
+    EmbeddedBatch,
+    Embedder,
+    LoadedBatch,
+    Reader,
+    caption_batch,
+    embed_captions,
+    load_batch,
+    vector_column,
+)
+from mmindex.errors import TableError
+from mmindex.models import first_line
+from mmindex.pipeline import ProgressUpdate, Writer, overlapped, stage_pools
+from mmindex.report import RunReport
+from mmindex.schema import CAPTION_GENERATED, SEVERITY_ERROR
+from mmindex.sources.base import SourceItem
+from mmindex.sources.uri import UriReader
+from mmindex.state import FailureRecord
+from mmindex.store import Store, sql_string
+
+CAPTION_STAGES = ("caption",)
+_TARGET_COLUMNS = ["id", "uri", "key", "size", "version", "modified_at"]
+
+
+@dataclass
+class CaptionOptions:
+    batch_size: int = 16
+    limit: int | None = None
+    where: str | None = None
+    recaption: bool = False
+    retry_failed: bool = False
+    uri_prefix: str | None = None  # only rows under this source root
+    workers: int = 1
+    prefetch: int = 2
+    write_rows: int = 512
+    write_seconds: float = 5.0
+
+
+def target_filter(model_id: str, options: CaptionOptions) -> str:
+    """The SQL filter selecting rows to caption: missing captions, plus other models' generated ones."""
+    condition = "caption IS NULL"
+    if options.recaption:
+        condition = (
+            f"(caption IS NULL OR (caption_source = '{CAPTION_GENERATED}' "
+            f"AND (caption_model IS NULL OR caption_model != {sql_string(model_id)})))"
+        )
+    if options.uri_prefix:
+        condition += f" AND starts_with(uri, {sql_string(options.uri_prefix)})"
+    return f"{condition} AND ({options.where})" if options.where else condition
+
+
+def caption_targets(store: Store, model_id: str, options: CaptionOptions) -> Iterator[list[SourceItem]]:
+    """Batches of items to caption, streamed; permanent caption failures of unchanged images are
+    skipped unless `retry_failed`."""
+    known = {} if options.retry_failed else _permanent_caption_failures(store)
+    query = store.table.search().where(target_filter(model_id, options)).select(_TARGET_COLUMNS)
+    query = query.limit(options.limit) if options.limit else query.limit(None)
+    batch: list[SourceItem] = []
+    try:
+        reader = query.to_batches(1024)
+        for record_batch in reader:
+            for row in record_batch.to_pylist():
+                item = SourceItem(
+                    uri=row["uri"],
+                    key=row["key"],
+                    size=row["size"] or 0,
+                    version=row["version"] or "",
+                    modified_at=row["modified_at"],
+                )
+                if known.get(item.id) == item.fingerprint:
+                    continue
+                batch.append(item)
+                if len(batch) >= options.batch_size:
+                    yield batch
+                    batch = []
+    except (ValueError, RuntimeError) as exc:
+        if options.where:
+            raise TableError(f"check the --where filter {options.where!r}: {first_line(exc)}") from None
+        raise
+    if batch:
+        yield batch
+
+
+def _permanent_caption_failures(store: Store) -> dict[str, int | None]:
+    return {
+        row["id"]: row["fingerprint"]
+        for row in store.failure_rows("stage = 'caption'")
+        if row["severity"] == SEVERITY_ERROR and not row["retryable"]
+    }
+
+
+def embed_caption_rows(embedder: Embedder, batch: LoadedBatch, report: RunReport) -> EmbeddedBatch:
+    """Partial rows (caption, provenance, text embedding) for the items that got a caption."""
+    captioned = [loaded for loaded in batch.items if loaded.caption is not None]
+    failures = [_as_caption_failure(f) for f in batch.failures]
+    for loaded in batch.items:
+        failures.extend(loaded.problems)
+    done = [loaded.item.id for loaded in batch.items] + [f.id for f in batch.failures]
+    if not captioned:
+        return EmbeddedBatch(None, failures, done)
+    with report.timed("embed", len(captioned)):
+        vectors = embed_captions(embedder, [loaded.caption for loaded in captioned])
+    rows = pa.table(
+        {
+            "id": [loaded.item.id for loaded in captioned],
+            "caption": [loaded.caption for loaded in captioned],
+            "caption_source": [CAPTION_GENERATED] * len(captioned),
+            "caption_model": [loaded.caption_model for loaded in captioned],
+            "captioned_at": pa.array(
+                [loaded.captioned_at for loaded in captioned], pa.timestamp("us", tz="UTC")
+            ),
+            "text_embedding": vector_column(vectors, embedder.dim),
+        }
+    )
+    return EmbeddedBatch(rows, failures, done)
+
+
+def _as_caption_failure(failure: FailureRecord) -> FailureRecord:
+    """An image that cannot be read for captioning is a caption failure of that row (it stays indexed)."""
+    return FailureRecord(
+        failure.id,
+        failure.uri,
+        failure.key,
+        "caption",
+        f"{failure.stage}: {failure.error}",
+        retryable=failure.retryable,
+        fingerprint=failure.fingerprint,
+    )
+
+
+def write_caption_rows(writer: Writer, batch: EmbeddedBatch, report: RunReport) -> None:
+    with report.timed("write", len(batch.done_ids)):
+        writer.write(batch.rows, batch.failures, batch.done_ids)
+    for failure in batch.failures:
+        report.record_failure(failure.key, failure.stage, failure.error)
+
+
+@dataclass
+class CaptionStages:
+    """The stage callables `run_caption` chains; the Prefect flow passes task-wrapped versions."""
+
+    load: Callable[..., LoadedBatch] = load_batch
+    caption: Callable[..., LoadedBatch] = caption_batch
+    embed: Callable[..., EmbeddedBatch] = embed_caption_rows
+    write: Callable[..., None] = write_caption_rows
+
+
+def run_caption(
+    store: Store,
+    captioner: CaptionModel,
+    embedder: Embedder,
+    options: CaptionOptions | None = None,
+    *,
+    reader: Reader | None = None,
+    stages: CaptionStages | None = None,
+    progress: Callable[[ProgressUpdate], None] | None = None,
+    report: RunReport | None = None,
+) -> RunReport:
+    """Caption the table's rows that need it; returns a report whose `captioned` and `failed` count
+    this run's captions and caption failures."""
+    options = options or CaptionOptions()
+    stages = stages or CaptionStages()
+    reader = reader or UriReader()
+    report = report or RunReport(kind="caption", source=store.describe(), table=store.describe())
+    started = time.perf_counter()
+    if store.info().model != embedder.model_id:
+        raise TableError(
+            f"table {store.describe()} was built with {store.info().model!r}, not {embedder.model_id!r}"
+        )
+    preprocessors = {"caption": captioner.preprocess}
+    done = 0
+    targets = caption_targets(store, captioner.model_id, options)
+    with (
+        store.writer(
+            flush_rows=options.write_rows,
+            flush_seconds=options.write_seconds,
+            stages=CAPTION_STAGES,
+            partial=True,
+        ) as writer,
+        stage_pools(options.workers, getattr(reader, "fetch_concurrency", 1)) as pools,
+    ):
+        for items, loaded in overlapped(
+            targets, lambda batch: stages.load(reader, batch, preprocessors, report, *pools), options.prefetch
+        ):
+            report.scanned += len(items)
+            captioned = stages.caption(captioner, loaded, report)
+            stages.write(writer, stages.embed(embedder, captioned, report), report)
+            done += len(items)
+            if progress is not None:
+                progress(ProgressUpdate(done, done, done, False))
+    store.finish(report)
+    report.seconds = time.perf_counter() - started
+    report.notes.append(f"captions by {captioner.model_id} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    return report

@@ -1,0 +1,287 @@
+"""The per-batch stage functions: load (read + decode + preprocess), caption, embed, and the rows they
+make. Each takes and returns plain objects, so notebooks call them directly and the Prefect flows wrap
+each in a task. Per-item problems come back as FailureRecords, never as exceptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from mmindex.errors import ItemError
+from mmindex.images import decode
+from mmindex.report import RunReport
+from mmindex.schema import CAPTION_GENERATED, CAPTION_HUMAN, SEVERITY_WARNING
+from mmindex.sources.base import SourceItem
+from mmindex.sources.sidecar import parse_sidecar
+from mmindex.state import FailureRecord
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+class Preprocessor(Protocol):
+    """Turns an upright RGB image into a model's input array."""
+
+    @property
+    def min_side(self) -> int: ...
+
+    def __call__(self, image: object) -> np.ndarray: ...
+
+
+class Embedder(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def preprocess(self) -> Preprocessor: ...
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class CaptionModel(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def preprocess(self) -> Preprocessor: ...
+
+    def caption_pixels(self, pixels: np.ndarray) -> list[str | None]: ...
+
+
+class Reader(Protocol):
+    """What loading needs from a source: the bytes of an item and of its caption sidecar."""
+
+    def read(self, item: SourceItem) -> bytes: ...
+
+    def read_sidecar(self, item: SourceItem) -> bytes: ...
+
+
+@dataclass
+class LoadedItem:
+    item: SourceItem
+    pixels: dict[str, np.ndarray]
+    width: int
+    height: int
+    format: str
+    sha256: str
+    caption: str | None
+    caption_source: str | None = None
+    caption_model: str | None = None
+    captioned_at: datetime | None = None
+    problems: list[FailureRecord] = field(default_factory=list)  # recorded, but the item is indexed
+
+
+@dataclass
+class LoadedBatch:
+    items: list[LoadedItem]
+    failures: list[FailureRecord]
+
+
+@dataclass
+class EmbeddedBatch:
+    rows: pa.Table | None
+    failures: list[FailureRecord]
+    done_ids: list[str]
+
+
+def load_item(
+    source: Reader,
+    item: SourceItem,
+    preprocessors: dict[str, Preprocessor],
+    report: RunReport,
+    data: bytes | None = None,
+) -> LoadedItem | FailureRecord:
+    """Read (unless `data` is given), decode and preprocess one item for every model in `preprocessors`."""
+    stage = "fetch"
+    try:
+        with report.timed("read", 1):
+            data = source.read(item) if data is None else data
+            sidecar_bytes = source.read_sidecar(item) if item.sidecar else None
+        stage = "decode"
+        with report.timed("decode", 1):
+            decoded = decode(data, min_side=max(p.min_side for p in preprocessors.values()))
+            pixels = {role: preprocess(decoded.image) for role, preprocess in preprocessors.items()}
+    except ItemError as exc:
+        return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
+    except Exception as exc:  # anything else one item can raise must not stop the run
+        return FailureRecord.from_item(
+            item, stage, f"{type(exc).__name__}: {exc}", retryable=stage == "fetch"
+        )
+    caption, problems = item.caption, []
+    if caption is None and sidecar_bytes is not None and item.sidecar is not None:
+        parsed = parse_sidecar(sidecar_bytes, item.sidecar)
+        caption = parsed.caption
+        if parsed.warning:
+            problems.append(
+                FailureRecord.from_item(item, "sidecar", parsed.warning, severity=SEVERITY_WARNING)
+            )
+    return LoadedItem(
+        item=item,
+        pixels=pixels,
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        sha256=hashlib.sha256(data).hexdigest(),
+        caption=caption,
+        caption_source=CAPTION_HUMAN if caption else None,
+        problems=problems,
+    )
+
+
+def load_batch(
+    source: Reader,
+    items: Sequence[SourceItem],
+    preprocessors: dict[str, Preprocessor],
+    report: RunReport,
+    decode_pool: Executor | None = None,
+    fetch_pool: Executor | None = None,
+) -> LoadedBatch:
+    """Load a batch in order. With `fetch_pool`, all bytes are fetched concurrently first (object
+    storage); with `decode_pool`, items are decoded in parallel (many cores feeding a GPU)."""
+    prefetched: list[bytes | None] = [None] * len(items)
+    failures: list[FailureRecord] = []
+    if fetch_pool is not None:
+        fetched = list(fetch_pool.map(lambda item: _fetch(source, item, report), items))
+        failures = [f for f in fetched if isinstance(f, FailureRecord)]
+        prefetched = [f if isinstance(f, bytes) else None for f in fetched]
+    todo = [
+        (item, data)
+        for item, data in zip(items, prefetched, strict=True)
+        if fetch_pool is None or data is not None
+    ]
+
+    def work(pair: tuple[SourceItem, bytes | None]) -> LoadedItem | FailureRecord:
+        return load_item(source, pair[0], preprocessors, report, pair[1])
+
+    results = decode_pool.map(work, todo) if decode_pool is not None else map(work, todo)
+    loaded = []
+    for result in results:
+        if isinstance(result, LoadedItem):
+            loaded.append(result)
+        else:
+            failures.append(result)
+    return LoadedBatch(loaded, failures)
+
+
+def _fetch(source: Reader, item: SourceItem, report: RunReport) -> bytes | FailureRecord:
+    try:
+        with report.timed("read", 0):
+            return source.read(item)
+    except ItemError as exc:
+        return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
+    except Exception as exc:  # a network library's own exception types: still one item's failure
+        return FailureRecord.from_item(item, "fetch", f"{type(exc).__name__}: {exc}", retryable=True)
+
+
+def caption_batch(captioner: CaptionModel, batch: LoadedBatch, report: RunReport) -> LoadedBatch:
+    """Generate captions for the items of a loaded batch that have none. If the batch fails as a whole,
+    items are retried one by one so that only the image the model chokes on is recorded (stage caption)."""
+    missing = [loaded for loaded in batch.items if loaded.caption is None]
+    if not missing:
+        return batch
+    with report.timed("caption", len(missing)):
+        captions: Sequence[str | None | FailureRecord]
+        try:
+            captions = captioner.caption_pixels(np.stack([loaded.pixels["caption"] for loaded in missing]))
+        except Exception:  # the batch failed: find the culprit(s) one image at a time
+            captions = [_caption_one(captioner, loaded) for loaded in missing]
+    now = datetime.now(UTC)
+    for loaded, caption in zip(missing, captions, strict=True):
+        if isinstance(caption, FailureRecord) or caption is None:
+            error = (
+                caption.error if isinstance(caption, FailureRecord) else "the model produced an empty caption"
+            )
+            loaded.problems.append(FailureRecord.from_item(loaded.item, "caption", error))
+            continue
+        loaded.caption, loaded.caption_source = caption, CAPTION_GENERATED
+        loaded.caption_model, loaded.captioned_at = captioner.model_id, now
+        report.captioned += 1
+    return batch
+
+
+def _caption_one(captioner: CaptionModel, loaded: LoadedItem) -> str | None | FailureRecord:
+    try:
+        return captioner.caption_pixels(loaded.pixels["caption"][None])[0]
+    except Exception as exc:  # this image breaks the model: a failures row, and the run goes on
+        return FailureRecord.from_item(loaded.item, "caption", f"{type(exc).__name__}: {exc}")
+
+
+def embed_batch(embedder: Embedder, batch: LoadedBatch, report: RunReport) -> EmbeddedBatch:
+    """Embed a loaded batch's images and captions into rows of the images table."""
+    failures = list(batch.failures)
+    done_ids = [failure.id for failure in batch.failures]
+    if not batch.items:
+        return EmbeddedBatch(None, failures, done_ids)
+    with report.timed("embed", len(batch.items)):
+        image_vectors = embedder.embed_pixels(np.stack([loaded.pixels["embed"] for loaded in batch.items]))
+        text_vectors = embed_captions(embedder, [loaded.caption for loaded in batch.items])
+    rows = build_rows(batch.items, image_vectors, text_vectors, embedder.model_id)
+    for loaded in batch.items:
+        failures.extend(loaded.problems)
+        done_ids.append(loaded.item.id)
+    return EmbeddedBatch(rows, failures, done_ids)
+
+
+def embed_captions(embedder: Embedder, captions: Sequence[str | None]) -> list[np.ndarray | None]:
+    """Text embeddings for the captions that exist, None elsewhere."""
+    vectors: list[np.ndarray | None] = [None] * len(captions)
+    present = [i for i, caption in enumerate(captions) if caption]
+    if present:
+        encoded = embedder.embed_texts([captions[i] or "" for i in present])
+        for row, i in enumerate(present):
+            vectors[i] = encoded[row]
+    return vectors
+
+
+def build_rows(
+    items: Sequence[LoadedItem],
+    image_vectors: np.ndarray,
+    text_vectors: Sequence[np.ndarray | None],
+    model_id: str,
+) -> pa.Table:
+    """Arrow rows for the images table (schema order is applied by the store)."""
+    now = datetime.now(UTC)
+    dim = image_vectors.shape[1]
+    flat = np.ascontiguousarray(image_vectors, dtype=np.float32).reshape(-1)
+    return pa.table(
+        {
+            "id": [x.item.id for x in items],
+            "uri": [x.item.uri for x in items],
+            "key": [x.item.key for x in items],
+            "size": pa.array([x.item.size for x in items], pa.int64()),
+            "version": [x.item.version for x in items],
+            "fingerprint": pa.array([x.item.fingerprint for x in items], pa.int64()),
+            "modified_at": pa.array([x.item.modified_at for x in items], _TIMESTAMP),
+            "sha256": [x.sha256 for x in items],
+            "width": pa.array([x.width for x in items], pa.int32()),
+            "height": pa.array([x.height for x in items], pa.int32()),
+            "format": [x.format for x in items],
+            "caption": [x.caption for x in items],
+            "caption_source": pa.array([x.caption_source for x in items], pa.string()),
+            "caption_model": pa.array([x.caption_model for x in items], pa.string()),
+            "captioned_at": pa.array([x.captioned_at for x in items], _TIMESTAMP),
+            "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
+            "text_embedding": vector_column(text_vectors, dim),
+            "embed_model": [model_id] * len(items),
+            "indexed_at": pa.array([now] * len(items), _TIMESTAMP),
+        }
+    )
+
+
+def vector_column(vectors: Sequence[np.ndarray | None], dim: int) -> pa.Array:
+    return pa.array(
+        [None if v is None else np.asarray(v, dtype=np.float32) for v in vectors],
+        type=pa.list_(pa.float32(), dim),
+    )

@@ -1,0 +1,35 @@
+"""Reading items by uri alone (local paths and s3:// objects), for work on rows already indexed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmindex.errors import FetchError
+from mmindex.sources.base import SourceItem
+from mmindex.sources.local import read_file
+
+
+class UriReader:
+    """Reads any row's image by its uri; S3 objects through one client made on first use."""
+
+    fetch_concurrency = 8
+
+    def __init__(self, s3_config: Any | None = None) -> None:
+        self.s3_config = s3_config
+        self._s3: Any = None
+
+    def read(self, item: SourceItem) -> bytes:
+        if item.uri.startswith("s3://"):
+            data: bytes = self._s3_reader().read(item)
+            return data
+        return read_file(item.uri)
+
+    def read_sidecar(self, item: SourceItem) -> bytes:
+        raise FetchError("rows read by uri have no sidecar")
+
+    def _s3_reader(self) -> Any:
+        if self._s3 is None:
+            from mmindex.sources.s3 import S3ObjectReader
+
+            self._s3 = S3ObjectReader(self.s3_config)
+        return self._s3
