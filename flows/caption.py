@@ -59,6 +59,7 @@ def caption_missing(
             captioner,
             embedder,
             prepared.options,
+            reader=prepared.reader,
             stages=CAPTION_STAGES,
             progress=FlowProgress(terminal if progress_bar else None),
         )

@@ -15,6 +15,7 @@ from mmindex.jobs import IndexJob, prepare_index
 from mmindex.pipeline import run_index
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
+from mmindex.sources.uri import UriReader
 from tasks.index import CAPTION_STAGES, INDEX_STAGES
 from tasks.models import load_captioner, load_embedder
 
@@ -103,7 +104,10 @@ def index_job(job: IndexJob, *, progress_bar: bool = False) -> RunReport:
     if captioner is not None and prepared.caption is not None:
         # rows indexed by earlier runs (unchanged now) that still have no caption
         leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
-        backfill = run_caption(prepared.store, captioner, embedder, leftover, stages=CAPTION_STAGES)
+        reader = UriReader(job.settings())
+        backfill = run_caption(
+            prepared.store, captioner, embedder, leftover, reader=reader, stages=CAPTION_STAGES
+        )
         report.absorb_captions(backfill)
     publish_report(report, "index")
     return report

@@ -12,6 +12,7 @@ from mmindex.pipeline import run_index
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
 from mmindex.search import Searcher
+from mmindex.sources.uri import UriReader
 from mmindex.store import Store
 
 
@@ -45,7 +46,8 @@ def index(
         )
     if captioner is not None and prepared.caption is not None:
         leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
-        report.absorb_captions(run_caption(prepared.store, captioner, embedder, leftover))
+        reader = UriReader(job.settings())
+        report.absorb_captions(run_caption(prepared.store, captioner, embedder, leftover, reader=reader))
     return report
 
 
@@ -55,7 +57,9 @@ def caption(
     """Generate the captions a table is missing (see `mmindex caption`), in this process."""
     prepared = prepare_caption(CaptionJob(db=db, table=table, caption_model=caption_model, **options))
     embedder = prepared.models.load_embedder()
-    return run_caption(prepared.store, prepared.models.load_captioner(), embedder, prepared.options)
+    return run_caption(
+        prepared.store, prepared.models.load_captioner(), embedder, prepared.options, reader=prepared.reader
+    )
 
 
 def open_searcher(db: str | None = None, table: str | None = None, *, device: str = "auto") -> Searcher:
@@ -63,4 +67,4 @@ def open_searcher(db: str | None = None, table: str | None = None, *, device: st
     from mmindex.config import Settings
 
     settings = Settings.from_env(db=db, table=table)
-    return Searcher(Store(settings.db, settings.table), device=device)
+    return Searcher(Store.from_settings(settings), device=device)

@@ -239,7 +239,7 @@ def search(
     if text is not None and image is not None:
         raise ConfigError("give either a TEXT query or --image, not both")
     settings = _settings(db, table)
-    searcher = Searcher(Store(settings.db, settings.table), device=device or settings.device)
+    searcher = Searcher(Store.from_settings(settings), device=device or settings.device)
     searcher.store.table  # noqa: B018 - a missing table is a configuration error, before any model loads
     if image is not None and labels is not None:
         scores = searcher.labels(image, labels.split(","), template)
@@ -328,7 +328,7 @@ def stats(db: DbOption = None, table: TableOption = None, json_output: JsonOptio
     from mmindex.store import Store
 
     settings = _settings(db, table)
-    result = Store(settings.db, settings.table).stats()
+    result = Store.from_settings(settings).stats()
     if json_output:
         emit_json(result)
         return
@@ -360,7 +360,7 @@ def failures(
     from mmindex.store import Store, sql_string
 
     settings = _settings(db, table)
-    store = Store(settings.db, settings.table)
+    store = Store.from_settings(settings)
     store.table  # noqa: B018 - refuse a missing table with exit 2
     rows = store.failure_rows(f"stage = {sql_string(stage)}" if stage else None)
     if json_output:

@@ -20,6 +20,7 @@ from mmindex.errors import ConfigError, ModelError
 from mmindex.models import resolve_model
 from mmindex.pipeline import IndexOptions
 from mmindex.sources import ScanFilter, Source, open_source
+from mmindex.sources.uri import UriReader
 from mmindex.store import Store
 
 CPU_BATCH_SIZE = 32
@@ -147,23 +148,30 @@ class PreparedCaption:
     store: Store
     models: ModelChoice
     options: CaptionOptions
+    reader: UriReader
 
 
-def prepare_index(job: IndexJob, *, check_model: bool = True) -> PreparedIndex:
-    """Validate a job into a source, a store and model choices; raises ConfigError subclasses."""
+def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
+    """Validate a job into a source, a store and model choices; raises ConfigError subclasses.
+    With `check`, also list one key of the source and read the models' configs, so a wrong bucket,
+    denied credentials or an unknown model stop the run before any model is loaded."""
     settings = job.settings()
     since, until = _aware(job.since), _aware(job.until)
     if since and until and since >= until:
         raise ConfigError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
     scan_filter = ScanFilter(tuple(job.include), tuple(job.exclude), job.prefix, since, until)
+    s3_config = _s3_config(settings) if job.source.startswith("s3://") else None
     source = open_source(
         job.source,
         captions=job.captions,
         path_column=job.path_column,
         caption_column=job.caption_column,
         scan_filter=scan_filter,
+        s3_config=s3_config,
     )
-    store = Store(settings.db, settings.table)
+    if check:
+        source.check()
+    store = Store.from_settings(settings)
     models = ModelChoice(choose_model(settings.model, store), settings.device, job.precision, job.quantize)
     caption = None
     if job.caption_missing:
@@ -174,7 +182,7 @@ def prepare_index(job: IndexJob, *, check_model: bool = True) -> PreparedIndex:
             batch_size=settings.batch_size or _default_caption_batch(settings.device),
             retry_failed=job.retry_failed,
         )
-    if check_model:
+    if check:
         check_models(models)
     gpu = _cuda_requested(settings.device)
     options = IndexOptions(
@@ -188,12 +196,12 @@ def prepare_index(job: IndexJob, *, check_model: bool = True) -> PreparedIndex:
     return PreparedIndex(source, store, models, options, caption)
 
 
-def prepare_caption(job: CaptionJob, *, check_model: bool = True) -> PreparedCaption:
+def prepare_caption(job: CaptionJob, *, check: bool = True) -> PreparedCaption:
     """Validate a caption backfill: the table must exist; its embedding model embeds the captions."""
     settings = job.settings()
     if job.limit is not None and job.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {job.limit}")
-    store = Store(settings.db, settings.table)
+    store = Store.from_settings(settings)
     embed_model = store.info().model  # TableError if the table is missing
     if embed_model is None:
         raise ConfigError(f"table {store.describe()} records no embedding model; was it made by mmindex?")
@@ -205,7 +213,7 @@ def prepare_caption(job: CaptionJob, *, check_model: bool = True) -> PreparedCap
         generation=job.generation(),
     )
     models.generation.validate()
-    if check_model:
+    if check:
         check_models(models)
     options = CaptionOptions(
         batch_size=settings.batch_size or _default_caption_batch(settings.device),
@@ -216,7 +224,13 @@ def prepare_caption(job: CaptionJob, *, check_model: bool = True) -> PreparedCap
         write_rows=min(settings.write_rows, 512),
         write_seconds=settings.write_seconds,
     )
-    return PreparedCaption(store, models, options)
+    return PreparedCaption(store, models, options, UriReader(settings))
+
+
+def _s3_config(settings: Settings) -> Any:
+    from mmindex.sources.s3 import S3Config  # boto3 is imported only when S3 is used
+
+    return S3Config.from_settings(settings)
 
 
 def check_models(models: ModelChoice) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmindex.errors import StoreError, TableError
+from mmindex.config import Settings
+from mmindex.errors import ConfigError, StoreError, TableError
 from mmindex.report import RunReport
 from mmindex.schema import (
     FAILURES_SCHEMA,
@@ -61,6 +63,16 @@ class TableInfo:
 class Store:
     """An images table (default `images`) and its `<table>_failures` companion in one LanceDB."""
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store Settings name; an `s3://` database is reached with the sources' S3 settings."""
+        options = None
+        if settings.db.startswith("s3://"):
+            from mmindex.sources.s3 import S3Config, lance_storage_options
+
+            options = lance_storage_options(S3Config.from_settings(settings))
+        return cls(settings.db, settings.table, storage_options=options)
+
     def __init__(self, db: str, table: str = "images", *, storage_options: dict[str, str] | None = None):
         self.db_uri = db
         self.table_name = table
@@ -85,7 +97,7 @@ class Store:
             try:
                 self._connection = lancedb.connect(self.db_uri, storage_options=self.storage_options or None)
             except (ValueError, OSError, RuntimeError) as exc:
-                raise StoreError(f"cannot open database {self.db_uri}: {_short(exc)}") from None
+                raise ConfigError(f"cannot open database {self.db_uri}: {_explain_connect(exc)}") from None
         return self._connection
 
     def _open(self, name: str) -> Any | None:
@@ -424,6 +436,26 @@ def _last_per_id(rows: pa.Table) -> pa.Table:
         return rows
     last = {row_id: index for index, row_id in enumerate(ids)}
     return rows.take(sorted(last.values()))
+
+
+_S3_CODE = re.compile(r"<Code>(\w+)</Code>")
+_S3_MEANING = {
+    "NoSuchBucket": "the bucket does not exist",
+    "InvalidAccessKeyId": "the access key is not valid",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+    "AccessDenied": "access denied",
+    "ExpiredToken": "the credentials have expired",
+}
+
+
+def _explain_connect(exc: BaseException) -> str:
+    """One line for a failed connect; for object stores, the S3 error code instead of a wall of XML."""
+    match = _S3_CODE.search(str(exc))
+    if match:
+        return f"{_S3_MEANING.get(match.group(1), 'the object store refused')} ({match.group(1)})"
+    if "Connect" in str(exc) or "Timeout" in str(exc):
+        return "the object store endpoint cannot be reached"
+    return _short(exc)
 
 
 def _short(exc: BaseException) -> str:

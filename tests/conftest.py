@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["s3_support"]  # a moto S3 server, buckets, a fault-injecting proxy (tests/s3_support.py)
+
 _PRIVATE = Path(tempfile.mkdtemp(prefix="mmindex-tests-"))
 os.environ.update(
     {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mmindex.sources.base import ScanFilter, ScanProblem, Source, SourceItem, item_id
 from mmindex.sources.local import LocalManifestSource, LocalSource, load_caption_manifest
@@ -27,12 +28,18 @@ def open_source(
     path_column: str | None = None,
     caption_column: str | None = None,
     scan_filter: ScanFilter | None = None,
+    s3_config: Any | None = None,
 ) -> Source:
-    """The source a location names: a directory, or a .csv/.jsonl/.parquet manifest that lists images.
+    """The source a location names: a directory, an `s3://bucket/prefix`, or a .csv/.jsonl/.parquet
+    manifest (local or on S3) that lists images.
 
-    `captions` names a manifest whose captions apply to a directory's images (by path relative to it).
-    Raises SourceError (a ConfigError) when the location cannot be used at all.
+    `captions` names a manifest whose captions apply to a directory's or prefix's images (by path
+    relative to it). `s3_config` (an S3Config) says how to reach S3. Raises SourceError (a
+    ConfigError) when the location cannot be used at all; call `source.check()` to also verify that
+    a bucket and its credentials work before any heavy work starts.
     """
+    if location.startswith("s3://"):
+        return _open_s3(location, captions, path_column, caption_column, scan_filter, s3_config)
     path = Path(location).expanduser()
     if is_manifest_name(path.name) and not path.is_dir():
         return LocalManifestSource(
@@ -42,5 +49,35 @@ def open_source(
     if captions is not None:
         source.captions = load_caption_manifest(
             captions, source.root_path, path_column=path_column, caption_column=caption_column
+        )
+    return source
+
+
+def _open_s3(
+    location: str,
+    captions: str | None,
+    path_column: str | None,
+    caption_column: str | None,
+    scan_filter: ScanFilter | None,
+    s3_config: Any | None,
+) -> Source:
+    from mmindex.sources.s3 import (
+        S3ManifestSource,
+        S3Source,
+        load_s3_caption_manifest,
+    )  # boto3 only if needed
+
+    if is_manifest_name(location):
+        return S3ManifestSource(
+            location,
+            path_column=path_column,
+            caption_column=caption_column,
+            scan_filter=scan_filter,
+            config=s3_config,
+        )
+    source = S3Source(location, scan_filter=scan_filter, config=s3_config)
+    if captions is not None:
+        source.captions = load_s3_caption_manifest(
+            captions, source.root, path_column=path_column, caption_column=caption_column, config=s3_config
         )
     return source

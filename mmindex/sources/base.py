@@ -67,6 +67,15 @@ class Source(Protocol):
 
     root: str
 
+    @property
+    def fetch_concurrency(self) -> int:
+        """How many concurrent read() calls pay off (1 for local disks, more for object stores)."""
+        ...
+
+    def check(self) -> None:
+        """Raise SourceError now if the source cannot be listed (wrong bucket, denied credentials)."""
+        ...
+
     def scan(self) -> Iterator[SourceItem | ScanProblem]:
         """Yield every image once, in a stable order, streaming (never the whole listing in memory)."""
         ...

@@ -25,6 +25,8 @@ from mmindex.sources.sidecar import sidecar_names
 class LocalSource:
     """Images under a local directory; captions from sidecars and, optionally, a caption manifest."""
 
+    fetch_concurrency = 1
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -44,6 +46,9 @@ class LocalSource:
 
     def describe(self) -> str:
         return f"directory {self.root_path}"
+
+    def check(self) -> None:
+        """Nothing to check beyond what the constructor did (the directory exists)."""
 
     def scan(self) -> Iterator[SourceItem | ScanProblem]:
         visited: set[tuple[int, int]] = set()
@@ -118,6 +123,8 @@ class LocalSource:
 class LocalManifestSource:
     """The images a local manifest lists; relative paths are relative to the manifest's folder."""
 
+    fetch_concurrency = 1
+
     def __init__(
         self,
         manifest: str | os.PathLike[str],
@@ -146,6 +153,9 @@ class LocalManifestSource:
 
     def describe(self) -> str:
         return f"manifest {self.manifest}"
+
+    def check(self) -> None:
+        """The constructor already read the manifest's header."""
 
     def scan(self) -> Iterator[SourceItem | ScanProblem]:
         with open_local_manifest(self.manifest) as stream:

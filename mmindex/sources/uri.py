@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmindex.config import Settings
 from mmindex.errors import FetchError
 from mmindex.sources.base import SourceItem
 from mmindex.sources.local import read_file
 
 
 class UriReader:
-    """Reads any row's image by its uri; S3 objects through one client made on first use."""
+    """Reads any row's image by its uri; S3 objects through one client made on first use. An item's
+    version (the ETag for objects) must still match, so a replaced object is not read as the old one."""
 
     fetch_concurrency = 8
 
-    def __init__(self, s3_config: Any | None = None) -> None:
-        self.s3_config = s3_config
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
         self._s3: Any = None
 
     def read(self, item: SourceItem) -> bytes:
@@ -29,7 +31,7 @@ class UriReader:
 
     def _s3_reader(self) -> Any:
         if self._s3 is None:
-            from mmindex.sources.s3 import S3ObjectReader
+            from mmindex.sources.s3 import S3Config, S3ObjectReader
 
-            self._s3 = S3ObjectReader(self.s3_config)
+            self._s3 = S3ObjectReader(S3Config.from_settings(self.settings))
         return self._s3

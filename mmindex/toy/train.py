@@ -156,7 +156,7 @@ def evaluate_clip(directory: Path, *, seed: int = 99, count: int = 240) -> dict[
 
 
 def train_captioner(
-    out: Path, *, steps: int = 2500, images: int = 4000, batch: int = 64, seed: int = 0
+    out: Path, *, steps: int = 6000, images: int = 6000, batch: int = 64, seed: int = 0
 ) -> dict[str, Any]:
     """Train a tiny BLIP to say "a {colour} {shape}" for the generated images."""
     import torch
@@ -232,7 +232,7 @@ def main() -> None:
     if args.model == "clip":
         train_clip(args.out or TOY_MODELS["toy-clip"], steps=args.steps or 5000)
     else:
-        train_captioner(args.out or TOY_MODELS["toy-captioner"], steps=args.steps or 2500)
+        train_captioner(args.out or TOY_MODELS["toy-captioner"], steps=args.steps or 6000)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,728 @@
+"""Objects under an S3 prefix (AWS or any S3-compatible endpoint), or the objects an S3 manifest lists.
+
+A row's uri is `s3://bucket/key`, its key the object key relative to the source prefix, its version
+the ETag. Listing streams `list_objects_v2` page by page and pairs caption sidecars on the way: S3
+lists keys in lexicographic order, so every sidecar of `dir/photo.jpg` (`dir/photo.txt`,
+`dir/photo.jpg.json`, ...) lies in the contiguous block of keys that start with `dir/photo.`; an
+image waits only until its block ends. Nothing is fetched while listing: sidecars and images are read
+(GET) only for items that need (re)indexing.
+
+Faults: botocore retries requests (standard mode: 5xx, SlowDown, dropped connections, timeouts);
+errors while streaming a body are not botocore's business, so `read` retries those itself. An object
+that still fails raises FetchError (a failures row). A listing that fails after retries raises
+SourceError: a listing with a hole could make a pruning run delete rows that still exist.
+Credentials never appear in messages, `describe()` or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import random
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from urllib3.exceptions import HTTPError as URLLib3HTTPError
+
+from mmindex.config import Settings
+from mmindex.errors import ConfigError, FetchError, SourceError
+from mmindex.images import IMAGE_EXTENSIONS
+from mmindex.sources.base import ScanFilter, ScanProblem, SourceItem
+from mmindex.sources.manifest import is_manifest_name, read_manifest
+from mmindex.sources.sidecar import SIDECAR_SUFFIXES, sidecar_names
+
+__all__ = [
+    "S3Config",
+    "S3ManifestSource",
+    "S3ObjectReader",
+    "S3Source",
+    "lance_storage_options",
+    "load_s3_caption_manifest",
+    "parse_s3_uri",
+]
+
+log = logging.getLogger(__name__)
+
+LIST_PAGE_SIZE = 1000
+MANIFEST_SPOOL_BYTES = 32 * 1024 * 1024  # larger manifests spill from memory to a temporary file
+CHECK_MAX_ATTEMPTS = 2  # check() must answer in seconds, even against an endpoint that never replies
+CHECK_CONNECT_TIMEOUT = 2.0
+CHECK_READ_TIMEOUT = 3.0
+# LanceDB (object_store) on S3: retry quick failures (503, resets) within 10 s, but never wait out a hung
+# request twice. Its own outer loop multiplies this about 6x: a hung endpoint fails in ~60 s (measured;
+# 725 s with the defaults), a refused port in ~2 s. A request (e.g. one 5 MiB upload part) gets 10 s.
+LANCE_REQUEST_TIMEOUT = "10s"
+LANCE_MAX_RETRIES = 3
+LANCE_RETRY_TIMEOUT_S = 10
+
+_BODY_ERRORS = (BotoCoreError, URLLib3HTTPError, OSError)  # a body cut short, reset or stalled
+_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
+_TOKEN_CODES = {"ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
+_REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """How to reach S3. None means "as boto3 decides": AWS_ENDPOINT_URL, AWS_PROFILE, AWS_REGION, the
+    default credential chain. `fetch_concurrency` is how many concurrent reads a source invites."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_attempts: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    fetch_concurrency: int = 16
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None and urlsplit(self.endpoint_url).scheme not in ("http", "https"):
+            raise ConfigError(
+                f"S3 endpoint {_redact_url(self.endpoint_url)!r} is not an http(s) URL; "
+                "set MMINDEX_S3_ENDPOINT to e.g. http://127.0.0.1:9000"
+            )
+        if self.max_attempts < 1 or self.fetch_concurrency < 1:
+            raise ConfigError("S3 max_attempts and fetch_concurrency must be at least 1")
+        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ConfigError("S3 connect_timeout and read_timeout must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Config:
+        """From MMINDEX_S3_ENDPOINT / MMINDEX_S3_REGION / MMINDEX_S3_PROFILE (via Settings)."""
+        return cls(endpoint_url=settings.s3_endpoint, region=settings.s3_region, profile=settings.s3_profile)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of `s3://bucket/key`; the key may be empty. The key is taken verbatim (no URL
+    decoding), since S3 keys may hold `?`, `#` or `%`."""
+    if not uri.startswith("s3://"):
+        raise SourceError(f"{uri!r} is not an s3:// location; write s3://bucket/prefix")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise SourceError(f"{uri!r} names no bucket; write s3://bucket/prefix")
+    return bucket, key
+
+
+# -- the client every source shares its habits with ---------------------------------------------------
+
+
+class S3Objects:
+    """One boto3 session and one thread-safe client, with the reads, listings and checks a source needs
+    and errors translated into one-line, credential-free messages."""
+
+    def __init__(self, config: S3Config) -> None:
+        self.config = config
+        self.session = _session(config)
+        self.client = _client(
+            self.session, config, config.max_attempts, config.connect_timeout, config.read_timeout
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint the client talks to, without any user:password part."""
+        return _redact_url(str(self.client.meta.endpoint_url))
+
+    def describe_endpoint(self) -> str:
+        parts = [f"endpoint {self.endpoint}"]
+        if self.client.meta.region_name:
+            parts.append(f"region {self.client.meta.region_name}")
+        if self.config.profile:
+            parts.append(f"profile {self.config.profile}")
+        return ", ".join(parts)
+
+    def list_objects(
+        self, bucket: str, prefix: str, page_size: int = LIST_PAGE_SIZE
+    ) -> Iterator[dict[str, Any]]:
+        """Every object under `prefix`, in key order, one page in memory at a time."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size})
+        try:
+            for page in pages:
+                yield from page.get("Contents", ())
+        except (ClientError, BotoCoreError) as exc:
+            raise SourceError(f"listing s3://{bucket}/{prefix} failed: {self.explain(exc, bucket)}") from None
+
+    def check_listing(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
+        """One LIST of at most one key, with short timeouts; SourceError says what is wrong."""
+        client = _client(
+            self.session,
+            self.config,
+            CHECK_MAX_ATTEMPTS,
+            min(self.config.connect_timeout, CHECK_CONNECT_TIMEOUT),
+            min(self.config.read_timeout, CHECK_READ_TIMEOUT),
+        )
+        try:
+            response = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise SourceError(self.explain(exc, bucket)) from None
+        contents: list[dict[str, Any]] = response.get("Contents", [])
+        return contents
+
+    def get(self, bucket: str, key: str, etag: str | None = None) -> bytes:
+        """The object's bytes, retrying a body that breaks off mid-stream. With `etag`, only that version
+        (If-Match): the bytes then always belong to the version the item was listed with."""
+        params: dict[str, str] = {"Bucket": bucket, "Key": key}
+        if etag:
+            params["IfMatch"] = f'"{etag}"'
+        attempts = self.config.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self.client.get_object(**params)
+            except (ClientError, BotoCoreError) as exc:
+                raise FetchError(self._fetch_reason(exc, bucket), retryable=True) from None
+            body = response["Body"]
+            try:
+                data: bytes = body.read()  # botocore checks the length against Content-Length
+                return data
+            except _BODY_ERRORS as exc:
+                body.close()
+                log.debug(
+                    "s3://%s/%s: body broke off (%s), attempt %d/%d",
+                    bucket,
+                    key,
+                    _short(exc),
+                    attempt,
+                    attempts,
+                )
+                if attempt == attempts:
+                    raise FetchError(
+                        f"the connection broke off while reading the object {attempts} times "
+                        f"(last: {self.scrub(_short(exc))})",
+                        retryable=True,
+                    ) from None
+                time.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def head(self, bucket: str, key: str) -> dict[str, Any]:
+        """The object's metadata; ClientError/BotoCoreError pass through for the caller to word."""
+        response: dict[str, Any] = self.client.head_object(Bucket=bucket, Key=key)
+        return response
+
+    def download(self, bucket: str, key: str, what: str) -> IO[bytes]:
+        """A seekable stream of a whole object (Parquet needs to seek), spilled to disk past 32 MiB."""
+        spool = tempfile.SpooledTemporaryFile(max_size=MANIFEST_SPOOL_BYTES)  # noqa: SIM115 - caller closes
+        try:
+            self.client.download_fileobj(bucket, key, spool)
+        except (ClientError, BotoCoreError) as exc:
+            spool.close()
+            if _status(exc) == 404 or _code(exc) in ("NoSuchKey", "NoSuchBucket", "404"):
+                raise SourceError(f"{what} s3://{bucket}/{key} does not exist") from None
+            raise SourceError(
+                f"cannot read {what} s3://{bucket}/{key}: {self.explain(exc, bucket)}"
+            ) from None
+        spool.seek(0)
+        return spool  # type: ignore[return-value]  # SpooledTemporaryFile is an IO[bytes] in practice
+
+    def explain(self, exc: BaseException, bucket: str) -> str:
+        """One line for a failed request, naming the likely fix; never a credential."""
+        if isinstance(exc, ClientError):
+            return self.scrub(self._client_error_line(exc, bucket))
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return (
+                "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or a profile with AWS_PROFILE / MMINDEX_S3_PROFILE"
+            )
+        if isinstance(exc, BotoConnectionError | HTTPClientError):
+            return (
+                f"cannot reach the S3 endpoint {self.endpoint} ({type(exc).__name__}); "
+                "check MMINDEX_S3_ENDPOINT / AWS_ENDPOINT_URL and the network"
+            )
+        return self.scrub(_short(exc))
+
+    def _client_error_line(self, exc: ClientError, bucket: str) -> str:
+        code, status = _code(exc), _status(exc)
+        if code == "NoSuchBucket":
+            return f"bucket {bucket!r} does not exist at {self.endpoint}; check the name and the endpoint"
+        if code == "InvalidAccessKeyId":
+            return (
+                "the AWS access key id is unknown to the endpoint (InvalidAccessKeyId); check the credentials"
+            )
+        if code == "SignatureDoesNotMatch":
+            return (
+                "the AWS secret access key does not match the access key id (SignatureDoesNotMatch); "
+                "check the credentials"
+            )
+        if code in _TOKEN_CODES:
+            return f"the AWS session token is expired or invalid ({code}); refresh the credentials"
+        if code in _REGION_CODES or status == 301:
+            return f"bucket {bucket!r} is in another region ({code}); set MMINDEX_S3_REGION or AWS_REGION"
+        if code in _DENIED_CODES or status == 403:
+            return f"access denied ({code}): the credentials may not list or read bucket {bucket!r}"
+        return f"S3 answered {code} (HTTP {status}): {_message(exc)}"
+
+    def _fetch_reason(self, exc: BaseException, bucket: str) -> str:
+        if isinstance(exc, ClientError):
+            code, status = _code(exc), _status(exc)
+            if code in ("NoSuchKey", "404") or status == 404:
+                return "the object no longer exists (deleted after it was listed)"
+            if code == "InvalidObjectState":
+                return "the object is archived (InvalidObjectState); restore it to index it"
+            if code == "PreconditionFailed" or status == 412:
+                return "the object changed after it was listed; the next run indexes the new version"
+            if (status is not None and status >= 500) or code == "SlowDown":
+                return f"S3 kept failing: {code} (HTTP {status}) after {self.config.max_attempts} attempts"
+            return self.explain(exc, bucket)
+        if isinstance(exc, BotoConnectionError | HTTPClientError):
+            return f"cannot reach the S3 endpoint {self.endpoint} ({type(exc).__name__}) after retries"
+        return self.explain(exc, bucket)
+
+    def scrub(self, text: str) -> str:
+        """`text` with the session's secret key and token (if they were ever loaded) masked."""
+        credentials = self.session.get_credentials()  # resolved when the client was made: cached
+        if credentials is None:
+            return text
+        try:
+            frozen = credentials.get_frozen_credentials()
+        except BotoCoreError:  # a refresh that fails now: nothing to mask that we could know of
+            return text
+        for secret in (frozen.secret_key, frozen.token):
+            if secret and len(secret) >= 8:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _session(config: S3Config) -> Any:
+    """One boto3 session per source: the profile (or AWS_PROFILE) and region, credentials its chain finds."""
+    try:
+        return boto3.Session(profile_name=config.profile, region_name=config.region)
+    except ProfileNotFound:
+        name = config.profile or os.environ.get("AWS_PROFILE", "")
+        raise SourceError(
+            f"AWS profile {name!r} is not configured; set MMINDEX_S3_PROFILE or AWS_PROFILE to one in "
+            "~/.aws/config, or leave both unset"
+        ) from None
+
+
+def _client(
+    session: Any, config: S3Config, attempts: int, connect_timeout: float, read_timeout: float
+) -> Any:
+    """A thread-safe S3 client: standard-mode retries (5xx, SlowDown, dropped connections, timeouts;
+    `attempts` in all) and a connection pool large enough for `fetch_concurrency` readers."""
+    botocore_config = Config(
+        retries={"mode": "standard", "total_max_attempts": attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=max(10, config.fetch_concurrency + 4),
+        tcp_keepalive=True,
+    )
+    try:
+        return session.client("s3", endpoint_url=config.endpoint_url, config=botocore_config)
+    except (ValueError, BotoCoreError) as exc:
+        raise SourceError(f"cannot set up an S3 client: {_short(exc)}") from None
+
+
+class S3ObjectReader:
+    """Reads items by their `s3://` uri alone (rows already indexed, whatever source listed them)."""
+
+    def __init__(self, config: S3Config | None = None) -> None:
+        self.config = config or S3Config()
+        self.objects = S3Objects(self.config)
+
+    @property
+    def fetch_concurrency(self) -> int:
+        """How many concurrent `read()` calls pay off (the client's connection pool is sized for them)."""
+        return self.config.fetch_concurrency
+
+    def read(self, item: SourceItem) -> bytes:
+        """The object's bytes; If-Match the item's version when it has one."""
+        bucket, key = parse_s3_uri(item.uri)
+        return self.objects.get(bucket, key, item.version or None)
+
+    def read_sidecar(self, item: SourceItem) -> bytes:
+        if item.sidecar is None:
+            raise FetchError("the item has no caption sidecar", retryable=False)
+        bucket, key = parse_s3_uri(item.sidecar)
+        try:
+            return self.objects.get(bucket, key, item.sidecar_version or None)
+        except FetchError as exc:
+            raise FetchError(f"caption sidecar: {exc}", retryable=exc.retryable) from None
+
+
+# -- a prefix of a bucket ---------------------------------------------------------------------------
+
+
+class S3Source(S3ObjectReader):
+    """Images under `s3://bucket/prefix/`; captions from sidecars and, optionally, a caption manifest."""
+
+    page_size = LIST_PAGE_SIZE
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        scan_filter: ScanFilter | None = None,
+        captions: dict[str, str] | None = None,
+        config: S3Config | None = None,
+    ) -> None:
+        self.bucket, prefix = parse_s3_uri(location)
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.root = f"s3://{self.bucket}/{self.prefix}"
+        self.scan_filter = scan_filter or ScanFilter()
+        self.captions = captions or {}
+        super().__init__(config)
+
+    def describe(self) -> str:
+        return f"S3 prefix {self.root} ({self.objects.describe_endpoint()})"
+
+    def check(self) -> None:
+        """Raise SourceError unless the bucket exists, the credentials may list it and the prefix holds
+        objects. One LIST request with short timeouts: seconds, even against a dead endpoint."""
+        if not self.objects.check_listing(self.bucket, self.prefix):
+            if self.prefix:
+                raise SourceError(f"no objects under {self.root}; check the prefix {self.prefix!r}")
+            raise SourceError(f"bucket {self.bucket!r} is empty")
+
+    def scan(self) -> Iterator[SourceItem | ScanProblem]:
+        listing_prefix = self.prefix + sidecar_safe_prefix(self.scan_filter.prefix)
+        pairer = SidecarPairer()
+        for entry in self.objects.list_objects(self.bucket, listing_prefix, self.page_size):
+            key = entry["Key"][len(self.prefix) :]
+            for image, sidecar in pairer.advance(key):
+                yield self._item(image, sidecar)
+            kind = _kind(key)
+            if kind == "sidecar":
+                pairer.add_sidecar(key, _etag(entry))
+            elif kind == "image" and self._keeps(key, entry):
+                pairer.add_image(key, entry)
+        for image, sidecar in pairer.finish():
+            yield self._item(image, sidecar)
+
+    def _keeps(self, key: str, entry: dict[str, Any]) -> bool:
+        return self.scan_filter.keeps_key(key) and self.scan_filter.keeps_time(_modified_at(entry))
+
+    def _item(self, entry: dict[str, Any], sidecar: tuple[str, str] | None) -> SourceItem:
+        key = entry["Key"][len(self.prefix) :]
+        return SourceItem(
+            uri=f"s3://{self.bucket}/{entry['Key']}",
+            key=key,
+            size=int(entry["Size"]),
+            version=_etag(entry),
+            modified_at=_modified_at(entry),
+            caption=self.captions.get(key),
+            sidecar=self.root + sidecar[0] if sidecar else None,
+            sidecar_version=sidecar[1] if sidecar else None,
+        )
+
+
+def sidecar_safe_prefix(prefix: str) -> str:
+    """The listing prefix that still lists every sidecar of every image under `prefix`: cut just after
+    the first "." of the last path component (`a/photo.jp` -> `a/photo.`), since sidecars share it."""
+    directory, slash, name = prefix.rpartition("/")
+    dot = name.find(".")
+    return prefix if dot < 0 else directory + slash + name[: dot + 1]
+
+
+class SidecarPairer:
+    """Pairs images with their caption sidecars in one pass over keys in lexicographic order.
+
+    Every sidecar candidate of `d/photo.jpg` starts with `d/photo.` (the image's block), and keys with
+    a common prefix are listed contiguously, so the first key outside the block settles the pairing.
+    Held meanwhile: images whose block is open, and sidecars an open or future image may claim; that
+    is bounded by the size of a block, not of the listing. Images come out when their block closes.
+    """
+
+    def __init__(self) -> None:
+        self._images: list[tuple[str, str, dict[str, Any]]] = []  # (block, key, listing entry)
+        self._sidecars: dict[str, str] = {}  # key -> ETag
+
+    def add_image(self, key: str, entry: dict[str, Any]) -> None:
+        self._images.append((_stem(key) + ".", key, entry))
+
+    def add_sidecar(self, key: str, etag: str) -> None:
+        self._sidecars[key] = etag
+
+    def advance(self, key: str) -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
+        """Settle the images whose block ends before `key` (the next key of the listing)."""
+        done = []
+        if self._images and not all(key.startswith(block) for block, _, _ in self._images):
+            still_open = []
+            for block, image_key, entry in self._images:
+                if key.startswith(block):
+                    still_open.append((block, image_key, entry))
+                else:
+                    done.append((entry, self._sidecar_of(image_key)))
+            self._images = still_open
+        if self._sidecars:
+            self._forget_sidecars(key)
+        return done
+
+    def finish(self) -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
+        done = [(entry, self._sidecar_of(image_key)) for _, image_key, entry in self._images]
+        self._images, self._sidecars = [], {}
+        return done
+
+    def _sidecar_of(self, image_key: str) -> tuple[str, str] | None:
+        directory, slash, name = image_key.rpartition("/")
+        for candidate in sidecar_names(name):
+            sidecar_key = directory + slash + candidate
+            if sidecar_key in self._sidecars:
+                return sidecar_key, self._sidecars[sidecar_key]
+        return None
+
+    def _forget_sidecars(self, key: str) -> None:
+        # A sidecar s = "stem.txt" serves images "stem.<ext>" (all inside block "stem.") and the image
+        # named "stem" itself (listed before s, so held in _images if still unsettled).
+        open_images = {image_key for _, image_key, _ in self._images}
+        for sidecar_key in list(self._sidecars):
+            stem = _stem(sidecar_key)
+            if not key.startswith(stem + ".") and stem not in open_images:
+                del self._sidecars[sidecar_key]
+
+
+# -- a manifest object that lists the images --------------------------------------------------------
+
+_Target = tuple[str, str, str, str | None]  # bucket, object key, row key, caption
+
+
+class S3ManifestSource(S3ObjectReader):
+    """The objects an S3 manifest (CSV/TSV/JSONL/Parquet) lists, with its captions. Relative paths are
+    relative to the manifest's folder; `s3://` uris may point anywhere. Listing costs one GET of the
+    manifest plus one HEAD per row (run `fetch_concurrency` at a time), and no GET of any image."""
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        path_column: str | None = None,
+        caption_column: str | None = None,
+        scan_filter: ScanFilter | None = None,
+        config: S3Config | None = None,
+    ) -> None:
+        self.bucket, self.manifest_key = parse_s3_uri(location)
+        if not is_manifest_name(self.manifest_key):
+            raise SourceError(f"{location} is not a .csv/.tsv/.jsonl/.parquet manifest")
+        self.manifest = location
+        folder = posixpath.dirname(self.manifest_key)
+        self.folder = folder + "/" if folder else ""
+        self.root = f"s3://{self.bucket}/{self.folder}"
+        self.path_column = path_column
+        self.caption_column = caption_column
+        self.scan_filter = scan_filter or ScanFilter()
+        super().__init__(config)
+
+    def describe(self) -> str:
+        return f"S3 manifest {self.manifest} ({self.objects.describe_endpoint()})"
+
+    def check(self) -> None:
+        """Raise SourceError unless the manifest object exists and may be listed (one LIST request)."""
+        found = self.objects.check_listing(self.bucket, self.manifest_key)
+        if not found or found[0]["Key"] != self.manifest_key:
+            raise SourceError(f"manifest {self.manifest} does not exist")
+
+    def scan(self) -> Iterator[SourceItem | ScanProblem]:
+        with self.objects.download(self.bucket, self.manifest_key, "manifest") as stream:
+            rows = read_manifest(
+                stream, self.manifest_key, path_column=self.path_column, caption_column=self.caption_column
+            )
+            targets = (self._target(path, caption) for path, caption in rows)
+            kept = (t for t in targets if isinstance(t, ScanProblem) or self.scan_filter.keeps_key(t[2]))
+            with ThreadPoolExecutor(self.fetch_concurrency, thread_name_prefix="mmindex-s3-head") as pool:
+                for chunk in _chunks(kept, self.fetch_concurrency * 8):
+                    for result in pool.map(self._stat, chunk):
+                        if result is not None:
+                            yield result
+
+    def read_sidecar(self, item: SourceItem) -> bytes:
+        raise FetchError("manifest items have no sidecar", retryable=False)
+
+    def _target(self, path: str, caption: str | None) -> _Target | ScanProblem:
+        """(bucket, object key, row key, caption) of a manifest row."""
+        if path.startswith("s3://"):
+            try:
+                bucket, object_key = parse_s3_uri(path)
+            except SourceError as exc:
+                return ScanProblem(path, path, str(exc))
+            key = path[len(self.root) :] if path.startswith(self.root) else path
+            return bucket, object_key, key, caption
+        object_key = posixpath.normpath(self.folder + path.lstrip("/"))
+        if object_key.startswith("../") or object_key in ("..", "."):
+            return ScanProblem(self.root + path, path, "the manifest path points outside the bucket")
+        key = object_key[len(self.folder) :] if object_key.startswith(self.folder) else path
+        return self.bucket, object_key, key, caption
+
+    def _stat(self, target: _Target | ScanProblem) -> SourceItem | ScanProblem | None:
+        if isinstance(target, ScanProblem):
+            return target
+        bucket, object_key, key, caption = target
+        uri = f"s3://{bucket}/{object_key}"
+        try:
+            head = self.objects.head(bucket, object_key)
+        except (ClientError, BotoCoreError) as exc:
+            if _status(exc) == 404:
+                return ScanProblem(uri, key, "listed in the manifest but the object does not exist")
+            return ScanProblem(uri, key, f"listed in the manifest but {self.objects.explain(exc, bucket)}")
+        modified_at = _aware(head["LastModified"])
+        if not self.scan_filter.keeps_time(modified_at):
+            return None
+        size, version = int(head["ContentLength"]), _strip_etag(head["ETag"])
+        return SourceItem(
+            uri=uri, key=key, size=size, version=version, modified_at=modified_at, caption=caption
+        )
+
+
+def load_s3_caption_manifest(
+    uri: str,
+    source_root: str,
+    *,
+    path_column: str | None = None,
+    caption_column: str | None = None,
+    config: S3Config | None = None,
+) -> dict[str, str]:
+    """key -> caption for an S3 source rooted at `source_root` (`s3://bucket/prefix/`). The manifest is
+    an `s3://` object or a local file; its paths are keys relative to the root, or full `s3://` uris."""
+    if uri.startswith("s3://"):
+        bucket, key = parse_s3_uri(uri)
+        stream = S3Objects(config or S3Config()).download(bucket, key, "caption manifest")
+    else:
+        try:
+            stream = open(os.path.expanduser(uri), "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise SourceError(f"cannot read caption manifest {uri}: {exc.strerror or exc}") from None
+    captions: dict[str, str] = {}
+    with stream:
+        for path, caption in read_manifest(
+            stream, uri, path_column=path_column, caption_column=caption_column
+        ):
+            if caption is None:
+                continue
+            if path.startswith("s3://"):
+                if path.startswith(source_root):
+                    captions[path[len(source_root) :]] = caption
+            else:
+                normalised = posixpath.normpath(path.lstrip("/"))
+                captions[normalised] = caption
+    return captions
+
+
+# -- LanceDB on S3 ----------------------------------------------------------------------------------
+
+
+def lance_storage_options(config: S3Config | None = None) -> dict[str, str]:
+    """LanceDB `storage_options` for an `s3://` database reached like the sources are: the same endpoint,
+    region and (resolved, static) credentials, a short request timeout and few retries, so a dead
+    endpoint fails in about a minute instead of twelve. Holds secrets: never log or store the result."""
+    config = config or S3Config()
+    objects = S3Objects(config)
+    options: dict[str, str] = {}
+    credentials = objects.session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        options["aws_access_key_id"] = frozen.access_key
+        options["aws_secret_access_key"] = frozen.secret_key
+        if frozen.token:
+            options["aws_session_token"] = frozen.token
+    endpoint = str(objects.client.meta.endpoint_url)
+    if not _is_aws_endpoint(endpoint):
+        options["endpoint"] = endpoint
+        if endpoint.startswith("http://"):
+            options["allow_http"] = "true"
+    region = config.region or objects.session.region_name or objects.client.meta.region_name
+    if region and region != "aws-global":
+        options["region"] = region
+    options["connect_timeout"] = f"{int(config.connect_timeout * 1000)}ms"
+    options["timeout"] = LANCE_REQUEST_TIMEOUT
+    options["client_max_retries"] = str(LANCE_MAX_RETRIES)
+    options["client_retry_timeout"] = str(LANCE_RETRY_TIMEOUT_S)  # integer seconds; "30s" is ignored
+    return options
+
+
+# -- small helpers ----------------------------------------------------------------------------------
+
+
+def _kind(key: str) -> str | None:
+    """ "image", "sidecar" or None (hidden, a folder marker, or another kind of object)."""
+    if not key or key.endswith("/") or any(part.startswith(".") for part in key.split("/")):
+        return None
+    extension = posixpath.splitext(key)[1]
+    if extension.lower() in IMAGE_EXTENSIONS:
+        return "image"
+    return "sidecar" if extension in SIDECAR_SUFFIXES else None
+
+
+def _stem(key: str) -> str:
+    """The key without the extension of its last component (`d/a.b.jpg` -> `d/a.b`)."""
+    return posixpath.splitext(key)[0]
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _etag(entry: dict[str, Any]) -> str:
+    return _strip_etag(str(entry.get("ETag", "")))
+
+
+def _strip_etag(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _modified_at(entry: dict[str, Any]) -> datetime | None:
+    value = entry.get("LastModified")
+    return _aware(value) if isinstance(value, datetime) else None
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")) or type(exc).__name__
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if status is not None else None
+
+
+def _message(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return " ".join(str(response.get("Error", {}).get("Message", "")).split()) or "no message"
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff: up to 0.2 s, 0.4 s, 0.8 s, ... capped at 5 s."""
+    return random.uniform(0, min(5.0, 0.1 * 2**attempt))
+
+
+def _redact_url(url: str) -> str:
+    """`url` without a user:password part."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _is_aws_endpoint(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
