@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.locking import table_slot
 from flows.reporting import FlowProgress, publish_report
 from mmindex.backfill import run_caption
 from mmindex.jobs import CaptionJob, prepare_caption
@@ -29,6 +30,7 @@ def caption_missing(
     max_new_tokens: int = 30,
     num_beams: int = 1,
     prompt: str | None = None,
+    lock_timeout: float | None = None,
     progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Caption rows that have no caption (with `recaption`, also rows captioned by another model).
@@ -47,22 +49,24 @@ def caption_missing(
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
         prompt=prompt,
+        lock_timeout=lock_timeout,
     )
     prepared = prepare_caption(job)
-    models = prepared.models
-    assert models.caption_model is not None
-    embedder = load_embedder(models.embed_model, models.device, models.precision)
-    captioner = load_captioner(models.caption_model, models.device, models.precision, models.generation)
-    with TerminalProgress("captioning", enabled=progress_bar) as terminal:
-        report = run_caption(
-            prepared.store,
-            captioner,
-            embedder,
-            prepared.options,
-            reader=prepared.reader,
-            stages=CAPTION_STAGES,
-            progress=FlowProgress(terminal if progress_bar else None),
-        )
+    with table_slot(prepared.store.db_uri, prepared.store.table_name, lock_timeout):
+        models = prepared.models
+        assert models.caption_model is not None
+        embedder = load_embedder(models.embed_model, models.device, models.precision)
+        captioner = load_captioner(models.caption_model, models.device, models.precision, models.generation)
+        with TerminalProgress("captioning", enabled=progress_bar) as terminal:
+            report = run_caption(
+                prepared.store,
+                captioner,
+                embedder,
+                prepared.options,
+                reader=prepared.reader,
+                stages=CAPTION_STAGES,
+                progress=FlowProgress(terminal if progress_bar else None),
+            )
     publish_report(report, "caption")
     return report.to_dict()
 

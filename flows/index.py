@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from prefect import flow
 
+from flows.locking import table_slot
 from flows.reporting import FlowProgress, publish_report
-from mmindex.backfill import run_caption
-from mmindex.jobs import IndexJob, prepare_index
+from mmindex.backfill import inherit_captions, run_caption
+from mmindex.jobs import IndexJob, PreparedIndex, prepare_index
 from mmindex.pipeline import run_index
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
@@ -46,13 +48,17 @@ def index(
     max_new_tokens: int = 30,
     num_beams: int = 1,
     prompt: str | None = None,
+    new_table: str | None = None,
+    lock_timeout: float | None = None,
     progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Index images from a directory, manifest or bucket into a LanceDB table of CLIP embeddings.
 
     Unchanged items are skipped, changed ones re-embedded in place; `prune` drops rows of items that
-    are gone; `caption_missing` generates captions for images without one. Returns the run's counts
-    (scanned, indexed, unchanged, failed, captioned, ...).
+    are gone; `caption_missing` generates captions for images without one; `new_table` builds another
+    table (with a new `model`) from the same source, leaving the current one untouched and reusing its
+    generated captions. Only one run writes a table at a time: others wait (up to `lock_timeout`).
+    Returns the run's counts (scanned, indexed, unchanged, failed, captioned, ...).
     """
     job = IndexJob(
         source=source,
@@ -79,6 +85,8 @@ def index(
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
         prompt=prompt,
+        new_table=new_table,
+        lock_timeout=lock_timeout,
     )
     return index_job(job, progress_bar=progress_bar).to_dict()
 
@@ -86,11 +94,20 @@ def index(
 def index_job(job: IndexJob, *, progress_bar: bool = False) -> RunReport:
     """The body of the index flow, for callers that already hold an IndexJob."""
     prepared = prepare_index(job)
+    store = prepared.store
+    with table_slot(store.db_uri, store.table_name, job.lock_timeout):
+        report = _index(job, prepared, progress_bar)
+    publish_report(report, "index")
+    return report
+
+
+def _index(job: IndexJob, prepared: PreparedIndex, progress_bar: bool) -> RunReport:
     models = prepared.models
     embedder = load_embedder(models.embed_model, models.device, models.precision, models.quantize)
     captioner = None
     if prepared.caption is not None and models.caption_model is not None:
         captioner = load_captioner(models.caption_model, models.device, models.precision, models.generation)
+    donor = prepared.caption_donor
     with TerminalProgress(enabled=progress_bar) as terminal:
         report = run_index(
             prepared.source,
@@ -98,6 +115,7 @@ def index_job(job: IndexJob, *, progress_bar: bool = False) -> RunReport:
             prepared.store,
             prepared.options,
             captioner=captioner,
+            caption_donor=partial(inherit_captions, donor) if donor is not None else None,
             stages=INDEX_STAGES,
             progress=FlowProgress(terminal if progress_bar else None),
         )
@@ -109,7 +127,11 @@ def index_job(job: IndexJob, *, progress_bar: bool = False) -> RunReport:
             prepared.store, captioner, embedder, leftover, reader=reader, stages=CAPTION_STAGES
         )
         report.absorb_captions(backfill)
-    publish_report(report, "index")
+    if donor is not None:
+        report.notes.append(
+            f"built {prepared.store.describe()} with {models.embed_model}; {donor.describe()} is untouched. "
+            f"Search the new table with --table {prepared.store.table_name}"
+        )
     return report
 
 

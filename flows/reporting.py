@@ -56,11 +56,13 @@ def publish_report(report: RunReport, key_prefix: str) -> None:
         logger.info(line)
     key = artifact_key(f"{key_prefix}-{report.table}")
     create_markdown_artifact(report.to_markdown(), key=key, description=f"mmindex {report.kind} summary")
-    if report.failure_examples:
-        rows: list[dict[str, Any]] = [
-            {"key": e.key, "stage": e.stage, "error": e.error} for e in report.failure_examples
-        ]
-        create_table_artifact(rows, key=f"{key}-failures", description="items that failed in this run")
+    rows: list[dict[str, Any]] = [
+        {"key": e.key, "stage": e.stage, "error": e.error} for e in report.failure_examples
+    ]
+    description = "items that failed in this run" if rows else "no item failed in this run"
+    create_table_artifact(
+        rows or [{"key": "", "stage": "", "error": ""}], key=f"{key}-failures", description=description
+    )
 
 
 def artifact_key(text: str) -> str:

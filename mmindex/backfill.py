@@ -53,6 +53,7 @@ class CaptionOptions:
     prefetch: int = 2
     write_rows: int = 512
     write_seconds: float = 5.0
+    lock_timeout: float | None = None
 
 
 def target_filter(model_id: str, options: CaptionOptions) -> str:
@@ -106,6 +107,19 @@ def _permanent_caption_failures(store: Store) -> dict[str, int | None]:
         for row in store.failure_rows("stage = 'caption'")
         if row["severity"] == SEVERITY_ERROR and not row["retryable"]
     }
+
+
+def inherit_captions(donor: Store, batch: LoadedBatch, report: RunReport) -> LoadedBatch:
+    """Reuse the generated captions an older table (built with another embedding model) holds for the
+    same, unchanged images, so re-embedding a corpus does not mean captioning it again."""
+    missing = {loaded.item.id: loaded for loaded in batch.items if loaded.caption is None}
+    for row_id, row in donor.generated_captions(list(missing)).items():
+        loaded = missing[row_id]
+        if row["fingerprint"] == loaded.item.fingerprint and row["caption"]:
+            loaded.caption, loaded.caption_source = row["caption"], CAPTION_GENERATED
+            loaded.caption_model, loaded.captioned_at = row["caption_model"], row["captioned_at"]
+            report.notes_count("captions reused from the old table")
+    return batch
 
 
 def embed_caption_rows(embedder: Embedder, batch: LoadedBatch, report: RunReport) -> EmbeddedBatch:
@@ -181,33 +195,36 @@ def run_caption(
     stages = stages or CaptionStages()
     reader = reader or UriReader()
     report = report or RunReport(kind="caption", source=store.describe(), table=store.describe())
-    started = time.perf_counter()
-    if store.info().model != embedder.model_id:
-        raise TableError(
-            f"table {store.describe()} was built with {store.info().model!r}, not {embedder.model_id!r}"
-        )
-    preprocessors = {"caption": captioner.preprocess}
-    done = 0
-    targets = caption_targets(store, captioner.model_id, options)
-    with (
-        store.writer(
-            flush_rows=options.write_rows,
-            flush_seconds=options.write_seconds,
-            stages=CAPTION_STAGES,
-            partial=True,
-        ) as writer,
-        stage_pools(options.workers, getattr(reader, "fetch_concurrency", 1)) as pools,
-    ):
-        for items, loaded in overlapped(
-            targets, lambda batch: stages.load(reader, batch, preprocessors, report, *pools), options.prefetch
+    with store.lock(options.lock_timeout):
+        started = time.perf_counter()
+        if store.info().model != embedder.model_id:
+            raise TableError(
+                f"table {store.describe()} was built with {store.info().model!r}, not {embedder.model_id!r}"
+            )
+        preprocessors = {"caption": captioner.preprocess}
+        done = 0
+        targets = caption_targets(store, captioner.model_id, options)
+        with (
+            store.writer(
+                flush_rows=options.write_rows,
+                flush_seconds=options.write_seconds,
+                stages=CAPTION_STAGES,
+                partial=True,
+            ) as writer,
+            stage_pools(options.workers, getattr(reader, "fetch_concurrency", 1)) as pools,
         ):
-            report.scanned += len(items)
-            captioned = stages.caption(captioner, loaded, report)
-            stages.write(writer, stages.embed(embedder, captioned, report), report)
-            done += len(items)
-            if progress is not None:
-                progress(ProgressUpdate(done, done, done, False))
-    store.finish(report)
-    report.seconds = time.perf_counter() - started
-    report.notes.append(f"captions by {captioner.model_id} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    return report
+            for items, loaded in overlapped(
+                targets,
+                lambda batch: stages.load(reader, batch, preprocessors, report, *pools),
+                options.prefetch,
+            ):
+                report.scanned += len(items)
+                captioned = stages.caption(captioner, loaded, report)
+                stages.write(writer, stages.embed(embedder, captioned, report), report)
+                done += len(items)
+                if progress is not None:
+                    progress(ProgressUpdate(done, done, done, False))
+        store.finish(report)
+        report.seconds = time.perf_counter() - started
+        report.notes.append(f"captions by {captioner.model_id} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+        return report

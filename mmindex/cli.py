@@ -47,6 +47,12 @@ CaptionModelOption = Annotated[
 ]
 MaxTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest caption, in tokens")]
 BeamsOption = Annotated[int, typer.Option("--num-beams", min=1, help="beam search width (1: greedy)")]
+LockTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--lock-timeout", min=0, help="seconds to wait while another run writes the table [no limit]"
+    ),
+]
 PromptOption = Annotated[
     str | None, typer.Option("--prompt", help='caption prefix that steers the model, e.g. "a photograph of"')
 ]
@@ -153,6 +159,13 @@ def index(
     max_new_tokens: MaxTokensOption = 30,
     num_beams: BeamsOption = 1,
     prompt: PromptOption = None,
+    new_table: Annotated[
+        str | None,
+        typer.Option(
+            "--new-table", help="build this table with --model NEW; the current table stays as it is"
+        ),
+    ] = None,
+    lock_timeout: LockTimeoutOption = None,
 ) -> None:
     """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
     from mmindex.jobs import IndexJob, prepare_index
@@ -183,6 +196,8 @@ def index(
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
         prompt=prompt,
+        new_table=new_table,
+        lock_timeout=lock_timeout,
     )
     prepare_index(job)  # refuse bad arguments before a flow (and a Prefect server) starts
     from flows.index import index_flow_for_cli
@@ -290,6 +305,7 @@ def caption(
     max_new_tokens: MaxTokensOption = 30,
     num_beams: BeamsOption = 1,
     prompt: PromptOption = None,
+    lock_timeout: LockTimeoutOption = None,
     json_output: JsonOption = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
 ) -> None:
@@ -310,6 +326,7 @@ def caption(
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
         prompt=prompt,
+        lock_timeout=lock_timeout,
     )
     prepare_caption(job)
     from flows.caption import caption_flow_for_cli
@@ -319,6 +336,32 @@ def caption(
         emit_json(report)
     else:
         typer.echo("\n".join(_summary(report)))
+
+
+@app.command()
+@handles_errors
+def maintain(
+    db: DbOption = None,
+    table: TableOption = None,
+    retention: Annotated[
+        str, typer.Option("--retention", help="keep table versions younger than this: 7d, 12h, 30m [7d]")
+    ] = "7d",
+    lock_timeout: LockTimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Compact a table, fold new rows into its indices (or build them) and delete old versions."""
+    from mmindex.maintenance import parse_retention
+    from mmindex.store import Store
+
+    parse_retention(retention)
+    Store.from_settings(_settings(db, table)).table  # noqa: B018 - a missing table exits 2 here
+    from flows.maintain import maintain_flow_for_cli
+
+    result = maintain_flow_for_cli(db=db, table=table, retention=retention, lock_timeout=lock_timeout)
+    if json_output:
+        emit_json(result)
+        return
+    typer.echo("\n".join(result["summary"]))
 
 
 @app.command()

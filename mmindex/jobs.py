@@ -68,6 +68,8 @@ class IndexJob(CaptionParams):
     precision: str = "auto"
     quantize: str | None = None
     caption_missing: bool = False
+    new_table: str | None = None
+    lock_timeout: float | None = None
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +99,7 @@ class CaptionJob(CaptionParams):
     batch_size: int | None = None
     device: str | None = None
     precision: str = "auto"
+    lock_timeout: float | None = None
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +144,7 @@ class PreparedIndex:
     models: ModelChoice
     options: IndexOptions
     caption: CaptionOptions | None
+    caption_donor: Store | None = None  # with --new-table: the old table, whose generated captions are reused
 
 
 @dataclass
@@ -171,7 +175,14 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
     )
     if check:
         source.check()
-    store = Store.from_settings(settings)
+    store, donor = Store.from_settings(settings), None
+    if job.new_table:
+        if job.model is None:
+            raise ConfigError("--new-table builds a table with another model: name it with --model")
+        if job.new_table == settings.table:
+            raise ConfigError(f"--new-table {job.new_table!r} is the current table; name a new one")
+        donor = store if store.exists() else None
+        store = Store.from_settings(settings.with_overrides(table=job.new_table))
     models = ModelChoice(choose_model(settings.model, store), settings.device, job.precision, job.quantize)
     caption = None
     if job.caption_missing:
@@ -181,6 +192,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
         caption = CaptionOptions(
             batch_size=settings.batch_size or _default_caption_batch(settings.device),
             retry_failed=job.retry_failed,
+            lock_timeout=job.lock_timeout,
         )
     if check:
         check_models(models)
@@ -192,8 +204,9 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
         retry_failed=job.retry_failed,
         write_rows=settings.write_rows,
         write_seconds=settings.write_seconds,
+        lock_timeout=job.lock_timeout,
     )
-    return PreparedIndex(source, store, models, options, caption)
+    return PreparedIndex(source, store, models, options, caption, donor)
 
 
 def prepare_caption(job: CaptionJob, *, check: bool = True) -> PreparedCaption:
@@ -223,6 +236,7 @@ def prepare_caption(job: CaptionJob, *, check: bool = True) -> PreparedCaption:
         retry_failed=job.retry_failed,
         write_rows=min(settings.write_rows, 512),
         write_seconds=settings.write_seconds,
+        lock_timeout=job.lock_timeout,
     )
     return PreparedCaption(store, models, options, UriReader(settings))
 

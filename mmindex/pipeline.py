@@ -41,6 +41,9 @@ B = TypeVar("B")
 L = TypeVar("L")
 
 
+CaptionDonor = Callable[[LoadedBatch, RunReport], LoadedBatch]
+
+
 class Writer(Protocol):
     def write(
         self, rows: pa.Table | None, failures: Sequence[FailureRecord], done_ids: Sequence[str]
@@ -57,6 +60,7 @@ class IndexOptions:
     lookahead: int = 50_000
     write_rows: int = 4096
     write_seconds: float = 5.0
+    lock_timeout: float | None = None  # wait this long for another run writing the table; None: no limit
 
 
 def plan(
@@ -142,66 +146,73 @@ def run_index(
     options: IndexOptions | None = None,
     *,
     captioner: CaptionModel | None = None,
+    caption_donor: CaptionDonor | None = None,
     stages: Stages | None = None,
     progress: Callable[[ProgressUpdate], None] | None = None,
     report: RunReport | None = None,
 ) -> RunReport:
     """Index `source` into `store` with `embedder`; returns the run's report. With a `captioner`,
-    images without a caption get a generated one in the same pass (each image is decoded once).
+    images without a caption get a generated one in the same pass (each image is decoded once);
+    `caption_donor` can first fill in captions generated earlier (see backfill.inherit_captions).
 
     Safe to kill at any moment: finished batches are committed, and the next run skips them.
     """
     options = options or IndexOptions()
     stages = stages or Stages()
     report = report or RunReport(kind="index", source=source.describe(), table=store.describe())
-    started = time.perf_counter()
-    store.prepare(embedder.model_id, embedder.dim)
-    with report.timed("list", 0):
-        state = store.load_state()
-    seen = SeenIds()
-    planned = plan(
-        _timed_scan(source, report),
-        state,
-        report,
-        retry_failed=options.retry_failed,
-        seen=seen.add if options.prune else None,
-    )
-    preprocessors: dict[str, Preprocessor] = {"embed": embedder.preprocess}
-    if captioner is not None:
-        preprocessors["caption"] = captioner.preprocess
-    done = 0
-    with (
-        ReadAhead(planned, options.lookahead) as listing,
-        store.writer(flush_rows=options.write_rows, flush_seconds=options.write_seconds) as writer,
-        stage_pools(options.workers, getattr(source, "fetch_concurrency", 1)) as pools,
-    ):
-
-        def load(batch: tuple[list[SourceItem], list[FailureRecord]]) -> LoadedBatch:
-            return stages.load(source, batch[0], preprocessors, report, *pools)
-
-        for (_, scan_failures), loaded in overlapped(
-            chunks(listing, options.batch_size), load, options.prefetch
+    with store.lock(options.lock_timeout):
+        started = time.perf_counter()
+        store.prepare(embedder.model_id, embedder.dim)
+        with report.timed("list", 0):
+            state = store.load_state()
+        seen = SeenIds()
+        planned = plan(
+            _timed_scan(source, report),
+            state,
+            report,
+            retry_failed=options.retry_failed,
+            seen=seen.add if options.prune else None,
+        )
+        preprocessors: dict[str, Preprocessor] = {"embed": embedder.preprocess}
+        if captioner is not None:
+            preprocessors["caption"] = captioner.preprocess
+        done = 0
+        with (
+            ReadAhead(planned, options.lookahead) as listing,
+            store.writer(flush_rows=options.write_rows, flush_seconds=options.write_seconds) as writer,
+            stage_pools(options.workers, getattr(source, "fetch_concurrency", 1)) as pools,
         ):
-            loaded.failures.extend(scan_failures)
-            if captioner is not None:
-                loaded = stages.caption(captioner, loaded, report)
-            embedded = stages.embed(embedder, loaded, report)
-            _count_failures(embedded, report)
-            stages.write(writer, embedded, report)
-            done += len(embedded.done_ids) - len(scan_failures)
-            if progress is not None:
-                progress(ProgressUpdate(done, report.new + report.changed, report.scanned, listing.finished))
-    if options.prune:
-        if report.failures_by_stage.get("scan") or _is_partial(source):
-            report.notes.append(
-                "prune skipped: the listing was filtered or had errors, so absence proves nothing"
-            )
-        else:
-            with report.timed("write", 0):
-                report.pruned = store.prune(source.root, seen)
-    store.finish(report)
-    report.seconds = time.perf_counter() - started
-    return report
+
+            def load(batch: tuple[list[SourceItem], list[FailureRecord]]) -> LoadedBatch:
+                return stages.load(source, batch[0], preprocessors, report, *pools)
+
+            for (_, scan_failures), loaded in overlapped(
+                chunks(listing, options.batch_size), load, options.prefetch
+            ):
+                loaded.failures.extend(scan_failures)
+                if caption_donor is not None:
+                    loaded = caption_donor(loaded, report)
+                if captioner is not None:
+                    loaded = stages.caption(captioner, loaded, report)
+                embedded = stages.embed(embedder, loaded, report)
+                _count_failures(embedded, report)
+                stages.write(writer, embedded, report)
+                done += len(embedded.done_ids) - len(scan_failures)
+                if progress is not None:
+                    progress(
+                        ProgressUpdate(done, report.new + report.changed, report.scanned, listing.finished)
+                    )
+        if options.prune:
+            if report.failures_by_stage.get("scan") or _is_partial(source):
+                report.notes.append(
+                    "prune skipped: the listing was filtered or had errors, so absence proves nothing"
+                )
+            else:
+                with report.timed("write", 0):
+                    report.pruned = store.prune(source.root, seen)
+        store.finish(report)
+        report.seconds = time.perf_counter() - started
+        return report
 
 
 @contextlib.contextmanager
@@ -337,3 +348,5 @@ class IndexTarget(Protocol):
     def prune(self, root: str, seen: SeenIds) -> int: ...
 
     def finish(self, report: RunReport) -> None: ...
+
+    def lock(self, timeout: float | None = None) -> contextlib.AbstractContextManager[object]: ...

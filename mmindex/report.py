@@ -45,6 +45,7 @@ class RunReport:
     failures_by_stage: Counter[str] = field(default_factory=Counter)
     failure_examples: list[FailureExample] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_time(self, stage: str, seconds: float, items: int) -> None:
@@ -71,6 +72,11 @@ class RunReport:
             self.failures_by_stage[stage] += 1
             if len(self.failure_examples) < 500:
                 self.failure_examples.append(FailureExample(key, stage, error))
+
+    def notes_count(self, what: str) -> None:
+        """Count an occurrence of `what`; shown as "what: N" among the notes."""
+        with self._lock:
+            self.counters[what] += 1
 
     def absorb_captions(self, backfill: RunReport) -> None:
         """Fold a caption backfill run into this index report."""
@@ -108,7 +114,7 @@ class RunReport:
             "source": self.source,
             "table": self.table,
             "kind": self.kind,
-            "notes": list(self.notes),
+            "notes": list(self.notes) + [f"{what}: {n}" for what, n in sorted(self.counters.items())],
         }
 
     @classmethod
@@ -158,6 +164,7 @@ class RunReport:
         for stage, seconds, items, rate in self.stage_rows():
             lines.append(f"    {stage:<8}{seconds:8.2f} s  {items:7d} items  {rate:9.1f}/s")
         lines.extend(f"  note: {note}" for note in self.notes)
+        lines.extend(f"  {what}: {count}" for what, count in sorted(self.counters.items()))
         return lines
 
     def to_markdown(self) -> str:

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from mmindex.config import Settings
 from mmindex.errors import ConfigError, StoreError, TableError
+from mmindex.locks import TableLock, lock_path
 from mmindex.report import RunReport
 from mmindex.schema import (
     FAILURES_SCHEMA,
@@ -180,6 +181,10 @@ class Store:
                 failures_table_name(self.table_name), schema=FAILURES_SCHEMA, exist_ok=True
             )
 
+    def lock(self, timeout: float | None = None) -> TableLock:
+        """Exclusive write access to this table for a whole run (see mmindex.locks)."""
+        return TableLock(lock_path(self.db_uri, self.table_name), self.table_name, timeout=timeout)
+
     # -- reading state ---------------------------------------------------------------------------
 
     def load_state(self) -> IndexedState:
@@ -193,6 +198,15 @@ class Store:
             failures = list(self.failures.search().select(columns).limit(None).to_batches(65536))
         self._ids_with_failures = {row_id for batch in failures for row_id in batch.column("id").to_pylist()}
         return IndexedState.from_tables(rows, failures)
+
+    def generated_captions(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Generated captions (with fingerprint, model and time) of these ids, for reuse by a new table."""
+        if not ids or not self.exists():
+            return {}
+        columns = ["id", "fingerprint", "caption", "caption_model", "captioned_at"]
+        where = f"caption_source = 'generated' AND {sql_in('id', list(ids))}"
+        rows = self.table.search().where(where).select(columns).limit(None).to_arrow().to_pylist()
+        return {row["id"]: row for row in rows}
 
     def iter_column_batches(self, columns: list[str], where: str | None = None) -> Iterator[pa.RecordBatch]:
         query = self.table.search().select(columns)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+from conftest import CliRunner
 from prefect import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -71,3 +73,17 @@ def test_a_bad_source_fails_the_flow_with_the_config_error(tmp_path: Path) -> No
         assert type(exc).__name__ == "SourceError" and "does not exist" in str(exc)
     else:
         raise AssertionError("a failed flow must raise its error")
+
+
+def test_a_run_refuses_to_wait_past_lock_timeout_while_another_holds_the_table(
+    cli: CliRunner, corpus: Path, tmp_path: Path
+) -> None:
+    from flows.locking import table_slot
+
+    db = str(tmp_path / "db")
+    with table_slot(db, "images"):  # another run holds the table's write slot
+        started = time.monotonic()
+        result = cli("index", str(corpus), "--db", db, "--model", "toy-clip", "--lock-timeout", "2")
+    assert result.returncode == 2, result.stderr
+    assert "being written by another flow run" in result.stderr and time.monotonic() - started < 60
+    assert cli("index", str(corpus), "--db", db, "--model", "toy-clip").returncode == 0  # free again

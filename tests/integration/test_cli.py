@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from conftest import CliRunner
@@ -106,3 +107,53 @@ def test_demo_runs_offline_and_its_results_are_right(cli: CliRunner, tmp_path: P
     assert existing >= 10 and found >= 0.9 * existing
     rerun = cli("demo", "--dir", str(tmp_path / "demo"))
     assert rerun.returncode == 0 and "unchanged 48" in rerun.stdout
+
+
+def test_new_table_reembeds_with_a_new_model_and_leaves_the_old_table_alone(
+    cli: CliRunner, corpus: Path, tmp_path: Path, tiny_clip: str, other_tiny_clip: str
+) -> None:
+    from mmindex.store import Store
+
+    db = str(tmp_path / "db")
+    first = cli("index", str(corpus), "--db", db, "--model", tiny_clip, "--caption-missing",
+                "--caption-model", "toy-captioner", "--json")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    old = Store(db)
+    old_version, old_rows = old.table.version, old.table.to_arrow().sort_by("id").to_pylist()
+
+    refused = cli("index", str(corpus), "--db", db, "--new-table", "images_v2")
+    assert refused.returncode == 2 and "--model" in refused.stderr
+    rebuilt = cli(
+        "index", str(corpus), "--db", db, "--model", other_tiny_clip, "--new-table", "images_v2", "--json"
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    counts = last_json_line(rebuilt.stdout)
+    assert isinstance(counts, dict) and counts["indexed"] == 24 and counts["captioned"] == 0
+
+    assert Store(db).table.version == old_version  # untouched
+    new = Store(db, "images_v2")
+    assert new.info().model == other_tiny_clip and new.table.count_rows() == 24
+    new_rows = {row["id"]: row for row in new.table.to_arrow().to_pylist()}
+    for row in old_rows:
+        twin = new_rows[row["id"]]
+        assert (twin["caption"], twin["caption_source"], twin["caption_model"]) == (
+            row["caption"], row["caption_source"], row["caption_model"]
+        )  # fmt: skip
+        assert twin["image_embedding"] != row["image_embedding"]
+
+
+def test_maintain_command(cli: CliRunner, corpus: Path, tmp_path: Path) -> None:
+    db = str(tmp_path / "db")
+    for _ in range(2):
+        (corpus / "set-a" / f"extra-{_}.png").write_bytes(next(corpus.glob("set-a/*.png")).read_bytes())
+        assert cli("index", str(corpus), "--db", db, "--model", "toy-clip").returncode == 0
+    time.sleep(1.5)
+    result = cli("maintain", "--db", db, "--retention", "1s", "--json")
+    assert result.returncode == 0, result.stderr
+    report = last_json_line(result.stdout)
+    assert isinstance(report, dict)
+    before, after = report["before"]["images"], report["after"]["images"]
+    assert after["rows"] == before["rows"] == 26 and after["versions"] < before["versions"]
+    assert after["fragments"] <= before["fragments"] and sum(after["unindexed_rows"].values()) == 0
+    assert cli("maintain", "--db", db, "--retention", "soon").returncode == 2
+    assert cli("maintain", "--db", db, "--table", "nope").returncode == 2

@@ -172,3 +172,29 @@ def test_wrong_bucket_and_denied_credentials_exit_2_before_any_model_loads(
         "stats", "--db", "s3://no-such-bucket-here/db", env={"MMINDEX_S3_ENDPOINT": s3_bucket.endpoint}
     )
     assert bad_db.returncode == 2 and "bucket does not exist" in bad_db.stderr
+
+
+def test_two_runs_on_one_s3_table_take_turns_and_leave_no_duplicates(
+    s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    """No file lock reaches a database on S3: the flows' per-table Prefect concurrency slot serialises
+    the two runs (both index the same 30 new images)."""
+    import os
+    import subprocess
+    import sys
+
+    upload_corpus(s3_bucket, tmp_path / "upload", prefix="both/", count=30)
+    db = s3_bucket.uri("shared/mmindex.lancedb")
+    command = [sys.executable, "-m", "mmindex.cli", "index", s3_bucket.uri("both"), "--db", db,
+               "--model", "toy-clip", "--batch-size", "4", "--json"]  # fmt: skip
+    env = {**os.environ, "MMINDEX_S3_ENDPOINT": s3_bucket.endpoint, "MMINDEX_WRITE_ROWS": "4"}
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    counts = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert sorted(c["indexed"] for c in counts) == [0, 30]  # the second saw the first's work as done
+    rows = table_rows(db, s3_bucket.endpoint)
+    assert len(rows) == 30 and len({r["id"] for r in rows.values()}) == 30

@@ -1,0 +1,56 @@
+"""One writer per table across flow runs, also where no file lock can reach (a database on S3, runs on
+several machines): a Prefect global concurrency limit of 1 per table, held for the whole flow run.
+
+Slots are leases that the holder renews; a crashed holder's slot frees itself when its lease runs out
+(about 75 s with the 60 s lease used here). The second run waits (up to `timeout`), or is refused with
+a one-line TableBusy error. Local databases are additionally guarded by mmindex.locks (flock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import get_client, get_run_logger
+from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError, ObjectAlreadyExists
+
+from mmindex.locks import TableBusy
+
+LEASE_SECONDS = 60.0
+
+
+def slot_name(db: str, table: str) -> str:
+    """A stable concurrency-limit name for a table (absolute path for local databases)."""
+    location = db if "://" in db else os.path.abspath(os.path.expanduser(db))
+    return "mmindex-write-" + hashlib.blake2b(f"{location}#{table}".encode(), digest_size=8).hexdigest()
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # used outside a flow run (tests, scripts)
+        return logging.getLogger(__name__)
+
+
+@contextmanager
+def table_slot(db: str, table: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the table's write slot for the enclosed block."""
+    name = slot_name(db, table)
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+        except ObjectAlreadyExists:  # another run created it a moment ago
+            pass
+    _logger().info("taking write slot %s for table %r in %s", name, table, db)
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=timeout, lease_duration=LEASE_SECONDS, strict=True):
+            yield
+    except AcquireConcurrencySlotTimeoutError:
+        raise TableBusy(
+            f"table {table!r} in {db} is being written by another flow run; gave up after {timeout:g} s"
+        ) from None
