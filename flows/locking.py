@@ -1,9 +1,11 @@
-"""One writer per table across flow runs, also where no file lock can reach (a database on S3, runs on
-several machines): a Prefect global concurrency limit of 1 per table, held for the whole flow run.
+"""One writer per table across flow runs where no file lock can reach (a database on object storage,
+written from several machines): a Prefect global concurrency limit of 1 per table, held for the
+whole flow run.
 
 Slots are leases that the holder renews; a crashed holder's slot frees itself when its lease runs out
 (about 75 s with the 60 s lease used here). The second run waits (up to `timeout`), or is refused with
-a one-line TableBusy error. Local databases are additionally guarded by mmindex.locks (flock).
+a one-line TableBusy error. Local databases are guarded by mmindex.locks (flock) instead, which a
+dead holder releases at once, so no slot is taken for them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError, ObjectAlreadyExists
 
-from mmindex.locks import TableBusy
+from mmindex.locks import TableBusy, lock_path
 
 LEASE_SECONDS = 60.0
 
@@ -39,7 +41,10 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 
 @contextmanager
 def table_slot(db: str, table: str, timeout: float | None = None) -> Iterator[None]:
-    """Hold the table's write slot for the enclosed block."""
+    """Hold the table's write slot for the enclosed block (databases on object storage only)."""
+    if lock_path(db, table) is not None:
+        yield  # a local database: the run's flock does the job, and frees itself when a holder dies
+        return
     name = slot_name(db, table)
     with get_client(sync_client=True) as client:
         try:

@@ -87,7 +87,7 @@ class S3Config:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
-    max_attempts: int = 8
+    max_attempts: int = 5  # botocore standard mode: about 15 s of backoff before an object is given up
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     fetch_concurrency: int = 16

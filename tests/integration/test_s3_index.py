@@ -198,3 +198,19 @@ def test_two_runs_on_one_s3_table_take_turns_and_leave_no_duplicates(
     assert sorted(c["indexed"] for c in counts) == [0, 30]  # the second saw the first's work as done
     rows = table_rows(db, s3_bucket.endpoint)
     assert len(rows) == 30 and len({r["id"] for r in rows.values()}) == 30
+
+
+def test_a_flow_waits_for_the_s3_tables_write_slot_or_gives_up(
+    cli: CliRunner, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    from flows.locking import table_slot
+
+    upload_corpus(s3_bucket, tmp_path / "upload", prefix="slot/", count=4)
+    db = s3_bucket.uri("slot-db")
+    env = {"MMINDEX_S3_ENDPOINT": s3_bucket.endpoint}
+    with table_slot(db, "images"):  # another flow run holds the table
+        refused = cli(
+            "index", s3_bucket.uri("slot"), "--db", db, "--model", "toy-clip", "--lock-timeout", "2", env=env
+        )
+    assert refused.returncode == 2 and "being written by another flow run" in refused.stderr
+    assert cli("index", s3_bucket.uri("slot"), "--db", db, "--model", "toy-clip", env=env).returncode == 0
