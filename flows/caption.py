@@ -9,7 +9,7 @@ from prefect import flow
 from flows.locking import table_slot
 from flows.reporting import FlowProgress, publish_report
 from mmindex.backfill import run_caption
-from mmindex.jobs import CaptionJob, prepare_caption
+from mmindex.jobs import CaptionJob, job_fields, prepare_caption
 from mmindex.progress import TerminalProgress
 from tasks.index import CAPTION_STAGES
 from tasks.models import load_captioner, load_embedder
@@ -35,22 +35,7 @@ def caption_missing(
 ) -> dict[str, Any]:
     """Caption rows that have no caption (with `recaption`, also rows captioned by another model).
     Human captions are never touched. Returns counts, with integer `captioned` and `failed`."""
-    job = CaptionJob(
-        db=db,
-        table=table,
-        caption_model=caption_model,
-        limit=limit,
-        where=where,
-        recaption=recaption,
-        retry_failed=retry_failed,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        prompt=prompt,
-        lock_timeout=lock_timeout,
-    )
+    job = CaptionJob(**job_fields(CaptionJob, dict(locals())))
     prepared = prepare_caption(job)
     with table_slot(prepared.store.db_uri, prepared.store.table_name, lock_timeout):
         models = prepared.models

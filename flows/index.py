@@ -3,21 +3,16 @@ progress artifact and a summary artifact."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from prefect import flow
 
 from flows.locking import table_slot
 from flows.reporting import FlowProgress, publish_report
-from mmindex.backfill import inherit_captions, run_caption
-from mmindex.jobs import IndexJob, PreparedIndex, prepare_index
-from mmindex.pipeline import run_index
+from mmindex.jobs import IndexJob, PreparedIndex, job_fields, prepare_index, run_prepared_index
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
-from mmindex.sources.uri import UriReader
 from tasks.index import CAPTION_STAGES, INDEX_STAGES
 from tasks.models import load_captioner, load_embedder
 
@@ -60,34 +55,9 @@ def index(
     generated captions. Only one run writes a table at a time: others wait (up to `lock_timeout`).
     Returns the run's counts (scanned, indexed, unchanged, failed, captioned, ...).
     """
-    job = IndexJob(
-        source=source,
-        db=db,
-        table=table,
-        model=model,
-        batch_size=batch_size,
-        device=device,
-        workers=workers,
-        prune=prune,
-        retry_failed=retry_failed,
-        captions=captions,
-        path_column=path_column,
-        caption_column=caption_column,
-        include=list(include or []),
-        exclude=list(exclude or []),
-        prefix=prefix,
-        since=since,
-        until=until,
-        precision=precision,
-        quantize=quantize,
-        caption_missing=caption_missing,
-        caption_model=caption_model,
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        prompt=prompt,
-        new_table=new_table,
-        lock_timeout=lock_timeout,
-    )
+    params = dict(locals())
+    params.update(include=list(include or []), exclude=list(exclude or []))
+    job = IndexJob(**job_fields(IndexJob, params))
     return index_job(job, progress_bar=progress_bar).to_dict()
 
 
@@ -107,32 +77,16 @@ def _index(job: IndexJob, prepared: PreparedIndex, progress_bar: bool) -> RunRep
     captioner = None
     if prepared.caption is not None and models.caption_model is not None:
         captioner = load_captioner(models.caption_model, models.device, models.precision, models.generation)
-    donor = prepared.caption_donor
     with TerminalProgress(enabled=progress_bar) as terminal:
-        report = run_index(
-            prepared.source,
+        return run_prepared_index(
+            job,
+            prepared,
             embedder,
-            prepared.store,
-            prepared.options,
-            captioner=captioner,
-            caption_donor=partial(inherit_captions, donor) if donor is not None else None,
+            captioner,
             stages=INDEX_STAGES,
+            caption_stages=CAPTION_STAGES,
             progress=FlowProgress(terminal if progress_bar else None),
         )
-    if captioner is not None and prepared.caption is not None:
-        # rows indexed by earlier runs (unchanged now) that still have no caption
-        leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
-        reader = UriReader(job.settings())
-        backfill = run_caption(
-            prepared.store, captioner, embedder, leftover, reader=reader, stages=CAPTION_STAGES
-        )
-        report.absorb_captions(backfill)
-    if donor is not None:
-        report.notes.append(
-            f"built {prepared.store.describe()} with {models.embed_model}; {donor.describe()} is untouched. "
-            f"Search the new table with --table {prepared.store.table_name}"
-        )
-    return report
 
 
 def index_flow_for_cli(job: IndexJob, *, progress_bar: bool = False) -> dict[str, Any]:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
-from functools import partial
 from typing import Any
 
-from mmindex.backfill import inherit_captions, run_caption
-from mmindex.jobs import CaptionJob, IndexJob, prepare_caption, prepare_index
-from mmindex.pipeline import run_index
+from mmindex.backfill import run_caption
+from mmindex.jobs import CaptionJob, IndexJob, prepare_caption, prepare_index, run_prepared_index
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
 from mmindex.search import Searcher
-from mmindex.sources.uri import UriReader
 from mmindex.store import Store
 
 
@@ -42,21 +38,7 @@ def index(
     embedder = prepared.models.load_embedder()
     captioner = prepared.models.load_captioner() if prepared.caption is not None else None
     with TerminalProgress(enabled=progress) as bar:
-        donor = prepared.caption_donor
-        report = run_index(
-            prepared.source,
-            embedder,
-            prepared.store,
-            prepared.options,
-            captioner=captioner,
-            caption_donor=partial(inherit_captions, donor) if donor is not None else None,
-            progress=bar,
-        )
-    if captioner is not None and prepared.caption is not None:
-        leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
-        reader = UriReader(job.settings())
-        report.absorb_captions(run_caption(prepared.store, captioner, embedder, leftover, reader=reader))
-    return report
+        return run_prepared_index(job, prepared, embedder, captioner, progress=bar)
 
 
 def caption(

@@ -96,19 +96,26 @@ class EmbeddedBatch:
     done_ids: list[str]
 
 
+Fetched = tuple[bytes, bytes | None]  # an item's bytes and its caption sidecar's
+
+
+def fetch_item(source: Reader, item: SourceItem) -> Fetched:
+    """The bytes of an item and of its sidecar (raises FetchError)."""
+    return source.read(item), source.read_sidecar(item) if item.sidecar else None
+
+
 def load_item(
     source: Reader,
     item: SourceItem,
     preprocessors: dict[str, Preprocessor],
     report: RunReport,
-    data: bytes | None = None,
+    fetched: Fetched | None = None,
 ) -> LoadedItem | FailureRecord:
-    """Read (unless `data` is given), decode and preprocess one item for every model in `preprocessors`."""
+    """Read (unless already `fetched`), decode and preprocess one item for every model in `preprocessors`."""
     stage = "fetch"
     try:
         with report.timed("read", 1):
-            data = source.read(item) if data is None else data
-            sidecar_bytes = source.read_sidecar(item) if item.sidecar else None
+            data, sidecar_bytes = fetch_item(source, item) if fetched is None else fetched
         stage = "decode"
         with report.timed("decode", 1):
             decoded = decode(data, min_side=max(p.min_side for p in preprocessors.values()))
@@ -150,19 +157,19 @@ def load_batch(
 ) -> LoadedBatch:
     """Load a batch in order. With `fetch_pool`, all bytes are fetched concurrently first (object
     storage); with `decode_pool`, items are decoded in parallel (many cores feeding a GPU)."""
-    prefetched: list[bytes | None] = [None] * len(items)
+    prefetched: list[Fetched | None] = [None] * len(items)
     failures: list[FailureRecord] = []
     if fetch_pool is not None:
         fetched = list(fetch_pool.map(lambda item: _fetch(source, item, report), items))
         failures = [f for f in fetched if isinstance(f, FailureRecord)]
-        prefetched = [f if isinstance(f, bytes) else None for f in fetched]
+        prefetched = [f if isinstance(f, tuple) else None for f in fetched]
     todo = [
         (item, data)
         for item, data in zip(items, prefetched, strict=True)
         if fetch_pool is None or data is not None
     ]
 
-    def work(pair: tuple[SourceItem, bytes | None]) -> LoadedItem | FailureRecord:
+    def work(pair: tuple[SourceItem, Fetched | None]) -> LoadedItem | FailureRecord:
         return load_item(source, pair[0], preprocessors, report, pair[1])
 
     results = decode_pool.map(work, todo) if decode_pool is not None else map(work, todo)
@@ -175,28 +182,34 @@ def load_batch(
     return LoadedBatch(loaded, failures)
 
 
-def _fetch(source: Reader, item: SourceItem, report: RunReport) -> bytes | FailureRecord:
+def _fetch(source: Reader, item: SourceItem, report: RunReport) -> Fetched | FailureRecord:
     try:
         with report.timed("read", 0):
-            return source.read(item)
+            return fetch_item(source, item)
     except ItemError as exc:
         return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
     except Exception as exc:  # a network library's own exception types: still one item's failure
         return FailureRecord.from_item(item, "fetch", f"{type(exc).__name__}: {exc}", retryable=True)
 
 
-def caption_batch(captioner: CaptionModel, batch: LoadedBatch, report: RunReport) -> LoadedBatch:
-    """Generate captions for the items of a loaded batch that have none. If the batch fails as a whole,
-    items are retried one by one so that only the image the model chokes on is recorded (stage caption)."""
+def caption_batch(
+    captioner: CaptionModel, batch: LoadedBatch, report: RunReport, batch_size: int | None = None
+) -> LoadedBatch:
+    """Generate captions, `batch_size` images per generate call, for the items that have none. If a
+    call fails as a whole, its images are retried one by one so that only the image the model chokes
+    on is recorded (stage caption)."""
     missing = [loaded for loaded in batch.items if loaded.caption is None]
     if not missing:
         return batch
+    size = batch_size or len(missing)
+    captions: list[str | None | FailureRecord] = []
     with report.timed("caption", len(missing)):
-        captions: Sequence[str | None | FailureRecord]
-        try:
-            captions = captioner.caption_pixels(np.stack([loaded.pixels["caption"] for loaded in missing]))
-        except Exception:  # the batch failed: find the culprit(s) one image at a time
-            captions = [_caption_one(captioner, loaded) for loaded in missing]
+        for start in range(0, len(missing), size):
+            part = missing[start : start + size]
+            try:
+                captions += captioner.caption_pixels(np.stack([loaded.pixels["caption"] for loaded in part]))
+            except Exception:  # the call failed: find the culprit(s) one image at a time
+                captions += [_caption_one(captioner, loaded) for loaded in part]
     now = datetime.now(UTC)
     for loaded, caption in zip(missing, captions, strict=True):
         if isinstance(caption, FailureRecord) or caption is None:
@@ -218,15 +231,26 @@ def _caption_one(captioner: CaptionModel, loaded: LoadedItem) -> str | None | Fa
         return FailureRecord.from_item(loaded.item, "caption", f"{type(exc).__name__}: {exc}")
 
 
-def embed_batch(embedder: Embedder, batch: LoadedBatch, report: RunReport) -> EmbeddedBatch:
-    """Embed a loaded batch's images and captions into rows of the images table."""
+def embed_batch(
+    embedder: Embedder, batch: LoadedBatch, report: RunReport, batch_size: int | None = None
+) -> EmbeddedBatch:
+    """Embed a loaded batch's images and captions (`batch_size` per forward pass) into rows of the
+    images table."""
     failures = list(batch.failures)
     done_ids = [failure.id for failure in batch.failures]
     if not batch.items:
         return EmbeddedBatch(None, failures, done_ids)
+    size = batch_size or len(batch.items)
     with report.timed("embed", len(batch.items)):
-        image_vectors = embedder.embed_pixels(np.stack([loaded.pixels["embed"] for loaded in batch.items]))
-        text_vectors = embed_captions(embedder, [loaded.caption for loaded in batch.items])
+        image_vectors = np.concatenate(
+            [
+                embedder.embed_pixels(
+                    np.stack([loaded.pixels["embed"] for loaded in batch.items[i : i + size]])
+                )
+                for i in range(0, len(batch.items), size)
+            ]
+        )
+        text_vectors = embed_captions(embedder, [loaded.caption for loaded in batch.items], size)
     rows = build_rows(batch.items, image_vectors, text_vectors, embedder.model_id)
     for loaded in batch.items:
         failures.extend(loaded.problems)
@@ -234,13 +258,17 @@ def embed_batch(embedder: Embedder, batch: LoadedBatch, report: RunReport) -> Em
     return EmbeddedBatch(rows, failures, done_ids)
 
 
-def embed_captions(embedder: Embedder, captions: Sequence[str | None]) -> list[np.ndarray | None]:
-    """Text embeddings for the captions that exist, None elsewhere."""
+def embed_captions(
+    embedder: Embedder, captions: Sequence[str | None], batch_size: int | None = None
+) -> list[np.ndarray | None]:
+    """Text embeddings for the captions that exist (`batch_size` per forward pass), None elsewhere."""
     vectors: list[np.ndarray | None] = [None] * len(captions)
     present = [i for i, caption in enumerate(captions) if caption]
-    if present:
-        encoded = embedder.embed_texts([captions[i] or "" for i in present])
-        for row, i in enumerate(present):
+    size = batch_size or max(1, len(present))
+    for start in range(0, len(present), size):
+        part = present[start : start + size]
+        encoded = embedder.embed_texts([captions[i] or "" for i in part])
+        for row, i in enumerate(part):
             vectors[i] = encoded[row]
     return vectors
 

@@ -67,6 +67,8 @@ class Captioner:
         self.settings = settings or GenerationSettings()
         self.family = model.config.model_type
         self.preprocess: ImagePreprocessor | ProcessorCall = preprocessor_for(image_processor)
+        if device.type == "cpu":
+            _one_image_at_a_time(_vision_tower(model, self.family))
 
     @classmethod
     def load(
@@ -160,6 +162,43 @@ class Captioner:
             return {"input_ids": torch.tensor([[self.tokenizer.cls_token_id, *words]] * count)}
         start = self.model.generation_config.decoder_start_token_id
         return {"decoder_input_ids": torch.tensor([[start, *words]] * count)}
+
+
+def _vision_tower(model: Any, family: str) -> Any:
+    if family == "blip":
+        return model.vision_model
+    if family == "git":
+        return model.git.image_encoder
+    return model.encoder
+
+
+def _one_image_at_a_time(tower: Any) -> None:
+    """On a CPU, run the vision tower image by image inside a batched generate call.
+
+    Captioning towers see hundreds of patches (577 for BLIP at 384 px) through eager attention, so a
+    batch's attention maps fall out of cache and each image costs more batched than alone (measured on
+    BLIP-base: 0.89 s vs 0.60-0.71 s an image). The text decoder, which does gain from batching, still
+    runs on the whole batch.
+    """
+    import torch
+    from transformers.utils.generic import ModelOutput
+
+    forward = tower.forward
+
+    def per_image(pixel_values: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if args or pixel_values is None or pixel_values.shape[0] <= 1:
+            return forward(pixel_values, *args, **kwargs)
+        parts = [forward(pixel_values[i : i + 1], **kwargs) for i in range(pixel_values.shape[0])]
+        if not isinstance(parts[0], ModelOutput):
+            return forward(pixel_values, **kwargs)
+        merged = {
+            key: torch.cat([part[key] for part in parts])
+            for key, value in parts[0].items()
+            if torch.is_tensor(value)
+        }
+        return type(parts[0])(**merged)
+
+    tower.forward = per_image
 
 
 def _prompt_length(family: str, prompt: dict[str, Any]) -> int:

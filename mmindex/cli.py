@@ -168,37 +168,12 @@ def index(
     lock_timeout: LockTimeoutOption = None,
 ) -> None:
     """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
-    from mmindex.jobs import IndexJob, prepare_index
+    from mmindex.jobs import IndexJob, job_fields, prepare_index
 
     _check_device(device)
-    job = IndexJob(
-        source=source,
-        db=db,
-        table=table,
-        model=model,
-        batch_size=batch_size,
-        device=device,
-        workers=workers,
-        prune=prune,
-        retry_failed=retry_failed,
-        captions=captions,
-        path_column=path_column,
-        caption_column=caption_column,
-        include=list(include or []),
-        exclude=list(exclude or []),
-        prefix=prefix,
-        since=since,
-        until=until,
-        precision=precision,
-        quantize=quantize,
-        caption_missing=caption_missing,
-        caption_model=caption_model,
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        prompt=prompt,
-        new_table=new_table,
-        lock_timeout=lock_timeout,
-    )
+    params = dict(locals())
+    params.update(include=list(include or []), exclude=list(exclude or []))
+    job = IndexJob(**job_fields(IndexJob, params))
     prepare_index(job)  # refuse bad arguments before a flow (and a Prefect server) starts
     from flows.index import index_flow_for_cli
 
@@ -310,24 +285,10 @@ def caption(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
 ) -> None:
     """Generate captions for indexed images that have none; resumable; human captions are never touched."""
-    from mmindex.jobs import CaptionJob, prepare_caption
+    from mmindex.jobs import CaptionJob, job_fields, prepare_caption
 
     _check_device(device)
-    job = CaptionJob(
-        db=db,
-        table=table,
-        caption_model=caption_model,
-        limit=limit,
-        where=where,
-        recaption=recaption,
-        retry_failed=retry_failed,
-        batch_size=batch_size,
-        device=device,
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        prompt=prompt,
-        lock_timeout=lock_timeout,
-    )
+    job = CaptionJob(**job_fields(CaptionJob, dict(locals())))
     prepare_caption(job)
     from flows.caption import caption_flow_for_cli
 

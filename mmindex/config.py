@@ -28,6 +28,7 @@ _ENV = {
     "device": "MMINDEX_DEVICE",
     "batch_size": "MMINDEX_BATCH_SIZE",
     "workers": "MMINDEX_WORKERS",
+    "chunk_size": "MMINDEX_CHUNK_SIZE",
     "write_rows": "MMINDEX_WRITE_ROWS",
     "write_seconds": "MMINDEX_WRITE_SECONDS",
     "s3_endpoint": "MMINDEX_S3_ENDPOINT",
@@ -47,6 +48,7 @@ class Settings:
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None
+    chunk_size: int | None = None
     write_rows: int = 4096
     write_seconds: float = 5.0
     s3_endpoint: str | None = None
@@ -80,6 +82,8 @@ class Settings:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.write_rows < 1 or self.write_seconds < 0:
             raise ConfigError("MMINDEX_WRITE_ROWS must be at least 1 and MMINDEX_WRITE_SECONDS not negative")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ConfigError(f"MMINDEX_CHUNK_SIZE must be at least 1, got {self.chunk_size}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if not self.table or not all(c.isalnum() or c in "_-." for c in self.table):
@@ -89,7 +93,7 @@ class Settings:
 
 
 def _parse(name: str, var: str, raw: str) -> Any:
-    if name in ("batch_size", "workers", "write_rows"):
+    if name in ("batch_size", "workers", "write_rows", "chunk_size"):
         try:
             return int(raw)
         except ValueError:

@@ -8,17 +8,20 @@ environment). Validation is cheap: it opens nothing heavier than a model's confi
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from mmindex.backfill import CaptionOptions
+from mmindex.backfill import CaptionOptions, CaptionStages, inherit_captions, run_caption
 from mmindex.caption import Captioner, GenerationSettings, check_caption_config
 from mmindex.config import DEFAULT_CAPTION_MODEL, DEFAULT_MODEL, Settings
 from mmindex.embed import ClipEmbedder, check_embedding_config
 from mmindex.errors import ConfigError, ModelError
 from mmindex.models import resolve_model
-from mmindex.pipeline import IndexOptions
+from mmindex.pipeline import IndexOptions, ProgressUpdate, Stages, run_index
+from mmindex.report import RunReport
 from mmindex.sources import ScanFilter, Source, open_source
 from mmindex.sources.uri import UriReader
 from mmindex.store import Store
@@ -197,9 +200,12 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
     if check:
         check_models(models)
     gpu = _cuda_requested(settings.device)
+    batch_size = settings.batch_size or (GPU_BATCH_SIZE if gpu else CPU_BATCH_SIZE)
     options = IndexOptions(
-        batch_size=settings.batch_size or (GPU_BATCH_SIZE if gpu else CPU_BATCH_SIZE),
+        batch_size=batch_size,
         workers=settings.workers or default_workers(gpu),
+        chunk_size=settings.chunk_size or max(128, 4 * batch_size),
+        caption_batch_size=caption.batch_size if caption else CPU_CAPTION_BATCH_SIZE,
         prune=job.prune,
         retry_failed=job.retry_failed,
         write_rows=settings.write_rows,
@@ -290,3 +296,46 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+def run_prepared_index(
+    job: IndexJob,
+    prepared: PreparedIndex,
+    embedder: ClipEmbedder,
+    captioner: Captioner | None = None,
+    *,
+    stages: Stages | None = None,
+    caption_stages: CaptionStages | None = None,
+    progress: Callable[[ProgressUpdate], None] | None = None,
+) -> RunReport:
+    """Run a prepared index job: index the source (captioning new images when asked), then caption the
+    source's older rows that still lack one, and say where a --new-table build left things."""
+    donor = prepared.caption_donor
+    report = run_index(
+        prepared.source,
+        embedder,
+        prepared.store,
+        prepared.options,
+        captioner=captioner,
+        caption_donor=partial(inherit_captions, donor) if donor is not None else None,
+        stages=stages,
+        progress=progress,
+    )
+    if captioner is not None and prepared.caption is not None:
+        leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
+        reader = UriReader(job.settings())
+        report.absorb_captions(
+            run_caption(prepared.store, captioner, embedder, leftover, reader=reader, stages=caption_stages)
+        )
+    if donor is not None:
+        report.notes.append(
+            f"built {prepared.store.describe()} with {prepared.models.embed_model}; {donor.describe()} is "
+            f"untouched. Search the new table with --table {prepared.store.table_name}"
+        )
+    return report
+
+
+def job_fields(job_class: type[IndexJob] | type[CaptionJob], values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `values` (e.g. a command's arguments) that are fields of a job class."""
+    names = {f.name for f in fields(job_class)}
+    return {name: value for name, value in values.items() if name in names}

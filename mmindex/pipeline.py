@@ -54,10 +54,12 @@ class Writer(Protocol):
 class IndexOptions:
     batch_size: int = 32
     workers: int = 1
-    prefetch: int = 2
+    prefetch: int = 1  # chunks loaded ahead while the model works on the current one
     prune: bool = False
     retry_failed: bool = False
     lookahead: int = 50_000
+    chunk_size: int = 128  # items per stage call (one Prefect task run each), in batch_size passes
+    caption_batch_size: int = 16
     write_rows: int = 4096
     write_seconds: float = 5.0
     lock_timeout: float | None = None  # wait this long for another run writing the table; None: no limit
@@ -187,14 +189,14 @@ def run_index(
                 return stages.load(source, batch[0], preprocessors, report, *pools)
 
             for (_, scan_failures), loaded in overlapped(
-                chunks(listing, options.batch_size), load, options.prefetch
+                chunks(listing, max(options.chunk_size, options.batch_size)), load, options.prefetch
             ):
                 loaded.failures.extend(scan_failures)
                 if caption_donor is not None:
                     loaded = caption_donor(loaded, report)
                 if captioner is not None:
-                    loaded = stages.caption(captioner, loaded, report)
-                embedded = stages.embed(embedder, loaded, report)
+                    loaded = stages.caption(captioner, loaded, report, options.caption_batch_size)
+                embedded = stages.embed(embedder, loaded, report, options.batch_size)
                 _count_failures(embedded, report)
                 stages.write(writer, embedded, report)
                 done += len(embedded.done_ids) - len(scan_failures)

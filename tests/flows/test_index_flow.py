@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import CliRunner
 from prefect import get_client
 from prefect.client.schemas.filters import (
@@ -40,11 +42,12 @@ async def flow_run_record(flow_run_id: Any) -> tuple[Any, list[Any], list[Any]]:
 
 
 def test_index_flow_runs_stages_as_tasks_and_publishes_a_summary(
-    corpus: Path, tmp_path: Path, tiny_clip: str
+    corpus: Path, tmp_path: Path, tiny_clip: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (corpus / "broken.jpg").write_bytes(b"\xff\xd8\xff not an image")
     db = str(tmp_path / "db")
 
+    monkeypatch.setenv("MMINDEX_CHUNK_SIZE", "16")  # two chunks, to see one task run per stage and chunk
     state = index(str(corpus), db=db, model=tiny_clip, batch_size=8, return_state=True)
 
     assert state.is_completed()
@@ -56,7 +59,8 @@ def test_index_flow_runs_stages_as_tasks_and_publishes_a_summary(
     names = sorted({run.name.rsplit("-", 1)[0] for run in task_runs})
     assert names == ["embed", "load", "load-embedder", "write"]
     assert all(run.state.is_completed() for run in task_runs)
-    assert sum(run.name.rsplit("-", 1)[0] == "load" for run in task_runs) == 4  # 25 items in batches of 8
+    per_stage = Counter(run.name.rsplit("-", 1)[0] for run in task_runs)
+    assert per_stage["load"] == per_stage["embed"] == per_stage["write"] == 2  # 25 items, chunks of 16
     by_type = {artifact.type: artifact for artifact in artifacts}
     assert {"markdown", "table", "progress"} <= set(by_type)
     assert "| 25 | 25 | 0 | 0 | 1 |" in by_type["markdown"].data

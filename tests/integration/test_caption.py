@@ -229,7 +229,7 @@ def test_a_killed_backfill_resumes_without_redoing_finished_chunks(tmp_path: Pat
         "--no-progress",
         "--json",
     ]
-    env = {**os.environ, "MMINDEX_WRITE_ROWS": "4", "MMINDEX_WRITE_SECONDS": "0"}
+    env = {**os.environ, "MMINDEX_WRITE_ROWS": "4", "MMINDEX_WRITE_SECONDS": "0", "MMINDEX_CHUNK_SIZE": "4"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:

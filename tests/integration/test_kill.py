@@ -55,7 +55,12 @@ def test_sigkill_at_random_moments_then_a_rerun_completes_the_job(tmp_path: Path
         "--no-progress",
         "--json",
     ]
-    env = {**os.environ, "MMINDEX_WRITE_ROWS": "4", "MMINDEX_WRITE_SECONDS": "0"}  # commit after every batch
+    env = {
+        **os.environ,
+        "MMINDEX_WRITE_ROWS": "4",
+        "MMINDEX_WRITE_SECONDS": "0",
+        "MMINDEX_CHUNK_SIZE": "4",
+    }  # commit after every batch
     rng = random.Random(1234)
     kills, counts = 0, [0]
     for attempt in range(5):
