@@ -280,6 +280,9 @@ def caption(
     max_new_tokens: MaxTokensOption = 30,
     num_beams: BeamsOption = 1,
     prompt: PromptOption = None,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, bf16, fp16")
+    ] = "auto",
     lock_timeout: LockTimeoutOption = None,
     json_output: JsonOption = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
