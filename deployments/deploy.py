@@ -42,6 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table", default=None, help="table name (default: MMINDEX_TABLE or images)")
     parser.add_argument("--model", default=None, help="CLIP model id or directory (default: the table's)")
     parser.add_argument("--caption-model", default=None, help="captioning model for caption-missing runs")
+    parser.add_argument("--captions", default=None, help="caption manifest for the source's images")
+    parser.add_argument("--path-column", default=None, help="the manifest's image path column")
+    parser.add_argument("--caption-column", default=None, help="the manifest's caption column")
     parser.add_argument("--caption-missing", action="store_true", help="nightly ingest captions new images")
     parser.add_argument("--prune", action="store_true", help="nightly ingest drops rows of deleted images")
     parser.add_argument("--retention", default="7d", help="maintenance keeps versions younger than this [7d]")
@@ -57,7 +60,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The four deployments: flow entrypoint, name, schedule and default parameters."""
     where = {key: value for key, value in (("db", args.db), ("table", args.table)) if value is not None}
-    ingest = {"source": args.source, **where, **({"model": args.model} if args.model else {})}
+    optional = {
+        "model": args.model,
+        "captions": args.captions,
+        "path_column": args.path_column,
+        "caption_column": args.caption_column,
+    }
+    ingest = {"source": args.source, **where, **{name: value for name, value in optional.items() if value}}
     captioner = {"caption_model": args.caption_model} if args.caption_model else {}
     if args.caption_missing:
         ingest.update(caption_missing=True, **captioner)

@@ -70,43 +70,65 @@ def target_filter(model_id: str, options: CaptionOptions) -> str:
 
 
 def caption_targets(store: Store, model_id: str, options: CaptionOptions) -> Iterator[list[SourceItem]]:
-    """Batches of items to caption, streamed; permanent caption failures of unchanged images are
-    skipped unless `retry_failed`."""
-    known = {} if options.retry_failed else _permanent_caption_failures(store)
-    query = store.table.search().where(target_filter(model_id, options)).select(_TARGET_COLUMNS)
-    query = query.limit(options.limit) if options.limit else query.limit(None)
+    """Batches of items to caption, streamed. Permanent caption failures of unchanged images are skipped
+    unless `retry_failed`; rows that failed before for a passing reason are retried last, so they
+    cannot crowd out the rest under `limit`."""
+    permanent, earlier = _caption_failures(store)
+    if options.retry_failed:
+        permanent = {}
+    query = store.table.search().where(target_filter(model_id, options)).select(_TARGET_COLUMNS).limit(None)
+    later: list[SourceItem] = []
+
+    def candidates() -> Iterator[SourceItem]:
+        try:
+            for record_batch in query.to_batches(1024):
+                for row in record_batch.to_pylist():
+                    item = SourceItem(
+                        uri=row["uri"],
+                        key=row["key"],
+                        size=row["size"] or 0,
+                        version=row["version"] or "",
+                        modified_at=row["modified_at"],
+                    )
+                    if permanent.get(item.id) == item.fingerprint:
+                        continue
+                    if item.id in earlier:
+                        later.append(item)
+                    else:
+                        yield item
+        except (ValueError, RuntimeError) as exc:
+            if options.where:
+                raise TableError(f"check the --where filter {options.where!r}: {first_line(exc)}") from None
+            raise
+        yield from later
+
     batch: list[SourceItem] = []
-    try:
-        reader = query.to_batches(1024)
-        for record_batch in reader:
-            for row in record_batch.to_pylist():
-                item = SourceItem(
-                    uri=row["uri"],
-                    key=row["key"],
-                    size=row["size"] or 0,
-                    version=row["version"] or "",
-                    modified_at=row["modified_at"],
-                )
-                if known.get(item.id) == item.fingerprint:
-                    continue
-                batch.append(item)
-                if len(batch) >= options.batch_size:
-                    yield batch
-                    batch = []
-    except (ValueError, RuntimeError) as exc:
-        if options.where:
-            raise TableError(f"check the --where filter {options.where!r}: {first_line(exc)}") from None
-        raise
+    for taken, item in enumerate(candidates(), start=1):
+        batch.append(item)
+        if len(batch) >= options.batch_size or taken == options.limit:
+            yield batch
+            batch = []
+        if taken == options.limit:
+            return
     if batch:
         yield batch
 
 
-def _permanent_caption_failures(store: Store) -> dict[str, int | None]:
-    return {
-        row["id"]: row["fingerprint"]
-        for row in store.failure_rows("stage = 'caption'")
-        if row["severity"] == SEVERITY_ERROR and not row["retryable"]
-    }
+def _caption_failures(store: Store) -> tuple[dict[str, int | None], set[str]]:
+    """(permanent caption failures: id -> fingerprint, ids with any other caption failure). Reading
+    them also primes the writer's view of which ids have failure rows, so a finished item's old rows
+    are replaced rather than piled up."""
+    permanent: dict[str, int | None] = {}
+    earlier: set[str] = set()
+    for batch in store.load_failures():
+        for row in batch.to_pylist():
+            if row["stage"] != "caption":
+                continue
+            if row["severity"] == SEVERITY_ERROR and not row["retryable"]:
+                permanent[row["id"]] = row["fingerprint"]
+            else:
+                earlier.add(row["id"])
+    return permanent, earlier
 
 
 def inherit_captions(donor: Store, batch: LoadedBatch, report: RunReport) -> LoadedBatch:

@@ -96,12 +96,25 @@ class EmbeddedBatch:
     done_ids: list[str]
 
 
-Fetched = tuple[bytes, bytes | None]  # an item's bytes and its caption sidecar's
+@dataclass(frozen=True)
+class Fetched:
+    """An item's bytes, and its caption sidecar's (or why the sidecar could not be read)."""
+
+    data: bytes
+    sidecar: bytes | None = None
+    sidecar_error: str | None = None
 
 
 def fetch_item(source: Reader, item: SourceItem) -> Fetched:
-    """The bytes of an item and of its sidecar (raises FetchError)."""
-    return source.read(item), source.read_sidecar(item) if item.sidecar else None
+    """The bytes of an item (raises FetchError) and of its sidecar. A sidecar that cannot be read
+    does not cost the image its place: the image is indexed without it and retried next run."""
+    data = source.read(item)
+    if not item.sidecar or item.caption is not None:  # a manifest caption wins over the sidecar
+        return Fetched(data)
+    try:
+        return Fetched(data, source.read_sidecar(item))
+    except Exception as exc:  # any reason the sidecar is unreadable is the sidecar's problem only
+        return Fetched(data, sidecar_error=f"cannot read caption sidecar: {exc}")
 
 
 def load_item(
@@ -115,10 +128,10 @@ def load_item(
     stage = "fetch"
     try:
         with report.timed("read", 1):
-            data, sidecar_bytes = fetch_item(source, item) if fetched is None else fetched
+            fetched = fetch_item(source, item) if fetched is None else fetched
         stage = "decode"
         with report.timed("decode", 1):
-            decoded = decode(data, min_side=max(p.min_side for p in preprocessors.values()))
+            decoded = decode(fetched.data, min_side=max(p.min_side for p in preprocessors.values()))
             pixels = {role: preprocess(decoded.image) for role, preprocess in preprocessors.items()}
     except ItemError as exc:
         return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
@@ -126,25 +139,41 @@ def load_item(
         return FailureRecord.from_item(
             item, stage, f"{type(exc).__name__}: {exc}", retryable=stage == "fetch"
         )
-    caption, problems = item.caption, []
-    if caption is None and sidecar_bytes is not None and item.sidecar is not None:
-        parsed = parse_sidecar(sidecar_bytes, item.sidecar)
-        caption = parsed.caption
-        if parsed.warning:
-            problems.append(
-                FailureRecord.from_item(item, "sidecar", parsed.warning, severity=SEVERITY_WARNING)
-            )
+    caption, problems = _caption_of(item, fetched)
     return LoadedItem(
         item=item,
         pixels=pixels,
         width=decoded.width,
         height=decoded.height,
         format=decoded.format,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=hashlib.sha256(fetched.data).hexdigest(),
         caption=caption,
         caption_source=CAPTION_HUMAN if caption else None,
         problems=problems,
     )
+
+
+def _caption_of(item: SourceItem, fetched: Fetched) -> tuple[str | None, list[FailureRecord]]:
+    """The human caption (manifest, else sidecar) and warnings about the sidecar."""
+    if fetched.sidecar_error is not None:
+        warning = FailureRecord.from_item(
+            item, "sidecar", fetched.sidecar_error, severity=SEVERITY_WARNING, retryable=True
+        )
+        return item.caption, [warning]
+    if item.caption is not None or fetched.sidecar is None or item.sidecar is None:
+        return item.caption, []
+    try:
+        parsed = parse_sidecar(fetched.sidecar, item.sidecar)
+    except (
+        Exception
+    ) as exc:  # pathological JSON (huge numbers, deep nesting): the caption is lost, not the image
+        return None, [
+            FailureRecord.from_item(item, "sidecar", f"unusable sidecar: {exc}", severity=SEVERITY_WARNING)
+        ]
+    problems = []
+    if parsed.warning:
+        problems.append(FailureRecord.from_item(item, "sidecar", parsed.warning, severity=SEVERITY_WARNING))
+    return parsed.caption, problems
 
 
 def load_batch(
@@ -162,7 +191,7 @@ def load_batch(
     if fetch_pool is not None:
         fetched = list(fetch_pool.map(lambda item: _fetch(source, item, report), items))
         failures = [f for f in fetched if isinstance(f, FailureRecord)]
-        prefetched = [f if isinstance(f, tuple) else None for f in fetched]
+        prefetched = [f if isinstance(f, Fetched) else None for f in fetched]
     todo = [
         (item, data)
         for item, data in zip(items, prefetched, strict=True)

@@ -33,7 +33,7 @@ from mmindex.batches import (
 )
 from mmindex.report import RunReport
 from mmindex.schema import SEVERITY_ERROR
-from mmindex.sources.base import ScanFilter, ScanProblem, Source, SourceItem
+from mmindex.sources.base import NOT_UTF8, ScanFilter, ScanProblem, Source, SourceItem, is_utf8, printable
 from mmindex.state import FailureRecord, IndexedState, SeenIds
 
 T = TypeVar("T")
@@ -80,8 +80,17 @@ def plan(
         if seen is not None:
             seen(entry.id)
         if isinstance(entry, ScanProblem):
+            report.listing_incomplete |= entry.hides_items
+            if state.known_scan_problem(entry.id, entry.error):
+                report.known_failures += 1  # already on record: nothing new to write
+                continue
             report.record_failure(entry.key, "scan", entry.error)
             yield FailureRecord.of(entry.id, entry.uri, entry.key, "scan", entry.error, retryable=True)
+            continue
+        if not all(is_utf8(text) for text in (entry.uri, entry.key, entry.caption or "")):
+            problem = ScanProblem(printable(entry.uri), printable(entry.key), NOT_UTF8)
+            report.record_failure(problem.key, "scan", problem.error)
+            yield FailureRecord.of(problem.id, problem.uri, problem.key, "scan", problem.error)
             continue
         status = state.status(entry.id, entry.fingerprint)
         if status == "unchanged":
@@ -205,7 +214,7 @@ def run_index(
                         ProgressUpdate(done, report.new + report.changed, report.scanned, listing.finished)
                     )
         if options.prune:
-            if report.failures_by_stage.get("scan") or _is_partial(source):
+            if report.listing_incomplete or _is_partial(source):
                 report.notes.append(
                     "prune skipped: the listing was filtered or had errors, so absence proves nothing"
                 )

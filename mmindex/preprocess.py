@@ -8,6 +8,7 @@ called as it is (`ProcessorCall`), which is slower but always right.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,8 @@ class ImagePreprocessor:
     def __call__(self, image: Any) -> np.ndarray:
         if image.mode != "RGB":
             image = image.convert("RGB")
+        if self.shortest_edge is not None and self.crop is not None:
+            image = _trim_extreme_aspect(image, self.shortest_edge, max(self.crop))
         width, height = image.size
         if self.shortest_edge is not None:
             short = self.shortest_edge
@@ -67,6 +70,22 @@ class ImagePreprocessor:
         if self.mean is not None and self.std is not None:
             result = (result - self.mean) / self.std
         return np.ascontiguousarray(result.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _trim_extreme_aspect(image: Any, short: int, crop: int, window: int = 8) -> Any:
+    """Crop a panorama-like image (say 100 x 1,000,000) to its centre before resizing: resized whole, its
+    long side would reach millions of pixels (gigabytes) only for the centre crop to keep `crop` of
+    them. The window kept is `window` crops long, so the final crop is unchanged up to a pixel."""
+    width, height = image.size
+    scale = short / min(width, height)
+    if max(width, height) * scale <= window * crop:
+        return image
+    keep = math.ceil(window * crop / scale)
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class RunReport:
     pruned: int = 0
     captioned: int = 0
     caption_failed: int = 0
+    listing_incomplete: bool = False
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_items: dict[str, int] = field(default_factory=dict)

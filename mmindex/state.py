@@ -87,36 +87,61 @@ def failures_table(records: Iterable[FailureRecord]) -> pa.Table:
     )
 
 
-class IndexedState:
-    """The (id, fingerprint) pairs of the images table plus the permanent failures."""
+ITEM_STAGES = ("fetch", "decode", "embed")  # a failure at these stages means the item is not indexed
 
-    def __init__(self, keys: np.ndarray, fingerprints: np.ndarray, permanent_failures: dict[str, int | None]):
+
+class IndexedState:
+    """What a run compares its listing against: the (id, fingerprint) pairs of the images table, the
+    items that failed permanently at this version, the listing problems already on record, and the
+    items whose caption sidecar could not be read (retried even when unchanged)."""
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        fingerprints: np.ndarray,
+        permanent_failures: dict[str, int | None] | None = None,
+        scan_problems: dict[str, str] | None = None,
+        recheck: set[str] | None = None,
+    ):
         order = np.argsort(keys, kind="stable")
         self._keys = keys[order]
         self._fingerprints = fingerprints[order]
-        self._failures = permanent_failures
+        self._failures = permanent_failures or {}
+        self._scan_problems = scan_problems or {}
+        self._recheck = recheck or set()
 
     @classmethod
     def empty(cls) -> IndexedState:
-        return cls(np.zeros(0, np.uint64), np.zeros(0, np.int64), {})
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
     @classmethod
     def from_tables(cls, rows: Iterable[pa.RecordBatch], failures: Iterable[pa.RecordBatch]) -> IndexedState:
-        """From batches of images rows (id, fingerprint) and failures rows (+ retryable, severity)."""
+        """From batches of images rows (id, fingerprint) and of failures rows (id, fingerprint,
+        retryable, severity, stage, error)."""
         keys, fingerprints = [], []
         for batch in rows:
             keys.append(id_keys(batch.column("id")))
             column = batch.column("fingerprint").fill_null(0)
             fingerprints.append(column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
         permanent: dict[str, int | None] = {}
+        scan_problems: dict[str, str] = {}
+        recheck: set[str] = set()
         for batch in failures:
             for row in batch.to_pylist():
-                if row["severity"] == SEVERITY_ERROR and not row["retryable"]:
+                if row["stage"] == "scan":
+                    scan_problems[row["id"]] = row["error"]
+                elif row["stage"] == "sidecar" and row["retryable"]:
+                    recheck.add(row["id"])
+                elif (
+                    row["stage"] in ITEM_STAGES and row["severity"] == SEVERITY_ERROR and not row["retryable"]
+                ):
                     permanent[row["id"]] = row["fingerprint"]
         return cls(
             np.concatenate(keys) if keys else np.zeros(0, np.uint64),
             np.concatenate(fingerprints) if fingerprints else np.zeros(0, np.int64),
             permanent,
+            scan_problems,
+            recheck,
         )
 
     def __len__(self) -> int:
@@ -132,11 +157,15 @@ class IndexedState:
     def status(self, row_id: str, fingerprint: int) -> str:
         """`unchanged`, `changed`, `known_failure` (same bytes failed before, permanently) or `new`."""
         stored = self.fingerprint_of(row_id)
-        if stored == fingerprint:
+        if stored == fingerprint and row_id not in self._recheck:
             return "unchanged"
         if row_id in self._failures and self._failures[row_id] == fingerprint:
             return "known_failure"
         return "new" if stored is None else "changed"
+
+    def known_scan_problem(self, row_id: str, error: str) -> bool:
+        """True when the same listing problem is already on record (nothing to write again)."""
+        return self._scan_problems.get(row_id) == error
 
 
 class SeenIds:
@@ -145,6 +174,7 @@ class SeenIds:
     def __init__(self) -> None:
         self._chunks: list[np.ndarray] = []
         self._pending: list[int] = []
+        self._sorted = False
 
     def add(self, row_id: str) -> None:
         self._pending.append(id_key(row_id))
@@ -155,13 +185,21 @@ class SeenIds:
         if self._pending:
             self._chunks.append(np.array(self._pending, dtype=np.uint64))
             self._pending = []
+            self._sorted = False
 
     def sorted_keys(self) -> np.ndarray:
-        self._flush()
-        keys = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.uint64)
-        self._chunks = [np.unique(keys)]
+        """The seen keys, sorted and unique (sorted once; later calls reuse the result)."""
+        if self._pending or len(self._chunks) != 1 or not self._sorted:
+            self._flush()
+            keys = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.uint64)
+            self._chunks = [np.unique(keys)]
+            self._sorted = True
         return self._chunks[0]
 
     def missing(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """A boolean mask over `ids`: True where the id was not seen."""
-        return ~np.isin(id_keys(ids), self.sorted_keys(), assume_unique=False)
+        """A boolean mask over `ids`: True where the id was not seen (a binary search per id)."""
+        seen = self.sorted_keys()
+        keys = id_keys(ids)
+        positions = np.minimum(np.searchsorted(seen, keys), max(len(seen) - 1, 0))
+        found: np.ndarray = seen[positions] == keys if len(seen) else np.zeros(len(keys), dtype=bool)
+        return ~found

@@ -1,10 +1,12 @@
 """The single writer of an images table and its failures table, plus their indices and upkeep.
 
 Every write of a run goes through one `StoreWriter` (LanceDB duplicates rows when two writers upsert
-the same new key at once). A writer flushes buffered rows every few seconds: failures first, then the
-images upsert, so a crash between the two can only make the next run redo work, never lose or
-duplicate it. The embedding model is written into the table's schema metadata on creation, and a
-table is never filled from another model.
+the same new key at once). A writer flushes buffered rows every few seconds: first it deletes the old
+rows of items that changed and now fail for good, then it replaces failure records, then it upserts
+images, so a crash between any two steps can only make the next run redo work, never lose or
+duplicate it: an item is skipped only if its row, or its permanent failure, is on record. The
+embedding model is written into the table's schema metadata on creation, and a table is never filled
+from another model.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mmindex.errors import ConfigError, StoreError, TableError
 from mmindex.locks import TableLock, lock_path
 from mmindex.report import RunReport
 from mmindex.schema import (
+    CAPTION_HUMAN,
     FAILURES_SCHEMA,
     META_DIM,
     META_MODEL,
@@ -34,7 +37,7 @@ from mmindex.schema import (
     failures_table_name,
     images_schema,
 )
-from mmindex.state import FailureRecord, IndexedState, SeenIds, failures_table
+from mmindex.state import ITEM_STAGES, FailureRecord, IndexedState, SeenIds, failures_table
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +195,16 @@ class Store:
         if not self.exists():
             return IndexedState.empty()
         rows = self.table.search().select(["id", "fingerprint"]).limit(None).to_batches(65536)
+        return IndexedState.from_tables(rows, self.load_failures())
+
+    def load_failures(self) -> list[pa.RecordBatch]:
+        """The failures table's bookkeeping columns; also tells the writer which ids have rows there."""
         failures: list[pa.RecordBatch] = []
         if self.failures is not None:
-            columns = ["id", "fingerprint", "retryable", "severity"]
+            columns = ["id", "fingerprint", "retryable", "severity", "stage", "error"]
             failures = list(self.failures.search().select(columns).limit(None).to_batches(65536))
         self._ids_with_failures = {row_id for batch in failures for row_id in batch.column("id").to_pylist()}
-        return IndexedState.from_tables(rows, failures)
+        return failures
 
     def generated_captions(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Generated captions (with fingerprint, model and time) of these ids, for reuse by a new table."""
@@ -245,13 +252,25 @@ class Store:
         )
         self._wrote = True
 
-    def update_rows(self, rows: pa.Table) -> None:
-        """Update some columns of existing rows (matched by id); ids no longer in the table are ignored."""
+    def update_captions(self, rows: pa.Table) -> None:
+        """Write generated captions into existing rows (matched by id). Rows whose caption is human are
+        never updated, whatever selected them; ids no longer in the table are ignored."""
         schema = self.table.schema
         ordered = rows.select([n for n in schema.names if n in rows.column_names])
         ordered = ordered.cast(pa.schema([schema.field(n) for n in ordered.column_names]))
-        self.table.merge_insert("id").when_matched_update_all().execute(ordered, on_bad_vectors="null")
+        not_human = f"target.caption_source IS NULL OR target.caption_source <> '{CAPTION_HUMAN}'"
+        builder = self.table.merge_insert("id").when_matched_update_all(where=not_human)
+        builder.execute(ordered, on_bad_vectors="null")
         self._wrote = True
+
+    def delete_rows(self, ids: Sequence[str]) -> None:
+        """Remove image rows (an item that changed and now fails for good must not keep its old row)."""
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), DELETE_CHUNK):
+            where = sql_in("id", unique[start : start + DELETE_CHUNK])
+            if self.table.count_rows(where):  # most failing items never had a row: no empty commit
+                self.table.delete(where)
+                self._wrote = True
 
     def replace_failures(
         self, done_ids: Sequence[str], stages: Sequence[str] | None, records: Sequence[FailureRecord]
@@ -432,13 +451,23 @@ class StoreWriter:
             self.flush()
 
     def flush(self) -> None:
-        if self._done or self._failures:
-            # a retried write task may hand the same batch twice: keep one record per (id, stage)
-            failures = list({(f.id, f.stage): f for f in self._failures}.values())
+        """Commit in an order a kill at any point leaves recoverable: stale rows of items that now fail
+        for good go first, then the failure records, then the rows (see the module docstring)."""
+        # a retried write task may hand the same batch twice: keep one record per (id, stage)
+        failures = list({(f.id, f.stage): f for f in self._failures}.values())
+        if not self.partial:
+            broken = [
+                f.id
+                for f in failures
+                if f.stage in ITEM_STAGES and f.severity == SEVERITY_ERROR and not f.retryable
+            ]
+            if broken:
+                self.store.delete_rows(broken)
+        if self._done or failures:
             self.store.replace_failures(self._done, self.stages, failures)
         if self._rows:
             rows = pa.concat_tables(self._rows, promote_options="permissive")
-            self.store.update_rows(rows) if self.partial else self.store.upsert_rows(rows)
+            self.store.update_captions(rows) if self.partial else self.store.upsert_rows(rows)
         self._rows, self._row_count, self._failures, self._done = [], 0, [], []
         self._last_flush = time.monotonic()
 

@@ -9,6 +9,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+NOT_UTF8 = "the name is not valid UTF-8 (Latin-1 from an old archive?); rename it to index it"
+
+
+def is_utf8(text: str) -> bool:
+    """False for strings holding lone surrogates (undecodable bytes in a file name, as os.scandir keeps
+    them), which Arrow, and so the tables, cannot store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """A storable rendering of a string that may hold undecodable bytes (shown as \\xNN)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
 
 def item_id(uri: str) -> str:
     """The stable row id of a uri: 128 bits of BLAKE2b, as 32 hex digits."""
@@ -51,11 +68,14 @@ class SourceItem:
 
 @dataclass(frozen=True, slots=True)
 class ScanProblem:
-    """Something the listing could not read (a directory, a broken link, a manifest row)."""
+    """Something the listing could not read (a directory, a broken link, a manifest row). `hides_items`
+    is True when images may be missing from the listing because of it (an unreadable directory): then
+    absence proves nothing, and pruning must not run."""
 
     uri: str
     key: str
     error: str
+    hides_items: bool = False
 
     @property
     def id(self) -> str:

@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlparse
 
 from mmindex.errors import FetchError, SourceError
 from mmindex.images import IMAGE_EXTENSIONS, SNIFF_BYTES, sniff_format
-from mmindex.sources.base import ScanFilter, ScanProblem, SourceItem
-from mmindex.sources.manifest import open_local_manifest, read_manifest
+from mmindex.sources.base import NOT_UTF8, ScanFilter, ScanProblem, SourceItem, is_utf8, printable
+from mmindex.sources.manifest import BadRow, open_local_manifest, read_manifest
 from mmindex.sources.sidecar import sidecar_names
 
 
@@ -63,7 +63,9 @@ class LocalSource:
                 with os.scandir(directory) as listing:
                     entries = sorted(listing, key=lambda entry: entry.name)
             except OSError as exc:
-                yield ScanProblem(str(directory), rel, f"cannot list directory: {exc.strerror or exc}")
+                yield ScanProblem(
+                    str(directory), rel, f"cannot list directory: {exc.strerror or exc}", hides_items=True
+                )
                 continue
             names = {entry.name for entry in entries}
             subdirectories: list[tuple[Path, str]] = []
@@ -71,14 +73,20 @@ class LocalSource:
                 if entry.name.startswith("."):
                     continue
                 key = rel + entry.name
+                if not is_utf8(entry.name):
+                    if entry.is_dir() or _has_image_extension(entry.name):
+                        yield ScanProblem(printable(entry.path), printable(key), NOT_UTF8)
+                    continue
                 try:
                     if entry.is_dir():
                         if self._may_contain(key + "/"):
                             subdirectories.append((Path(entry.path), key + "/"))
                         continue
                     found = self._item(entry, key, names)
-                except OSError as exc:
-                    found = ScanProblem(entry.path, key, f"cannot read: {exc.strerror or exc}")
+                except (OSError, ValueError, OverflowError) as exc:  # e.g. an mtime out of datetime's range
+                    found = ScanProblem(
+                        entry.path, key, f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+                    )
                 if found is not None:
                     yield found
             stack.extend(reversed(subdirectories))
@@ -162,7 +170,11 @@ class LocalManifestSource:
             rows = read_manifest(
                 stream, self.manifest.name, path_column=self.path_column, caption_column=self.caption_column
             )
-            for path_text, caption in rows:
+            for row in rows:
+                if isinstance(row, BadRow):
+                    yield ScanProblem(f"{self.manifest}#{row.line}", f"#{row.line}", row.error)
+                    continue
+                path_text, caption = row
                 path = self.root_path / local_path(path_text)
                 key = manifest_key(path_text, self.root_path)
                 if not self.scan_filter.keeps_key(key):
@@ -203,9 +215,9 @@ def load_caption_manifest(
     captions: dict[str, str] = {}
     with open_local_manifest(path) as stream:
         rows = read_manifest(stream, path.name, path_column=path_column, caption_column=caption_column)
-        for path_text, caption in rows:
-            if caption is not None:
-                captions[manifest_key(path_text, root.resolve())] = caption
+        for row in rows:
+            if not isinstance(row, BadRow) and row[1] is not None:
+                captions[manifest_key(row[0], root.resolve())] = row[1]
     return captions
 
 

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -28,14 +29,24 @@ def is_manifest_name(name: str) -> bool:
     return name.lower().endswith(MANIFEST_SUFFIXES)
 
 
+@dataclass(frozen=True)
+class BadRow:
+    """A manifest row that cannot be used (e.g. a JSONL line that is not JSON): a listing problem of
+    that row, not of the whole manifest."""
+
+    line: int
+    error: str
+
+
 def read_manifest(
     stream: IO[bytes],
     name: str,
     *,
     path_column: str | None = None,
     caption_column: str | None = None,
-) -> Iterator[tuple[str, str | None]]:
-    """Yield (path, caption) for each row; `name` decides the format by its suffix."""
+) -> Iterator[tuple[str, str | None] | BadRow]:
+    """Yield (path, caption) for each row, or a BadRow; `name` decides the format by its suffix.
+    SourceError only when the manifest as a whole is unusable (unknown format, no path column)."""
     lowered = name.lower()
     if lowered.endswith(".parquet"):
         rows = _parquet_rows(stream, name, path_column, caption_column)
@@ -45,9 +56,15 @@ def read_manifest(
         rows = _csv_rows(stream, name, path_column, caption_column, "\t" if lowered.endswith(".tsv") else ",")
     else:
         raise SourceError(f"{name}: unknown manifest format; use {', '.join(MANIFEST_SUFFIXES)}")
-    for path, caption in rows:
-        if path:
-            yield path, clean_caption(caption)
+    for row in rows:
+        if isinstance(row, BadRow):
+            yield row
+        elif row[0]:
+            caption = row[1]
+            yield (
+                row[0],
+                clean_caption(caption if caption is None or isinstance(caption, str) else str(caption)),
+            )
 
 
 def pick_columns(
@@ -78,7 +95,7 @@ def pick_columns(
 
 def _csv_rows(
     stream: IO[bytes], name: str, path_column: str | None, caption_column: str | None, delimiter: str
-) -> Iterator[tuple[str, str | None]]:
+) -> Iterator[tuple[str, str | None] | BadRow]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
     reader = csv.DictReader(text, delimiter=delimiter)
     if reader.fieldnames is None:
@@ -90,7 +107,7 @@ def _csv_rows(
 
 def _jsonl_rows(
     stream: IO[bytes], name: str, path_column: str | None, caption_column: str | None
-) -> Iterator[tuple[str, str | None]]:
+) -> Iterator[tuple[str, str | None] | BadRow]:
     keys: tuple[str, str | None] | None = None
     for number, raw in enumerate(stream, start=1):
         line = raw.decode("utf-8", errors="replace").strip()
@@ -98,19 +115,21 @@ def _jsonl_rows(
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{name}: line {number} is not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or numbers/nesting json refuses
+            yield BadRow(number, f"{name} line {number} is not valid JSON ({getattr(exc, 'msg', exc)})")
+            continue
         if not isinstance(row, dict):
-            raise SourceError(f"{name}: line {number} is not a JSON object")
+            yield BadRow(number, f"{name} line {number} is not a JSON object")
+            continue
         if keys is None:
             keys = pick_columns(list(row), name, path_column, caption_column)
         path, caption = row.get(keys[0]), row.get(keys[1]) if keys[1] else None
-        yield (str(path).strip() if path is not None else ""), caption if isinstance(caption, str) else None
+        yield (str(path).strip() if path is not None else ""), caption
 
 
 def _parquet_rows(
     stream: IO[bytes], name: str, path_column: str | None, caption_column: str | None
-) -> Iterator[tuple[str, str | None]]:
+) -> Iterator[tuple[str, str | None] | BadRow]:
     try:
         parquet = pq.ParquetFile(stream)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError variants for non-Parquet bytes

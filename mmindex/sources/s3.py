@@ -46,7 +46,7 @@ from mmindex.config import Settings
 from mmindex.errors import ConfigError, FetchError, SourceError
 from mmindex.images import IMAGE_EXTENSIONS
 from mmindex.sources.base import ScanFilter, ScanProblem, SourceItem
-from mmindex.sources.manifest import is_manifest_name, read_manifest
+from mmindex.sources.manifest import BadRow, is_manifest_name, read_manifest
 from mmindex.sources.sidecar import SIDECAR_SUFFIXES, sidecar_names
 
 __all__ = [
@@ -531,7 +531,12 @@ class S3ManifestSource(S3ObjectReader):
             rows = read_manifest(
                 stream, self.manifest_key, path_column=self.path_column, caption_column=self.caption_column
             )
-            targets = (self._target(path, caption) for path, caption in rows)
+            targets = (
+                ScanProblem(f"{self.manifest}#{row.line}", f"#{row.line}", row.error)
+                if isinstance(row, BadRow)
+                else self._target(*row)
+                for row in rows
+            )
             kept = (t for t in targets if isinstance(t, ScanProblem) or self.scan_filter.keeps_key(t[2]))
             with ThreadPoolExecutor(self.fetch_concurrency, thread_name_prefix="mmindex-s3-head") as pool:
                 for chunk in _chunks(kept, self.fetch_concurrency * 8):
@@ -597,9 +602,10 @@ def load_s3_caption_manifest(
             raise SourceError(f"cannot read caption manifest {uri}: {exc.strerror or exc}") from None
     captions: dict[str, str] = {}
     with stream:
-        for path, caption in read_manifest(
-            stream, uri, path_column=path_column, caption_column=caption_column
-        ):
+        for row in read_manifest(stream, uri, path_column=path_column, caption_column=caption_column):
+            if isinstance(row, BadRow):
+                continue
+            path, caption = row
             if caption is None:
                 continue
             if path.startswith("s3://"):

@@ -91,7 +91,7 @@ def test_index_caption_missing_writes_provenance_and_never_touches_human_caption
     )
 
     table = rows(db)
-    assert report.captioned + report.caption_failed == 24 - len(human)
+    assert report.captioned > 0 and report.captioned + report.caption_failed == 24 - len(human)
     for key, row in table.items():
         stem = Path(key).stem
         if stem in human:
@@ -262,3 +262,37 @@ def test_model_errors_before_any_work(tiny_clip: str, tmp_path: Path) -> None:
         Captioner.load(str(tmp_path / "nothing-here"))
     with pytest.raises(ModelError, match="at least 1"):
         Captioner.load("toy-captioner", settings=GenerationSettings(max_new_tokens=0))
+
+
+def test_backfill_failures_do_not_pile_up_and_limit_counts_only_rows_taken(
+    corpus: Path, tmp_path: Path, tiny_clip: str, tiny_captioners: dict[str, str]
+) -> None:
+    db = tmp_path / "db"
+    embedder = ClipEmbedder.load(tiny_clip)
+    run_index(open_source(str(corpus)), embedder, Store(str(db)), IndexOptions(batch_size=8))
+    missing = sorted(key for key, row in rows(db).items() if row["caption"] is None)
+    gone = corpus / missing[0]
+    gone.unlink()  # its row stays (no prune): the backfill cannot read it
+    blip = Captioner.load(tiny_captioners["blip"], settings=GenerationSettings(max_new_tokens=3))
+
+    for _ in range(3):
+        run_caption(Store(str(db)), blip, embedder, CaptionOptions(batch_size=2, limit=1))
+    failures = [f for f in Store(str(db)).failure_rows() if f["stage"] == "caption"]
+    assert [f["key"] for f in failures] == [missing[0]] and failures[0]["retryable"] is True
+    # the unreadable row was retried each time, yet `limit=1` still captioned one row per run
+    assert sum(1 for row in rows(db).values() if row["caption_source"] == "generated") >= 2
+
+
+def test_the_writer_never_overwrites_a_human_caption(corpus: Path, tmp_path: Path, tiny_clip: str) -> None:
+    import pyarrow as pa
+
+    db = tmp_path / "db"
+    embedder = ClipEmbedder.load(tiny_clip)
+    run_index(open_source(str(corpus)), embedder, Store(str(db)), IndexOptions(batch_size=8))
+    human = next(row for row in rows(db).values() if row["caption_source"] == "human")
+    store = Store(str(db))
+    update = pa.table(
+        {"id": [human["id"]], "caption": ["generated over it"], "caption_source": ["generated"]}
+    )
+    store.update_captions(update)  # as a backfill with a malicious --where would
+    assert rows(db)[human["key"]]["caption"] == human["caption"]

@@ -242,3 +242,73 @@ def test_vector_index_is_built_past_the_threshold_and_scores_stay_exact_cosines(
     assert (
         len({round(h.score, 4) for h in hits} & {round(float(s), 4) for s in best}) >= 9
     )  # recall@10 >= 0.9
+
+
+def versions(db: Path) -> tuple[int, int]:
+    store = Store(str(db))
+    return store.table.version, store.failures.version
+
+
+def test_names_that_are_not_utf8_are_scan_problems_and_a_rerun_writes_nothing(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    image = next(corpus.glob("set-a/*.jpg")).read_bytes()
+    with open(os.fsencode(corpus / "set-a") + b"/caf\xe9.jpg", "wb") as handle:  # a Latin-1 name
+        handle.write(image)
+    os.symlink(corpus / "gone.jpg", corpus / "dangling.jpg")
+    db = tmp_path / "db"
+
+    first = index(corpus, db, embedder)
+    assert (first.indexed, first.failed) == (24, 2)
+    problems = {f["key"]: f for f in Store(str(db)).failure_rows()}
+    assert set(problems) == {"set-a/caf\\xe9.jpg", "dangling.jpg"}
+    assert all(f["stage"] == "scan" for f in problems.values())
+
+    before = versions(db)
+    again = index(corpus, db, embedder, prune=True)
+    assert (again.indexed, again.failed, again.known_failures, again.pruned) == (0, 0, 2, 0)
+    assert versions(db) == before  # the same problems are not written again
+
+
+def test_a_pathological_or_unreadable_sidecar_costs_only_the_caption(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    photos = sorted(p for p in corpus.glob("set-b/*.jpg") if not p.with_suffix(".txt").exists())[:2]
+    nested, unreadable = photos
+    nested.with_suffix(".json").write_text("[" * 100_000)  # json refuses it (RecursionError)
+    unreadable.with_suffix(".txt").mkdir()  # a directory where a caption file should be
+    db = tmp_path / "db"
+
+    report = index(corpus, db, embedder)
+
+    rows = {r["key"]: r for r in Store(str(db)).table.to_arrow().to_pylist()}
+    assert report.indexed == 24 and report.failed == 0
+    assert (
+        rows[f"set-b/{nested.name}"]["caption"] is None
+        and rows[f"set-b/{unreadable.name}"]["caption"] is None
+    )
+    warnings = {f["key"]: f for f in Store(str(db)).failure_rows()}
+    assert {warnings[f"set-b/{p.name}"]["stage"] for p in photos} == {"sidecar"}
+    assert warnings[f"set-b/{unreadable.name}"]["retryable"] is True
+
+    unreadable.with_suffix(".txt").rmdir()
+    unreadable.with_suffix(".txt").write_text("now it can be read")
+    again = index(corpus, db, embedder)  # the unreadable sidecar is retried although nothing changed
+    rows = {r["key"]: r for r in Store(str(db)).table.to_arrow().to_pylist()}
+    assert again.indexed >= 1 and rows[f"set-b/{unreadable.name}"]["caption"] == "now it can be read"
+
+
+def test_a_changed_file_that_no_longer_decodes_loses_its_stale_row(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    db = tmp_path / "db"
+    index(corpus, db, embedder)
+    victim = sorted(corpus.glob("set-a/*.jpg"))[0]
+    victim.write_bytes(b"\xff\xd8\xff now broken")
+    os.utime(victim, ns=(time.time_ns(), time.time_ns() + 10**9))
+
+    report = index(corpus, db, embedder)
+
+    keys = [r["key"] for r in rows(db)]
+    assert report.failed == 1 and f"set-a/{victim.name}" not in keys and len(keys) == 23
+    assert index(corpus, db, embedder).known_failures == 1

@@ -20,7 +20,14 @@ def test_status_distinguishes_new_changed_unchanged_and_known_failures() -> None
     a, b, broken = item_id("a"), item_id("b"), item_id("broken")
     rows = pa.record_batch({"id": [a, b], "fingerprint": pa.array([1, 2], pa.int64())})
     failures = pa.record_batch(
-        {"id": [broken], "fingerprint": [7], "retryable": [False], "severity": ["error"]}
+        {
+            "id": [broken],
+            "fingerprint": [7],
+            "retryable": [False],
+            "severity": ["error"],
+            "stage": ["decode"],
+            "error": ["x"],
+        }
     )
     state = IndexedState.from_tables([rows], [failures])
     assert state.status(a, 1) == "unchanged"
@@ -33,7 +40,14 @@ def test_status_distinguishes_new_changed_unchanged_and_known_failures() -> None
 def test_retryable_failures_are_tried_again() -> None:
     flaky = item_id("flaky")
     failures = pa.record_batch(
-        {"id": [flaky], "fingerprint": [5], "retryable": [True], "severity": ["error"]}
+        {
+            "id": [flaky],
+            "fingerprint": [5],
+            "retryable": [True],
+            "severity": ["error"],
+            "stage": ["fetch"],
+            "error": ["x"],
+        }
     )
     assert IndexedState.from_tables([], [failures]).status(flaky, 5) == "new"
 
@@ -47,3 +61,22 @@ def test_seen_ids_report_what_a_listing_did_not_see() -> None:
     mask = seen.missing(pa.array([present[0], gone, present[-1]]))
     assert mask.tolist() == [False, True, False]
     assert np.all(np.diff(seen.sorted_keys().astype(np.float64)) > 0)
+
+
+def test_only_whole_item_failures_make_an_item_a_known_failure() -> None:
+    """A caption failure (or a sidecar warning) on record must never stop the image itself from being
+    indexed: e.g. after a kill between writing failures and writing the image rows."""
+    captioned, decoded = item_id("caption-failed"), item_id("decode-failed")
+    failures = pa.record_batch(
+        {
+            "id": [captioned, decoded],
+            "fingerprint": [5, 6],
+            "retryable": [False, False],
+            "severity": ["error", "error"],
+            "stage": ["caption", "decode"],
+            "error": ["model choked", "not an image"],
+        }
+    )
+    state = IndexedState.from_tables([], [failures])
+    assert state.status(captioned, 5) == "new"
+    assert state.status(decoded, 6) == "known_failure"
