@@ -137,6 +137,10 @@ def test_the_database_itself_on_s3(cli: CliRunner, s3_bucket: S3Bucket, tmp_path
     assert (stats["rows"], stats["failures"]) == (12, 1)
     failures = json.loads(cli("failures", "--db", db, "--json", env=env).stdout)
     assert [f["key"] for f in failures] == ["broken.jpg"]
+    maintained = cli("maintain", "--db", db, "--retention", "1h", "--json", env=env)
+    assert maintained.returncode == 0, maintained.stderr
+    after = json.loads(maintained.stdout.strip().splitlines()[-1])["after"]["images"]
+    assert after["rows"] == 12 and sum(after["unindexed_rows"].values()) == 0
     assert len(table_rows(db, s3_bucket.endpoint)) == 12
 
 
