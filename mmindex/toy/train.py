@@ -20,7 +20,7 @@ from PIL import Image
 
 from mmindex.models import TOY_MODELS, quiet_transformers
 from mmindex.preprocess import preprocessor_for
-from mmindex.toy.shapes import COLOURS, SHAPES, samples
+from mmindex.toy.shapes import COLOURS, SHAPES, Shape, samples
 
 TOY_IMAGE_SIZE = 64
 TEMPLATES = [
@@ -40,6 +40,26 @@ def _jpeg_roundtrip(image: Image.Image, rng: random.Random) -> Image.Image:
     image.save(buffer, "JPEG", quality=rng.randint(70, 95))
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
+
+
+def _training_set(count: int, seed: int, preprocess: Any, rng: random.Random) -> tuple[Any, list[Shape]]:
+    """`count` generated images, JPEG round-tripped like a real corpus, as one pixel tensor."""
+    import torch
+
+    pixels, specs = [], []
+    for spec, image in samples(count, seed=seed + 1, size_range=(64, 320)):
+        pixels.append(preprocess(_jpeg_roundtrip(image, rng)))
+        specs.append(spec)
+    return torch.from_numpy(np.stack(pixels)), specs
+
+
+def _optimise(optimiser: Any, schedule: Any, loss: Any, step: int, steps: int, started: float) -> None:
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    schedule.step()
+    if step % 100 == 0 or step == steps - 1:
+        print(f"step {step:5d}  loss {loss.item():.3f}  {time.perf_counter() - started:.0f} s")
 
 
 def _texts(rng: random.Random) -> tuple[list[str], list[tuple[str | None, str | None]]]:
@@ -90,11 +110,8 @@ def train_clip(
     preprocess = preprocessor_for(AutoImageProcessor.from_pretrained(out, backend="pil"))
 
     started = time.perf_counter()
-    pixels, labels = [], []
-    for spec, image in samples(images, seed=seed + 1, size_range=(64, 320)):
-        pixels.append(preprocess(_jpeg_roundtrip(image, rng)))
-        labels.append((spec.colour, spec.shape))
-    pixel_tensor = torch.from_numpy(np.stack(pixels))
+    pixel_tensor, specs = _training_set(images, seed, preprocess, rng)
+    labels = [(spec.colour, spec.shape) for spec in specs]
     print(f"generated {images} images in {time.perf_counter() - started:.1f} s")
 
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
@@ -123,12 +140,7 @@ def train_clip(
         column_targets = targets[:, has_positive] / targets[:, has_positive].sum(0, keepdim=True)
         text_loss = -(F.log_softmax(logits[:, has_positive], dim=0) * column_targets).sum(0).mean()
         loss = (image_loss + text_loss) / 2
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.3f}  {time.perf_counter() - started:.0f} s")
+        _optimise(optimiser, schedule, loss, step, steps, started)
     model.eval()
     model.save_pretrained(out)
     return evaluate_clip(out, seed=seed + 99)
@@ -174,12 +186,8 @@ def train_captioner(
     tokenizer = processor.tokenizer
 
     started = time.perf_counter()
-    pixels, captions = [], []
-    for spec, image in samples(images, seed=seed + 1, size_range=(64, 320)):
-        pixels.append(preprocess(_jpeg_roundtrip(image, rng)))
-        captions.append(spec.caption)
-    pixel_tensor = torch.from_numpy(np.stack(pixels))
-    tokens = tokenizer(captions, padding=True, return_tensors="pt")
+    pixel_tensor, specs = _training_set(images, seed, preprocess, rng)
+    tokens = tokenizer([spec.caption for spec in specs], padding=True, return_tensors="pt")
     input_ids = tokens.input_ids.clone()
     input_ids[:, 0] = tokenizer.bos_token_id  # BLIP decodes from [DEC], not [CLS]
     labels = input_ids.masked_fill(tokens.attention_mask == 0, -100)
@@ -196,12 +204,7 @@ def train_captioner(
             attention_mask=tokens.attention_mask[chosen],
             labels=labels[chosen],
         ).loss
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.3f}  {time.perf_counter() - started:.0f} s")
+        _optimise(optimiser, schedule, loss, step, steps, started)
     model.eval()
     model.save_pretrained(out)
     return evaluate_captioner(out, seed=seed + 99)
