@@ -184,9 +184,17 @@ class Store:
                 failures_table_name(self.table_name), schema=FAILURES_SCHEMA, exist_ok=True
             )
 
-    def lock(self, timeout: float | None = None) -> TableLock:
-        """Exclusive write access to this table for a whole run (see mmindex.locks)."""
-        return TableLock(lock_path(self.db_uri, self.table_name), self.table_name, timeout=timeout)
+    @contextmanager
+    def lock(self, timeout: float | None = None) -> Iterator[TableLock]:
+        """Exclusive write access to this table for a whole run (see mmindex.locks).
+
+        Once it is held, table handles opened before are dropped: a LanceDB handle never sees commits
+        that other processes make after it was opened, and a run that waited for another must start
+        from that run's finished state, not from what the table held when this one began.
+        """
+        with TableLock(lock_path(self.db_uri, self.table_name), self.table_name, timeout=timeout) as held:
+            self._table = self._failures = None
+            yield held
 
     # -- reading state ---------------------------------------------------------------------------
 

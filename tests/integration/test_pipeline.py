@@ -114,6 +114,22 @@ def test_an_unchanged_rerun_reads_nothing_and_writes_nothing(
     assert (reopened.table.version, reopened.failures.version) == versions
 
 
+def test_a_run_that_opened_the_table_before_another_run_wrote_starts_from_that_runs_work(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    """What a run that waited for the table's lock sees: its handle predates the other run's commits."""
+    db = tmp_path / "db"
+    index(corpus, db, embedder)
+    waiting = Store(str(db))
+    assert waiting.table.count_rows() == 24  # opened (as choosing the model does) before the next run
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(corpus / "set-a" / "late.png")
+    assert index(corpus, db, embedder).indexed == 1
+
+    report = run_index(open_source(str(corpus)), embedder, waiting, IndexOptions(batch_size=5))
+
+    assert (report.indexed, report.unchanged) == (0, 25)
+
+
 def test_a_changed_file_is_reembedded_in_place(corpus: Path, tmp_path: Path, embedder: ClipEmbedder) -> None:
     db = tmp_path / "db"
     index(corpus, db, embedder)
