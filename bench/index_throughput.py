@@ -1,13 +1,15 @@
 """How fast `mmindex index` embeds compared with the model alone, and how much memory it needs.
 
-    python bench/index_throughput.py            # about 8 minutes on 2 cores; results in .bench/
+    python bench/index_throughput.py            # about 9 minutes on 2 cores; results in .bench/
 
 On generated JPEGs of realistic sizes (640x480 .. 1920x1080) and a randomly initialised CLIP with the
 real ViT-B/32 configuration (the compute cost of openai/clip-vit-base-patch32), it reports:
 
 - steady-state images/s of `mmindex index` (the CLI, through the Prefect flow): the difference
-  between a 300- and a 900-image run, so start-up cancels out;
-- model-only images/s: forward passes on pre-made tensors, same batch size and threads;
+  between a 300- and a 900-image run, so start-up cancels out (each run twice, the faster counts);
+- model-only images/s: forward passes on pre-made tensors, same batch size, threads and precision
+  (`--precision`, default auto: bf16 on a CPU with fast native bf16, else fp32), and for comparison
+  in fp32, bf16 and dynamic int8;
 - the loop a user writes from the transformers docs (PIL open -> processor -> model), same model;
 - start-up seconds, with a running Prefect server and with the temporary one Prefect starts itself;
 - peak RSS of the indexing process for 1x (300) and 4x (1200) the corpus.
@@ -114,7 +116,7 @@ def start_prefect(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("Prefect server did not start")
 
 
-def timed_index(source: Path, model: Path, env: dict[str, str]) -> dict[str, float]:
+def timed_index(source: Path, model: Path, env: dict[str, str], precision: str) -> dict[str, float]:
     """Run `mmindex index` in a fresh process; wall seconds and the process's peak RSS (MiB)."""
     db = Path(tempfile.mkdtemp(prefix="bench-db-", dir=WORK))
     command = [
@@ -129,6 +131,8 @@ def timed_index(source: Path, model: Path, env: dict[str, str]) -> dict[str, flo
         str(model),
         "--batch-size",
         str(BATCH),
+        "--precision",
+        precision,
         "--no-progress",
         "--json",
     ]
@@ -190,6 +194,10 @@ def main() -> None:
     )
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=900)
+    parser.add_argument("--precision", default="auto", help="for the index runs and the model-only figure")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="index runs per corpus size; the fastest counts"
+    )
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     env = {
@@ -206,35 +214,44 @@ def main() -> None:
     empty.mkdir(exist_ok=True)
 
     results: dict[str, float] = {}
-    results["startup_temporary_server_s"] = timed_index(empty, model, env)["seconds"]
-    model_runs = [model_only(model)]
+    results["startup_temporary_server_s"] = timed_index(empty, model, env, args.precision)["seconds"]
+    model_runs = [model_only(model, precision=args.precision)]
     server, url = start_prefect(env)
     try:
         served = {**env, "PREFECT_API_URL": url}
-        results["startup_running_server_s"] = timed_index(empty, model, served)["seconds"]
-        run_small = timed_index(small, model, served)
-        model_runs.append(model_only(model))  # interleaved: the model-only figure sees the same machine
-        run_large = timed_index(large, model, served)
-        model_runs.append(model_only(model))
-        run_huge = timed_index(huge, model, served)
+        results["startup_running_server_s"] = timed_index(empty, model, served, args.precision)["seconds"]
+        small_runs, large_runs = [], []
+        for _ in range(args.repeats):  # alternated, so that each figure sees the same machine
+            small_runs.append(timed_index(small, model, served, args.precision))
+            model_runs.append(model_only(model, precision=args.precision))
+            large_runs.append(timed_index(large, model, served, args.precision))
+            model_runs.append(model_only(model, precision=args.precision))
+        run_huge = timed_index(huge, model, served, args.precision)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+    run_small = min(small_runs, key=lambda run: run["seconds"])
+    run_large = min(large_runs, key=lambda run: run["seconds"])
     results["index_small_s"], results["index_large_s"] = run_small["seconds"], run_large["seconds"]
     steady = (args.large - args.small) / (run_large["seconds"] - run_small["seconds"])
     results["index_steady_img_s"] = steady
     results["model_only_img_s"] = float(np.median(model_runs))
     results["model_only_int8_img_s"] = model_only(model, quantize="int8")
     results["model_only_bf16_img_s"] = model_only(model, precision="bf16")
+    results["model_only_fp32_img_s"] = model_only(model, precision="fp32")
     results["docs_loop_img_s"] = docs_loop(model, small)
     results["ratio_index_to_model"] = steady / results["model_only_img_s"]
-    results["ratio_docs_loop_to_model"] = results["docs_loop_img_s"] / results["model_only_img_s"]
+    # the docs loop runs in fp32, so it is compared with the fp32 model alone
+    results["ratio_docs_loop_to_fp32_model"] = results["docs_loop_img_s"] / results["model_only_fp32_img_s"]
     results["rss_1x_mib"], results["rss_4x_mib"] = run_small["rss_mib"], run_huge["rss_mib"]
     results["rss_growth_4x"] = run_huge["rss_mib"] / run_small["rss_mib"] - 1
     import torch
 
+    from mmindex.models import cpu_bf16_is_faster
+
     results["torch_threads"] = torch.get_num_threads()
-    (WORK / "index_throughput.json").write_text(json.dumps(results, indent=2))
+    results["auto_is_bf16_on_this_cpu"] = float(cpu_bf16_is_faster())
+    (WORK / f"index_throughput_{args.precision}.json").write_text(json.dumps(results, indent=2))
     width = max(map(len, results))
     for key, value in results.items():
         print(f"{key:<{width}}  {value:10.3f}")

@@ -217,6 +217,7 @@ def run_caption(
     stages = stages or CaptionStages()
     reader = reader or UriReader()
     report = report or RunReport(kind="caption", source=store.describe(), table=store.describe())
+    report.models = f"{captioner.compute}; {embedder.compute}"
     with store.lock(options.lock_timeout):
         started = time.perf_counter()
         if store.info().model != embedder.model_id:

@@ -40,6 +40,9 @@ class Embedder(Protocol):
     def model_id(self) -> str: ...
 
     @property
+    def compute(self) -> str: ...
+
+    @property
     def dim(self) -> int: ...
 
     @property
@@ -53,6 +56,9 @@ class Embedder(Protocol):
 class CaptionModel(Protocol):
     @property
     def model_id(self) -> str: ...
+
+    @property
+    def compute(self) -> str: ...
 
     @property
     def preprocess(self) -> Preprocessor: ...

@@ -19,6 +19,8 @@ from mmindex.errors import ModelError
 from mmindex.models import (
     ModelRef,
     autocast_dtype,
+    check_precision,
+    compute_label,
     first_line,
     load_config,
     pick_device,
@@ -64,6 +66,7 @@ class Captioner:
         self.model_id = ref.name
         self.device = device
         self.autocast = autocast_dtype(device, precision)
+        self.compute = compute_label(ref.name, device, self.autocast)
         self.settings = settings or GenerationSettings()
         self.family = model.config.model_type
         self.preprocess: ImagePreprocessor | ProcessorCall = preprocessor_for(image_processor)
@@ -81,6 +84,7 @@ class Captioner:
     ) -> Captioner:
         """Load a captioning model by hub id or directory; ModelError (one line) if it is not one or
         cannot run on the device. A one-token caption of a blank image proves it runs."""
+        check_precision(precision, None)
         settings = settings or GenerationSettings()
         settings.validate()
         ref = resolve_model(reference)

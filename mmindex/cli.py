@@ -30,6 +30,13 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (bf16/fp16 on CUDA, bf16 on a CPU with fast native bf16, else fp32), fp32, bf16, fp16",
+    ),
+]
 DbOption = Annotated[
     str | None, typer.Option("--db", help="LanceDB URI [env MMINDEX_DB, default ./mmindex.lancedb]")
 ]
@@ -142,9 +149,7 @@ def index(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="decode threads [1 on CPU, cores-1 on GPU]")
     ] = None,
-    precision: Annotated[
-        str, typer.Option("--precision", help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, bf16, fp16")
-    ] = "auto",
+    precision: PrecisionOption = "auto",
     quantize: Annotated[
         str | None, typer.Option("--quantize", help="int8: dynamic int8 linear layers (CPU)")
     ] = None,
@@ -280,9 +285,7 @@ def caption(
     max_new_tokens: MaxTokensOption = 30,
     num_beams: BeamsOption = 1,
     prompt: PromptOption = None,
-    precision: Annotated[
-        str, typer.Option("--precision", help="auto (fp32 on CPU, bf16/fp16 on CUDA), fp32, bf16, fp16")
-    ] = "auto",
+    precision: PrecisionOption = "auto",
     lock_timeout: LockTimeoutOption = None,
     json_output: JsonOption = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,

@@ -1,9 +1,9 @@
 """CLIP-style image and text embeddings through transformers: batched, device-aware, L2-normalised.
 
 Any dual-encoder checkpoint whose model exposes `get_image_features` and `get_text_features` works
-(CLIP and its relatives: SigLIP, Chinese-CLIP, AltCLIP, MetaCLIP). On CUDA the forward passes run under
-bf16/fp16 autocast; on CPU in fp32 unless asked otherwise, optionally with int8 dynamic quantisation
-of the linear layers.
+(CLIP and its relatives: SigLIP, Chinese-CLIP, AltCLIP, MetaCLIP). With `precision="auto"` the
+forward passes run under bf16/fp16 autocast on CUDA, under bf16 autocast on a CPU with fast native
+bf16, and in fp32 elsewhere; on CPU, int8 dynamic quantisation of the linear layers is offered too.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from mmindex.errors import ModelError
 from mmindex.models import (
     ModelRef,
     autocast_dtype,
+    check_precision,
+    compute_label,
     first_line,
     load_config,
     pick_device,
@@ -25,8 +27,6 @@ from mmindex.models import (
     resolve_model,
 )
 from mmindex.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ClipEmbedder:
@@ -40,6 +40,8 @@ class ClipEmbedder:
         ref: ModelRef,
         device: Any,
         precision: str = "auto",
+        *,
+        quantized: bool = False,
     ) -> None:
         import torch
 
@@ -49,6 +51,7 @@ class ClipEmbedder:
         self.model_id = ref.name
         self.device = device
         self.autocast = autocast_dtype(device, precision)
+        self.compute = compute_label(ref.name, device, self.autocast, int8=quantized)
         self.preprocess: ImagePreprocessor | ProcessorCall = preprocessor_for(image_processor)
         config = model.config
         self.model_type = getattr(config, "model_type", "")
@@ -67,8 +70,7 @@ class ClipEmbedder:
         cls, reference: str, *, device: str = "auto", precision: str = "auto", quantize: str | None = None
     ) -> ClipEmbedder:
         """Load a model by hub id, directory or toy name. Raises ModelError with one clear line."""
-        if precision not in PRECISIONS:
-            raise ModelError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        check_precision(precision, quantize)
         ref = resolve_model(reference)
         check_embedding_config(ref)
         torch_device = pick_device(device)
@@ -91,12 +93,13 @@ class ClipEmbedder:
         if quantize == "int8":
             if torch_device.type != "cpu":
                 raise ModelError("--quantize int8 runs on the CPU only; use --device cpu or drop it")
+            precision = "fp32"
             model = quantize_int8(model)
-        elif quantize not in (None, "none"):
-            raise ModelError(f"quantize {quantize!r} is not one of none, int8")
         try:
             model.to(torch_device)
-            return cls(model, tokenizer, image_processor, ref, torch_device, precision)
+            return cls(
+                model, tokenizer, image_processor, ref, torch_device, precision, quantized=quantize == "int8"
+            )
         except RuntimeError as exc:
             raise ModelError(f"model {ref.name!r} cannot run on {torch_device}: {first_line(exc)}") from None
 

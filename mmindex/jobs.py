@@ -19,7 +19,7 @@ from mmindex.caption import Captioner, GenerationSettings, check_caption_config
 from mmindex.config import DEFAULT_CAPTION_MODEL, DEFAULT_MODEL, Settings
 from mmindex.embed import ClipEmbedder, check_embedding_config
 from mmindex.errors import ConfigError, ModelError
-from mmindex.models import resolve_model
+from mmindex.models import check_precision, resolve_model
 from mmindex.pipeline import IndexOptions, ProgressUpdate, Stages, run_index
 from mmindex.report import RunReport
 from mmindex.sources import ScanFilter, Source, open_source
@@ -127,6 +127,9 @@ class ModelChoice:
     quantize: str | None = None
     caption_model: str | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision, self.quantize)
 
     def load_embedder(self) -> ClipEmbedder:
         return ClipEmbedder.load(

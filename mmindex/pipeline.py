@@ -171,6 +171,7 @@ def run_index(
     options = options or IndexOptions()
     stages = stages or Stages()
     report = report or RunReport(kind="index", source=source.describe(), table=store.describe())
+    report.models = "; ".join(model.compute for model in (embedder, captioner) if model is not None)
     with store.lock(options.lock_timeout):
         started = time.perf_counter()
         store.prepare(embedder.model_id, embedder.dim)

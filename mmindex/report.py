@@ -28,6 +28,7 @@ class RunReport:
     kind: str = "index"
     source: str = ""
     table: str = ""
+    models: str = ""  # how the run's models ran, e.g. "toy-clip on cpu in bf16"
     scanned: int = 0
     new: int = 0
     changed: int = 0
@@ -115,6 +116,7 @@ class RunReport:
             "source": self.source,
             "table": self.table,
             "kind": self.kind,
+            "models": self.models,
             "notes": list(self.notes) + [f"{what}: {n}" for what, n in sorted(self.counters.items())],
         }
 
@@ -153,6 +155,8 @@ class RunReport:
                 f"  unchanged {self.unchanged}  failed {self.failed}"
                 + (f"  pruned {self.pruned}" if self.pruned else ""),
             ]
+        if self.models:
+            lines.append(f"  models: {self.models}")
         if self.known_failures:
             lines.append(
                 f"  skipped {self.known_failures} known failures (unchanged; --retry-failed retries)"
@@ -175,6 +179,7 @@ class RunReport:
             "",
             f"Source: `{self.source}`",
             "",
+            *([f"Models: {self.models}", ""] if self.models else []),
             "| scanned | new | changed | unchanged | failed | known failures | pruned | captioned | s |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {self.scanned} | {self.new} | {self.changed} | {self.unchanged} | {self.failed} "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import CliRunner
 
 from mmindex.backfill import CaptionOptions, run_caption
@@ -65,6 +66,16 @@ def test_toy_captioner_names_shape_and_colour_for_most_images(toy_captioner: Cap
     captions = toy_captioner.caption_images(list(images))
     right = sum(caption == spec.caption for caption, spec in zip(captions, specs, strict=True))
     assert right >= 0.8 * len(specs)
+
+
+def test_bf16_captions_match_fp32_for_nearly_every_image() -> None:
+    """`auto` runs under bf16 on CPUs with fast native bf16: that must not change what is said."""
+    fp32 = Captioner.load("toy-captioner", precision="fp32")
+    bf16 = Captioner.load("toy-captioner", precision="bf16")
+    assert fp32.autocast is None and bf16.autocast is torch.bfloat16
+    images = [image for _, image in samples(48, seed=405)]
+    pairs = zip(fp32.caption_images(images), bf16.caption_images(images), strict=True)
+    assert sum(a == b for a, b in pairs) >= 0.9 * len(images)
 
 
 def test_a_prompt_steers_the_caption_and_is_stripped_from_it(toy_captioner: Captioner) -> None:
@@ -145,6 +156,7 @@ class ChokesOnBlue:
     def __init__(self, inner: Captioner) -> None:
         self.inner = inner
         self.model_id = inner.model_id
+        self.compute = inner.compute
         self.preprocess = inner.preprocess
 
     def caption_pixels(self, pixels: np.ndarray) -> list[str | None]:

@@ -33,6 +33,8 @@ def test_index_json_contract_and_incremental_rerun(
     again = last_json_line(second.stdout)
     assert isinstance(again, dict)
     assert (again["indexed"], again["unchanged"], again["failed"]) == (0, 24, 0)
+    pinned = last_json_line(cli("index", str(corpus), "--db", db, "--precision", "fp32", "--json").stdout)
+    assert isinstance(pinned, dict) and pinned["models"] == f"{Path(tiny_clip).resolve()} on cpu in fp32"
 
 
 def test_index_refusals_exit_2_with_one_line(
@@ -56,6 +58,15 @@ def test_index_refusals_exit_2_with_one_line(
 
     bad_device = cli("index", str(corpus), "--db", db, "--device", "tpu")
     assert bad_device.returncode == 2 and "--device" in bad_device.stderr
+
+    for arguments, message in [
+        (["--precision", "fp8"], "--precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+        (["--quantize", "int4"], "--quantize must be int8 or none, got 'int4'"),
+        (["--quantize", "int8", "--precision", "bf16"], "--quantize int8 computes in fp32"),
+    ]:
+        refused = cli("index", str(corpus), "--db", db, *arguments)
+        assert refused.returncode == 2 and message in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_search_stats_and_failures_json(cli: CliRunner, corpus: Path, tmp_path: Path) -> None:

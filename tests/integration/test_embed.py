@@ -16,6 +16,7 @@ from transformers import AutoImageProcessor
 from mmindex.embed import ClipEmbedder
 from mmindex.errors import ModelError
 from mmindex.images import decode
+from mmindex.models import autocast_dtype, cpu_bf16_is_faster
 from mmindex.toy.models import real_size_clip
 from mmindex.toy.shapes import all_shapes, render
 
@@ -111,6 +112,40 @@ def test_int8_quantisation_stays_within_cosine_099_of_fp32() -> None:
     )
 
 
+def test_bf16_embeddings_stay_within_cosine_0999_of_fp32_and_rank_alike() -> None:
+    """`auto` picks bf16 on CPUs with fast native bf16, so bf16 must not change what a search finds."""
+    fp32 = ClipEmbedder.load("toy-clip", precision="fp32")
+    bf16 = ClipEmbedder.load("toy-clip", precision="bf16")
+    assert fp32.autocast is None and bf16.autocast is torch.bfloat16
+    rng = random.Random(11)
+    images = [render(spec, (160, 120), rng) for spec in all_shapes()]
+    texts = [f"a photo of a {s.colour} {s.shape}" for s in all_shapes()]
+    image_vectors = fp32.embed_images(images), bf16.embed_images(images)
+    text_vectors = fp32.embed_texts(texts), bf16.embed_texts(texts)
+    assert cosine(*image_vectors).min() >= 0.999 and cosine(*text_vectors).min() >= 0.999
+    best_fp32 = (text_vectors[0] @ image_vectors[0].T).argmax(axis=1)
+    best_bf16 = (text_vectors[1] @ image_vectors[1].T).argmax(axis=1)
+    np.testing.assert_array_equal(best_fp32, best_bf16)
+
+
+def test_auto_precision_on_cpu_is_bf16_only_where_bf16_is_native_and_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
+    native_and_faster = cpu_bf16_is_faster()
+    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if native_and_faster else None)
+    assert ClipEmbedder.load("toy-clip").autocast is autocast_dtype(cpu, "auto")
+    assert ClipEmbedder.load("toy-clip", quantize="int8").autocast is None  # int8 kernels compute in fp32
+    cpu_bf16_is_faster.cache_clear()
+    # A CPU without native bf16 cannot be conjured here; its capability report can.
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    try:
+        assert autocast_dtype(cpu, "auto") is None
+        assert autocast_dtype(cpu, "bf16") is torch.bfloat16  # asked for explicitly, it is given
+    finally:
+        cpu_bf16_is_faster.cache_clear()
+
+
 def test_model_errors_are_one_clear_line(tmp_path: Path, tiny_clip: str) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         ClipEmbedder.load(str(tmp_path / "missing"))
@@ -126,6 +161,10 @@ def test_model_errors_are_one_clear_line(tmp_path: Path, tiny_clip: str) -> None
         ClipEmbedder.load("nobody/no-such-model")
     with pytest.raises(ModelError, match="runs on the CPU only|no CUDA device"):
         ClipEmbedder.load(tiny_clip, device="cuda", quantize="int8")
+    with pytest.raises(ModelError, match="int8 computes in fp32; drop --precision bf16"):
+        ClipEmbedder.load(tiny_clip, quantize="int8", precision="bf16")
+    with pytest.raises(ModelError, match="--precision must be one of"):
+        ClipEmbedder.load(tiny_clip, precision="fp8")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
