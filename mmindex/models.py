@@ -126,9 +126,9 @@ def autocast_dtype(device: Any, precision: str) -> Any | None:
 
 def compute_label(model: str, device: Any, autocast: Any | None, *, int8: bool = False) -> str:
     """How a model runs, for run reports: "openai/clip-vit-base-patch32 on cpu in bf16"."""
-    number_format = "int8" if int8 else "fp32" if autocast is None else str(autocast).removeprefix("torch.")
-    names = {"bfloat16": "bf16", "float16": "fp16"}
-    return f"{model} on {device} in {names.get(number_format, number_format)}"
+    reduced = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
+    number_format = "int8" if int8 else reduced.get(str(autocast), "fp32")
+    return f"{model} on {device} in {number_format}"
 
 
 @functools.cache
@@ -136,7 +136,7 @@ def cpu_bf16_is_faster() -> bool:
     """Whether this CPU has native bf16 arithmetic and it beats fp32 by CPU_BF16_MIN_GAIN.
 
     Without native support bf16 is emulated and slower than fp32 (0.58x measured on one such
-    CPU); with it, transformer towers run 2-3x faster. A 50 ms matrix-product probe with the current
+    CPU); with it, transformer towers run 2-3x faster. A matrix-product probe (under 0.1 s) with the current
     torch threads settles the cases the CPU flags alone cannot.
     """
     import torch
