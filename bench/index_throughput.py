@@ -158,7 +158,7 @@ def model_only(model: Path, batches: int = 8, **load: Any) -> float:
     (so it runs exactly like the indexer's forward passes, with the same torch threads)."""
     code = (
         "import json, sys, time, numpy as np\n"
-        "from mmindex.embed import ClipEmbedder\n"
+        "from mmindex.models.clip import ClipEmbedder\n"
         f"e = ClipEmbedder.load({str(model)!r}, device='cpu', **{load!r})\n"
         f"x = np.random.default_rng(0).normal(size=({BATCH}, 3, 224, 224)).astype(np.float32)\n"
         "e.embed_pixels(x)\n"
@@ -247,7 +247,7 @@ def main() -> None:
     results["rss_growth_4x"] = run_huge["rss_mib"] / run_small["rss_mib"] - 1
     import torch
 
-    from mmindex.models import cpu_bf16_is_faster
+    from mmindex.models.precision import cpu_bf16_is_faster
 
     results["torch_threads"] = torch.get_num_threads()
     results["auto_is_bf16_on_this_cpu"] = float(cpu_bf16_is_faster())

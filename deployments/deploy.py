@@ -148,9 +148,9 @@ def deploy(args: argparse.Namespace) -> list[str]:
 def serve_all(args: argparse.Namespace) -> None:
     from prefect import serve
 
-    from flows.caption import caption_missing
-    from flows.index import index
-    from flows.maintain import maintain
+    from mmindex.flows.caption import caption_missing
+    from mmindex.flows.index import index
+    from mmindex.flows.maintain import maintain
 
     flows = {"index": index, "caption": caption_missing, "maintain": maintain}
     serve(

@@ -6,13 +6,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.locking import table_slot
-from flows.reporting import FlowProgress, publish_report
-from mmindex.backfill import run_caption
-from mmindex.jobs import CaptionJob, job_fields, prepare_caption
+from mmindex.flows.reporting import FlowProgress, publish_report
+from mmindex.ingest.backfill import run_caption
+from mmindex.jobs.prepare import CaptionJob, job_fields, prepare_caption
 from mmindex.progress import TerminalProgress
-from tasks.index import CAPTION_STAGES
-from tasks.models import load_captioner, load_embedder
+from mmindex.tasks.index import CAPTION_STEPS
+from mmindex.tasks.models import load_captioner, load_embedder
 
 
 @flow(name="mmindex-caption-missing")
@@ -37,21 +36,20 @@ def caption_missing(
     Human captions are never touched. Returns counts, with integer `captioned` and `failed`."""
     job = CaptionJob(**job_fields(CaptionJob, dict(locals())))
     prepared = prepare_caption(job)
-    with table_slot(prepared.store.db_uri, prepared.store.table_name, lock_timeout):
-        models = prepared.models
-        assert models.caption_model is not None
-        embedder = load_embedder(models.embed_model, models.device, models.precision)
-        captioner = load_captioner(models.caption_model, models.device, models.precision, models.generation)
-        with TerminalProgress("captioning", enabled=progress_bar) as terminal:
-            report = run_caption(
-                prepared.store,
-                captioner,
-                embedder,
-                prepared.options,
-                reader=prepared.reader,
-                stages=CAPTION_STAGES,
-                progress=FlowProgress(terminal if progress_bar else None),
-            )
+    models = prepared.models
+    assert models.caption_model is not None
+    embedder = load_embedder(models.embed_model, models.device, models.precision)
+    captioner = load_captioner(models.caption_model, models.device, models.precision, models.generation)
+    with TerminalProgress("captioning", enabled=progress_bar) as terminal:
+        report = run_caption(
+            prepared.store,
+            captioner,
+            embedder,
+            prepared.options,
+            reader=prepared.reader,
+            steps=CAPTION_STEPS,
+            progress=FlowProgress(terminal if progress_bar else None),
+        )
     publish_report(report, "caption")
     return report.to_dict()
 

@@ -8,13 +8,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.locking import table_slot
-from flows.reporting import FlowProgress, publish_report
-from mmindex.jobs import IndexJob, PreparedIndex, job_fields, prepare_index, run_prepared_index
+from mmindex.flows.reporting import FlowProgress, publish_report
+from mmindex.jobs.prepare import IndexJob, PreparedIndex, job_fields, prepare_index, run_prepared_index
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
-from tasks.index import CAPTION_STAGES, INDEX_STAGES
-from tasks.models import load_captioner, load_embedder
+from mmindex.tasks.index import CAPTION_STEPS, INDEX_STEPS
+from mmindex.tasks.models import load_captioner, load_embedder
 
 
 @flow(name="mmindex-index")
@@ -64,9 +63,7 @@ def index(
 def index_job(job: IndexJob, *, progress_bar: bool = False) -> RunReport:
     """The body of the index flow, for callers that already hold an IndexJob."""
     prepared = prepare_index(job)
-    store = prepared.store
-    with table_slot(store.db_uri, store.table_name, job.lock_timeout):
-        report = _index(job, prepared, progress_bar)
+    report = _index(job, prepared, progress_bar)
     publish_report(report, "index")
     return report
 
@@ -83,8 +80,8 @@ def _index(job: IndexJob, prepared: PreparedIndex, progress_bar: bool) -> RunRep
             prepared,
             embedder,
             captioner,
-            stages=INDEX_STAGES,
-            caption_stages=CAPTION_STAGES,
+            steps=INDEX_STEPS,
+            caption_steps=CAPTION_STEPS,
             progress=FlowProgress(terminal if progress_bar else None),
         )
 

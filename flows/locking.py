@@ -1,10 +1,13 @@
-"""One writer per table across flow runs where no file lock can reach (a database on object storage,
-written from several machines): a Prefect global concurrency limit of 1 per table, held for the
-whole flow run.
+"""One writer per table where no file lock can reach (a database on object storage, written from
+several machines): a Prefect global concurrency limit of 1 per table, held while a run writes.
+
+mmindex's store finds `write_slot` through the `mmindex.write_slots` entry point and takes it for
+every writer of a database on object storage, in flows and in notebooks alike, whenever a Prefect API
+is configured (PREFECT_API_URL) or the writer runs inside a flow run.
 
 Slots are leases that the holder renews; a crashed holder's slot frees itself when its lease runs out
 (about 75 s with the 60 s lease used here). The second run waits (up to `timeout`), or is refused with
-a one-line TableBusy error. Local databases are guarded by mmindex.locks (flock) instead, which a
+a one-line TableBusy error. Local databases are guarded by flock instead (mmindex.store.lock), which a
 dead holder releases at once, so no slot is taken for them.
 """
 
@@ -14,14 +17,15 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from prefect import get_client, get_run_logger
 from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError, ObjectAlreadyExists
 
-from mmindex.locks import TableBusy, lock_path
+from mmindex.store.lock import TableBusy, lock_path
 
 LEASE_SECONDS = 60.0
 
@@ -59,3 +63,10 @@ def table_slot(db: str, table: str, timeout: float | None = None) -> Iterator[No
         raise TableBusy(
             f"table {table!r} in {db} is being written by another flow run; gave up after {timeout:g} s"
         ) from None
+
+
+def write_slot(db: str, table: str, timeout: float | None = None) -> AbstractContextManager[None] | None:
+    """The table's slot when a Prefect API can hold it (configured, or this is a flow run); else None."""
+    if not (os.environ.get("PREFECT_API_URL") or FlowRunContext.get() is not None):
+        return None
+    return table_slot(db, table, timeout)

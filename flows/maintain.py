@@ -8,11 +8,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.locking import table_slot
-from flows.reporting import artifact_key
-from mmindex import maintenance
 from mmindex.config import Settings
-from mmindex.store import Store
+from mmindex.flows.reporting import artifact_key
+from mmindex.store import upkeep as maintenance
+from mmindex.store.reader import Store
 
 maintain_table = task(name="maintain-table", retries=1, retry_delay_seconds=30.0, cache_policy=NO_CACHE)(
     maintenance.maintain
@@ -28,9 +27,8 @@ def maintain(
     settings = Settings.from_env(db=db, table=table)
     keep = maintenance.parse_retention(retention)
     store = Store.from_settings(settings)
-    _ = store.table  # a missing table is a configuration error, before any slot is taken
-    with table_slot(settings.db, settings.table, lock_timeout):
-        report = maintain_table(store, keep, lock_timeout=lock_timeout)
+    _ = store.lancedb_table()  # a missing table is a configuration error, before any slot is taken
+    report = maintain_table(store, keep, lock_timeout=lock_timeout)
     for line in report.summary_lines():
         get_run_logger().info(line)
     create_markdown_artifact(

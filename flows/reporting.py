@@ -14,7 +14,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from mmindex.pipeline import ProgressUpdate
+from mmindex.ingest.pipeline import ProgressUpdate
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
 

@@ -20,19 +20,19 @@ _EXPORTS = {
     "index": "mmindex.api",
     "open_searcher": "mmindex.api",
     "caption": "mmindex.api",
-    "Captioner": "mmindex.caption",
+    "Captioner": "mmindex.models.captioner",
     "Settings": "mmindex.config",
-    "ClipEmbedder": "mmindex.embed",
-    "Store": "mmindex.store",
-    "Searcher": "mmindex.search",
-    "Hit": "mmindex.search",
-    "LabelScore": "mmindex.search",
-    "run_index": "mmindex.pipeline",
-    "IndexOptions": "mmindex.pipeline",
+    "ClipEmbedder": "mmindex.models.clip",
+    "Store": "mmindex.store.reader",
+    "Searcher": "mmindex.query.search",
+    "Hit": "mmindex.query.results",
+    "LabelScore": "mmindex.query.results",
+    "run_index": "mmindex.ingest.pipeline",
+    "IndexOptions": "mmindex.ingest.pipeline",
     "RunReport": "mmindex.report",
-    "open_source": "mmindex.sources",
-    "ScanFilter": "mmindex.sources",
-    "SourceItem": "mmindex.sources",
+    "open_source": "mmindex.ingest.sources",
+    "ScanFilter": "mmindex.ingest.sources",
+    "SourceItem": "mmindex.ingest.sources",
     "MMIndexError": "mmindex.errors",
     "ConfigError": "mmindex.errors",
 }
@@ -61,15 +61,16 @@ __all__ = [
 
 if TYPE_CHECKING:
     from mmindex.api import caption, index, open_searcher
-    from mmindex.caption import Captioner
     from mmindex.config import Settings
-    from mmindex.embed import ClipEmbedder
     from mmindex.errors import ConfigError, MMIndexError
-    from mmindex.pipeline import IndexOptions, run_index
+    from mmindex.ingest.pipeline import IndexOptions, run_index
+    from mmindex.ingest.sources import ScanFilter, SourceItem, open_source
+    from mmindex.models.captioner import Captioner
+    from mmindex.models.clip import ClipEmbedder
+    from mmindex.query.results import Hit, LabelScore
+    from mmindex.query.search import Searcher
     from mmindex.report import RunReport
-    from mmindex.search import Hit, LabelScore, Searcher
-    from mmindex.sources import ScanFilter, SourceItem, open_source
-    from mmindex.store import Store
+    from mmindex.store.reader import Store
 
 
 def __getattr__(name: str) -> Any:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from mmindex.backfill import run_caption
-from mmindex.jobs import CaptionJob, IndexJob, prepare_caption, prepare_index, run_prepared_index
+from mmindex.ingest.backfill import run_caption
+from mmindex.jobs.prepare import CaptionJob, IndexJob, prepare_caption, prepare_index, run_prepared_index
 from mmindex.progress import TerminalProgress
+from mmindex.query.search import Searcher
 from mmindex.report import RunReport
-from mmindex.search import Searcher
-from mmindex.store import Store
+from mmindex.store.reader import Store
 
 
 def index(

@@ -173,14 +173,14 @@ def index(
     lock_timeout: LockTimeoutOption = None,
 ) -> None:
     """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
-    from mmindex.jobs import IndexJob, job_fields, prepare_index
+    from mmindex.jobs.prepare import IndexJob, job_fields, prepare_index
 
     _check_device(device)
     params = dict(locals())
     params.update(include=list(include or []), exclude=list(exclude or []))
     job = IndexJob(**job_fields(IndexJob, params))
     prepare_index(job)  # refuse bad arguments before a flow (and a Prefect server) starts
-    from flows.index import index_flow_for_cli
+    from mmindex.flows.index import index_flow_for_cli
 
     report = index_flow_for_cli(job, progress_bar=progress and not json_output and sys.stderr.isatty())
     if json_output:
@@ -221,8 +221,8 @@ def search(
     json_output: JsonOption = False,
 ) -> None:
     """Search: TEXT -> images, --image -> similar images, --captions, --labels, --text-only, --hybrid."""
-    from mmindex.search import Searcher
-    from mmindex.store import Store
+    from mmindex.query.search import Searcher
+    from mmindex.store.reader import Store
 
     _check_device(device)
     if text is None and image is None:
@@ -235,7 +235,7 @@ def search(
         raise ConfigError("give either a TEXT query or --image, not both")
     settings = _settings(db, table)
     searcher = Searcher(Store.from_settings(settings), device=device or settings.device)
-    searcher.store.table  # noqa: B018 - a missing table is a configuration error, before any model loads
+    searcher.store.lancedb_table()  # noqa: B018 - a missing table is a configuration error, before any model loads
     if image is not None and labels is not None:
         scores = searcher.labels(image, labels.split(","), template)
         if json_output:
@@ -291,12 +291,12 @@ def caption(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
 ) -> None:
     """Generate captions for indexed images that have none; resumable; human captions are never touched."""
-    from mmindex.jobs import CaptionJob, job_fields, prepare_caption
+    from mmindex.jobs.prepare import CaptionJob, job_fields, prepare_caption
 
     _check_device(device)
     job = CaptionJob(**job_fields(CaptionJob, dict(locals())))
     prepare_caption(job)
-    from flows.caption import caption_flow_for_cli
+    from mmindex.flows.caption import caption_flow_for_cli
 
     report = caption_flow_for_cli(job, progress_bar=progress and not json_output and sys.stderr.isatty())
     if json_output:
@@ -317,12 +317,12 @@ def maintain(
     json_output: JsonOption = False,
 ) -> None:
     """Compact a table, fold new rows into its indices (or build them) and delete old versions."""
-    from mmindex.maintenance import parse_retention
-    from mmindex.store import Store
+    from mmindex.store.reader import Store
+    from mmindex.store.upkeep import parse_retention
 
     parse_retention(retention)
-    Store.from_settings(_settings(db, table)).table  # noqa: B018 - a missing table exits 2 here
-    from flows.maintain import maintain_flow_for_cli
+    Store.from_settings(_settings(db, table)).lancedb_table()  # noqa: B018 - a missing table exits 2 here
+    from mmindex.flows.maintain import maintain_flow_for_cli
 
     result = maintain_flow_for_cli(db=db, table=table, retention=retention, lock_timeout=lock_timeout)
     if json_output:
@@ -335,7 +335,7 @@ def maintain(
 @handles_errors
 def stats(db: DbOption = None, table: TableOption = None, json_output: JsonOption = False) -> None:
     """Rows, failures, captions by source, the embedding model and the indices of a table."""
-    from mmindex.store import Store
+    from mmindex.store.reader import Store
 
     settings = _settings(db, table)
     result = Store.from_settings(settings).stats()
@@ -367,11 +367,12 @@ def failures(
     json_output: JsonOption = False,
 ) -> None:
     """The failures table: items that could not be indexed (and warnings), with stage and error."""
-    from mmindex.store import Store, sql_string
+    from mmindex.store.reader import Store
+    from mmindex.store.sql import sql_string
 
     settings = _settings(db, table)
     store = Store.from_settings(settings)
-    store.table  # noqa: B018 - refuse a missing table with exit 2
+    store.lancedb_table()  # noqa: B018 - refuse a missing table with exit 2
     rows = store.failure_rows(f"stage = {sql_string(stage)}" if stage else None)
     if json_output:
         emit_json(
@@ -412,11 +413,11 @@ def demo(
 ) -> None:
     """Index a generated sample corpus of coloured shapes, caption the images without a caption and
     run a few queries, offline."""
-    from flows.index import index_flow_for_cli
     from mmindex.demo import prepare_corpus, show_captions, show_queries, table_for
-    from mmindex.jobs import IndexJob
-    from mmindex.search import Searcher
-    from mmindex.store import Store
+    from mmindex.flows.index import index_flow_for_cli
+    from mmindex.jobs.prepare import IndexJob
+    from mmindex.query.search import Searcher
+    from mmindex.store.reader import Store
 
     corpus = prepare_corpus(directory, images)
     db, table = str(directory / "db"), table_for(model)

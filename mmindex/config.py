@@ -20,6 +20,19 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
+# Defaults of the jobs' tunables, written once (the job specs, options and models read them here).
+CPU_BATCH_SIZE = 32  # images per forward pass; 64 is not faster on CPU
+GPU_BATCH_SIZE = 256
+CPU_CAPTION_BATCH_SIZE = 16  # images per generate call
+GPU_CAPTION_BATCH_SIZE = 64
+MIN_CHUNK_SIZE = 128  # items per step call (one Prefect task run each), at least 4 batches
+MAX_NEW_TOKENS = 30  # the longest generated caption, in tokens
+NUM_BEAMS = 1  # greedy decoding
+WRITE_ROWS = 4096  # a run's writer commits after this many rows ...
+CAPTION_WRITE_ROWS = 512  # ... (partial caption rows: sooner, so a killed backfill keeps more)
+WRITE_SECONDS = 5.0  # ... or after this many seconds
+RETENTION = "7d"  # maintenance keeps table versions younger than this
+
 _ENV = {
     "db": "MMINDEX_DB",
     "table": "MMINDEX_TABLE",
@@ -49,8 +62,8 @@ class Settings:
     batch_size: int | None = None
     workers: int | None = None
     chunk_size: int | None = None
-    write_rows: int = 4096
-    write_seconds: float = 5.0
+    write_rows: int = WRITE_ROWS
+    write_seconds: float = WRITE_SECONDS
     s3_endpoint: str | None = None
     s3_region: str | None = None
     s3_profile: str | None = None

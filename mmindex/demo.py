@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from mmindex.search import Searcher
+from mmindex.query.search import Searcher
 from mmindex.toy.shapes import write_corpus
 
 DEMO_QUERIES = ["a red circle", "a blue star", "a yellow triangle", "a green square", "a purple shape"]
@@ -38,7 +38,7 @@ def _matches(key: str, query: str) -> bool:
 
 def show_captions(searcher: Searcher, echo: Callable[[str], None] = print) -> tuple[int, int]:
     """Print the generated captions with a mark saying whether they name the image's colour and shape."""
-    table = searcher.store.table
+    table = searcher.store.lancedb_table()
     rows = (
         table.search()
         .where("caption_source = 'generated'")
@@ -59,7 +59,15 @@ def show_captions(searcher: Searcher, echo: Callable[[str], None] = print) -> tu
 def show_queries(searcher: Searcher, corpus: Path, echo: Callable[[str], None] = print) -> tuple[int, int]:
     """Run the demo queries and print results; returns (relevant images found, relevant images that
     exist) summed over the text queries, looking as deep as there are relevant images (R-precision)."""
-    keys = searcher.store.table.search().select(["key"]).limit(None).to_arrow().column("key").to_pylist()
+    keys = (
+        searcher.store.lancedb_table()
+        .search()
+        .select(["key"])
+        .limit(None)
+        .to_arrow()
+        .column("key")
+        .to_pylist()
+    )
     found = existing = 0
     for query in DEMO_QUERIES:
         relevant = sum(_matches(key, query) for key in keys)

@@ -66,3 +66,8 @@ class DecodeError(ItemError):
 
     stage = "decode"
     retryable = False
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -37,6 +37,14 @@ never filled from two models.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmindex.ingest.sources.base import SourceItem
+
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
@@ -102,3 +110,47 @@ FAILURES_SCHEMA = pa.schema(
 
 def failures_table_name(table: str) -> str:
     return f"{table}_failures"
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One row of the failures table."""
+
+    id: str
+    uri: str
+    key: str
+    stage: str
+    error: str
+    severity: str = SEVERITY_ERROR
+    retryable: bool = False
+    fingerprint: int | None = None
+    failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def of(cls, row_id: str, uri: str, key: str, stage: str, error: str, **kwargs: object) -> FailureRecord:
+        return cls(row_id, uri, key, stage, error, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_item(cls, item: SourceItem, stage: str, error: str, **kwargs: object) -> FailureRecord:
+        return cls(item.id, item.uri, item.key, stage, error, fingerprint=item.fingerprint, **kwargs)  # type: ignore[arg-type]
+
+
+def failures_table(records: Iterable[FailureRecord]) -> pa.Table:
+    records = list(records)
+    return pa.table(
+        {
+            "id": [r.id for r in records],
+            "uri": [r.uri for r in records],
+            "key": [r.key for r in records],
+            "stage": [r.stage for r in records],
+            "severity": [r.severity for r in records],
+            "error": [r.error for r in records],
+            "retryable": [r.retryable for r in records],
+            "fingerprint": [r.fingerprint for r in records],
+            "failed_at": [r.failed_at for r in records],
+        },
+        schema=FAILURES_SCHEMA,
+    )
+
+
+ITEM_STAGES = ("fetch", "decode", "embed")  # a failure at these stages means the item is not indexed

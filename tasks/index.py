@@ -1,11 +1,12 @@
-"""Task versions of the indexing and captioning stages (see mmindex.batches and mmindex.backfill)."""
+"""Task versions of the indexing and captioning steps (see mmindex.ingest.steps and .backfill)."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mmindex import backfill, batches, pipeline
+from mmindex.ingest import backfill, pipeline
+from mmindex.ingest import steps as batches
 
 # Stage tasks take batches and open tables: never cached, never persisted. Only I/O retries.
 load_batch = task(
@@ -27,7 +28,7 @@ write_caption_rows = task(
     persist_result=False,
 )(backfill.write_caption_rows)
 
-INDEX_STAGES = pipeline.Stages(load=load_batch, caption=caption_batch, embed=embed_batch, write=write_batch)
-CAPTION_STAGES = backfill.CaptionStages(
+INDEX_STEPS = pipeline.Steps(load=load_batch, caption=caption_batch, embed=embed_batch, write=write_batch)
+CAPTION_STEPS = backfill.CaptionSteps(
     load=load_batch, caption=caption_batch, embed=embed_caption_rows, write=write_caption_rows
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mmindex.caption import Captioner, GenerationSettings
-from mmindex.embed import ClipEmbedder
+from mmindex.models.captioner import Captioner, GenerationSettings
+from mmindex.models.clip import ClipEmbedder
 
 
 @task(name="load-embedder", cache_policy=NO_CACHE, persist_result=False)

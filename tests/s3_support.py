@@ -34,7 +34,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from mmindex.sources.s3 import S3Config
+from mmindex.ingest.sources.s3 import S3Config
 
 TEST_ACCESS_KEY = "mmindex-test-access-key"
 TEST_SECRET_KEY = "mmindex-test-secret-key-never-printed"

@@ -17,7 +17,7 @@ import pyarrow as pa
 from prefect import get_client
 from prefect.deployments import run_deployment
 
-from mmindex.store import Store
+from mmindex.store.reader import Store
 from mmindex.toy.shapes import write_corpus
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,8 @@ def final_state(flow_run_id: Any, timeout: float = 120) -> Any:
 
 
 def keys(db: Path) -> list[str]:
-    return Store(str(db)).table.search().select(["key"]).limit(None).to_arrow().column("key").to_pylist()
+    table = Store(str(db)).lancedb_table()
+    return table.search().select(["key"]).limit(None).to_arrow().column("key").to_pylist()
 
 
 def test_deployed_ingestion_backfill_caption_and_maintenance(tmp_path: Path) -> None:
@@ -91,25 +92,23 @@ def test_deployed_ingestion_backfill_caption_and_maintenance(tmp_path: Path) -> 
     caption = run_deployment("mmindex-caption-missing/caption-backfill", parameters={"limit": 5}, timeout=0)
     run_worker(pool)
     assert final_state(caption.id).state.is_completed()
-    assert Store(str(db)).table.count_rows("caption_source = 'generated'") == 5
+    assert Store(str(db)).lancedb_table().count_rows("caption_source = 'generated'") == 5
 
     # rows appended outside mmindex's writer (an analyst, a killed run) are not yet in the indices
-    store = Store(str(db))
-    copies = store.table.search().limit(8).to_arrow()
+    table = Store(str(db)).lancedb_table()
+    copies = table.search().limit(8).to_arrow()
     copies = copies.set_column(0, "id", pa.array([uuid.uuid4().hex for _ in range(8)]))
-    store.table.add(copies)
-    assert store.table.index_stats("caption_idx").num_unindexed_rows > 0
-    versions_before = {v["version"] for v in store.table.list_versions()}
+    table.add(copies)
+    assert table.index_stats("caption_idx").num_unindexed_rows > 0
+    versions_before = {v["version"] for v in table.list_versions()}
 
     maintenance = run_deployment("mmindex-maintain/maintenance", timeout=0)
     run_worker(pool)
     assert final_state(maintenance.id).state.is_completed()
-    after = Store(str(db))
-    assert all(after.table.index_stats(i.name).num_unindexed_rows == 0 for i in after.table.list_indices())
-    assert versions_before <= {v["version"] for v in after.table.list_versions()}  # 1h: all recent ones kept
-    hits = after.table.search("green", query_type="fts").limit(3).to_arrow()
+    after = Store(str(db)).lancedb_table()
+    assert all(after.index_stats(i.name).num_unindexed_rows == 0 for i in after.list_indices())
+    assert versions_before <= {v["version"] for v in after.list_versions()}  # 1h: all recent ones kept
+    hits = after.search("green", query_type="fts").limit(3).to_arrow()
     assert hits.num_rows > 0
-    query = np.asarray(
-        after.table.search().limit(1).to_arrow().column("image_embedding")[0].as_py(), np.float32
-    )
-    assert after.table.search(query, vector_column_name="image_embedding").limit(1).to_arrow().num_rows == 1
+    query = np.asarray(after.search().limit(1).to_arrow().column("image_embedding")[0].as_py(), np.float32)
+    assert after.search(query, vector_column_name="image_embedding").limit(1).to_arrow().num_rows == 1

@@ -19,8 +19,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from flows.index import index
-from mmindex.store import Store
+from mmindex.flows.index import index
+from mmindex.store.reader import Store
 
 
 async def flow_run_record(flow_run_id: Any) -> tuple[Any, list[Any], list[Any]]:
@@ -53,7 +53,7 @@ def test_index_flow_runs_stages_as_tasks_and_publishes_a_summary(
     assert state.is_completed()
     counts = state.result()
     assert (counts["scanned"], counts["indexed"], counts["failed"]) == (25, 24, 1)
-    assert Store(db).table.count_rows() == 24
+    assert Store(db).lancedb_table().count_rows() == 24
 
     flow_run, task_runs, artifacts = asyncio.run(flow_run_record(state.state_details.flow_run_id))
     names = sorted({run.name.rsplit("-", 1)[0] for run in task_runs})
@@ -83,10 +83,10 @@ def test_a_bad_source_fails_the_flow_with_the_config_error(tmp_path: Path) -> No
 def test_a_run_refuses_to_wait_past_lock_timeout_while_another_holds_the_table(
     cli: CliRunner, corpus: Path, tmp_path: Path
 ) -> None:
-    from mmindex.store import Store
+    from mmindex.store.reader import Store
 
     db = str(tmp_path / "db")
-    with Store(db).lock():  # another process-level writer holds the table
+    with Store(db).open_writer():  # another writer holds the table
         started = time.monotonic()
         result = cli("index", str(corpus), "--db", db, "--model", "toy-clip", "--lock-timeout", "2")
     assert result.returncode == 2, result.stderr

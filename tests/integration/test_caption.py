@@ -14,14 +14,14 @@ import pytest
 import torch
 from conftest import CliRunner
 
-from mmindex.backfill import CaptionOptions, run_caption
-from mmindex.caption import Captioner, GenerationSettings
-from mmindex.embed import ClipEmbedder
 from mmindex.errors import ModelError
-from mmindex.pipeline import IndexOptions, run_index
-from mmindex.search import Searcher
-from mmindex.sources import open_source
-from mmindex.store import Store
+from mmindex.ingest.backfill import CaptionOptions, run_caption
+from mmindex.ingest.pipeline import IndexOptions, run_index
+from mmindex.ingest.sources import open_source
+from mmindex.models.captioner import Captioner, GenerationSettings
+from mmindex.models.clip import ClipEmbedder
+from mmindex.query.search import Searcher
+from mmindex.store.reader import Store
 from mmindex.toy.models import tiny_blip, tiny_git, tiny_vision_encoder_decoder
 from mmindex.toy.shapes import samples, write_corpus
 
@@ -40,7 +40,7 @@ def toy_captioner() -> Captioner:
 
 
 def rows(db: Path) -> dict[str, dict[str, object]]:
-    return {row["key"]: row for row in Store(str(db)).table.to_arrow().to_pylist()}
+    return {row["key"]: row for row in Store(str(db)).lancedb_table().to_arrow().to_pylist()}
 
 
 @pytest.mark.parametrize("family", list(BUILDERS))
@@ -246,7 +246,7 @@ def test_a_killed_backfill_resumes_without_redoing_finished_chunks(tmp_path: Pat
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if Store(str(db)).table.count_rows("caption IS NOT NULL") >= 20:
+            if Store(str(db)).lancedb_table().count_rows("caption IS NOT NULL") >= 20:
                 break
         except Exception:  # a commit may be in flight; poll again
             pass
@@ -302,9 +302,9 @@ def test_the_writer_never_overwrites_a_human_caption(corpus: Path, tmp_path: Pat
     embedder = ClipEmbedder.load(tiny_clip)
     run_index(open_source(str(corpus)), embedder, Store(str(db)), IndexOptions(batch_size=8))
     human = next(row for row in rows(db).values() if row["caption_source"] == "human")
-    store = Store(str(db))
     update = pa.table(
         {"id": [human["id"]], "caption": ["generated over it"], "caption_source": ["generated"]}
     )
-    store.update_captions(update)  # as a backfill with a malicious --where would
+    with Store(str(db)).open_writer() as writer:
+        writer.update_captions(update)  # as a backfill with a malicious --where would
     assert rows(db)[human["key"]]["caption"] == human["caption"]

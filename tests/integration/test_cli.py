@@ -123,14 +123,14 @@ def test_demo_runs_offline_and_its_results_are_right(cli: CliRunner, tmp_path: P
 def test_new_table_reembeds_with_a_new_model_and_leaves_the_old_table_alone(
     cli: CliRunner, corpus: Path, tmp_path: Path, tiny_clip: str, other_tiny_clip: str
 ) -> None:
-    from mmindex.store import Store
+    from mmindex.store.reader import Store
 
     db = str(tmp_path / "db")
     first = cli("index", str(corpus), "--db", db, "--model", tiny_clip, "--caption-missing",
                 "--caption-model", "toy-captioner", "--json")  # fmt: skip
     assert first.returncode == 0, first.stderr
-    old = Store(db)
-    old_version, old_rows = old.table.version, old.table.to_arrow().sort_by("id").to_pylist()
+    old = Store(db).lancedb_table()
+    old_version, old_rows = old.version, old.to_arrow().sort_by("id").to_pylist()
 
     refused = cli("index", str(corpus), "--db", db, "--new-table", "images_v2")
     assert refused.returncode == 2 and "--model" in refused.stderr
@@ -141,10 +141,10 @@ def test_new_table_reembeds_with_a_new_model_and_leaves_the_old_table_alone(
     counts = last_json_line(rebuilt.stdout)
     assert isinstance(counts, dict) and counts["indexed"] == 24 and counts["captioned"] == 0
 
-    assert Store(db).table.version == old_version  # untouched
+    assert Store(db).lancedb_table().version == old_version  # untouched
     new = Store(db, "images_v2")
-    assert new.info().model == other_tiny_clip and new.table.count_rows() == 24
-    new_rows = {row["id"]: row for row in new.table.to_arrow().to_pylist()}
+    assert new.info().model == other_tiny_clip and new.lancedb_table().count_rows() == 24
+    new_rows = {row["id"]: row for row in new.lancedb_table().to_arrow().to_pylist()}
     for row in old_rows:
         twin = new_rows[row["id"]]
         assert (twin["caption"], twin["caption_source"], twin["caption_model"]) == (

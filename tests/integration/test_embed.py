@@ -13,10 +13,10 @@ import torch
 from PIL import Image, ImageFilter
 from transformers import AutoImageProcessor
 
-from mmindex.embed import ClipEmbedder
 from mmindex.errors import ModelError
-from mmindex.images import decode
-from mmindex.models import autocast_dtype, cpu_bf16_is_faster
+from mmindex.ingest.decode import decode
+from mmindex.models.clip import ClipEmbedder
+from mmindex.models.precision import autocast_dtype, cpu_bf16_is_faster
 from mmindex.toy.models import real_size_clip
 from mmindex.toy.shapes import all_shapes, render
 

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mmindex.store import Store
+from mmindex.store.reader import Store
 from mmindex.toy.shapes import write_corpus
 
 
@@ -19,7 +19,7 @@ def table_rows(db: Path) -> list[dict[str, object]]:
     store = Store(str(db))
     if not store.exists():
         return []
-    return store.table.search().select(["id", "uri"]).limit(None).to_arrow().to_pylist()
+    return store.lancedb_table().search().select(["id", "uri"]).limit(None).to_arrow().to_pylist()
 
 
 def wait_for_more_rows(db: Path, than: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmindex.embed import ClipEmbedder
 from mmindex.errors import TableError
-from mmindex.pipeline import IndexOptions, run_index
+from mmindex.ingest.pipeline import IndexOptions, run_index
+from mmindex.ingest.sources import ScanFilter, open_source
+from mmindex.models.clip import ClipEmbedder
+from mmindex.query.search import Searcher
 from mmindex.report import RunReport
-from mmindex.search import Searcher
-from mmindex.sources import ScanFilter, open_source
-from mmindex.store import Store
+from mmindex.store.reader import Store
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def index(source: Path | str, db: Path, embedder: ClipEmbedder, **options: objec
 
 
 def rows(db: Path) -> list[dict[str, object]]:
-    return Store(str(db)).table.to_arrow().sort_by("key").to_pylist()
+    return Store(str(db)).lancedb_table().to_arrow().sort_by("key").to_pylist()
 
 
 def add_awkward_files(root: Path) -> None:
@@ -104,14 +104,14 @@ def test_an_unchanged_rerun_reads_nothing_and_writes_nothing(
     db = tmp_path / "db"
     index(corpus, db, embedder)
     store = Store(str(db))
-    versions = (store.table.version, store.failures.version)
+    versions = (store.lancedb_table().version, store.lancedb_table(failures=True).version)
 
     again = index(corpus, db, embedder)
 
     assert (again.unchanged, again.known_failures, again.indexed, again.failed) == (25, 4, 0, 0)
     assert "read" not in again.stage_seconds and "decode" not in again.stage_seconds
     reopened = Store(str(db))
-    assert (reopened.table.version, reopened.failures.version) == versions
+    assert (reopened.lancedb_table().version, reopened.lancedb_table(failures=True).version) == versions
 
 
 def test_a_run_that_opened_the_table_before_another_run_wrote_starts_from_that_runs_work(
@@ -121,7 +121,9 @@ def test_a_run_that_opened_the_table_before_another_run_wrote_starts_from_that_r
     db = tmp_path / "db"
     index(corpus, db, embedder)
     waiting = Store(str(db))
-    assert waiting.table.count_rows() == 24  # opened (as choosing the model does) before the next run
+    assert (
+        waiting.lancedb_table().count_rows() == 24
+    )  # opened (as choosing the model does) before the next run
     Image.new("RGB", (64, 48), (10, 200, 30)).save(corpus / "set-a" / "late.png")
     assert index(corpus, db, embedder).indexed == 1
 
@@ -245,12 +247,12 @@ def test_vector_index_is_built_past_the_threshold_and_scores_stay_exact_cosines(
     store.vector_index_min_rows = 256
     report = run_index(open_source(str(root)), embedder, store, IndexOptions(batch_size=64))
     assert any("IVF_HNSW_SQ index on image_embedding" in note for note in report.notes)
-    indexed = {index.columns[0]: index.index_type for index in store.table.list_indices()}
+    indexed = {index.columns[0]: index.index_type for index in store.lancedb_table().list_indices()}
     assert indexed["image_embedding"] == "IvfHnswSq" and indexed["caption"] == "FTS"
 
     query = embedder.embed_texts(["a red circle"])[0]
     hits = Searcher(store, embedder).vector(query, k=10)
-    table = store.table.to_arrow()
+    table = store.lancedb_table().to_arrow()
     vectors = np.stack(table.column("image_embedding").to_numpy(zero_copy_only=False))
     exact = dict(zip(table.column("id").to_pylist(), vectors @ query, strict=True))
     assert [round(h.score, 4) for h in hits] == [round(float(exact[h.id]), 4) for h in hits]
@@ -262,7 +264,7 @@ def test_vector_index_is_built_past_the_threshold_and_scores_stay_exact_cosines(
 
 def versions(db: Path) -> tuple[int, int]:
     store = Store(str(db))
-    return store.table.version, store.failures.version
+    return store.lancedb_table().version, store.lancedb_table(failures=True).version
 
 
 def test_names_that_are_not_utf8_are_scan_problems_and_a_rerun_writes_nothing(
@@ -297,7 +299,7 @@ def test_a_pathological_or_unreadable_sidecar_costs_only_the_caption(
 
     report = index(corpus, db, embedder)
 
-    rows = {r["key"]: r for r in Store(str(db)).table.to_arrow().to_pylist()}
+    rows = {r["key"]: r for r in Store(str(db)).lancedb_table().to_arrow().to_pylist()}
     assert report.indexed == 24 and report.failed == 0
     assert (
         rows[f"set-b/{nested.name}"]["caption"] is None
@@ -310,7 +312,7 @@ def test_a_pathological_or_unreadable_sidecar_costs_only_the_caption(
     unreadable.with_suffix(".txt").rmdir()
     unreadable.with_suffix(".txt").write_text("now it can be read")
     again = index(corpus, db, embedder)  # the unreadable sidecar is retried although nothing changed
-    rows = {r["key"]: r for r in Store(str(db)).table.to_arrow().to_pylist()}
+    rows = {r["key"]: r for r in Store(str(db)).lancedb_table().to_arrow().to_pylist()}
     assert again.indexed >= 1 and rows[f"set-b/{unreadable.name}"]["caption"] == "now it can be read"
 
 

@@ -14,7 +14,7 @@ from conftest import CliRunner
 from s3_support import Faults, S3Bucket, upload_corpus
 
 from mmindex.config import Settings
-from mmindex.store import Store
+from mmindex.store.reader import Store
 
 
 def index(cli: CliRunner, source: str, db: str, endpoint: str, *extra: str) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def index(cli: CliRunner, source: str, db: str, endpoint: str, *extra: str) -> d
 
 def table_rows(db: str, endpoint: str | None = None) -> dict[str, dict[str, Any]]:
     settings = Settings.from_env(db=db, s3_endpoint=endpoint)
-    rows = Store.from_settings(settings).table.to_arrow().to_pylist()
+    rows = Store.from_settings(settings).lancedb_table().to_arrow().to_pylist()
     return {row["key"]: row for row in rows}
 
 
@@ -207,7 +207,7 @@ def test_two_runs_on_one_s3_table_take_turns_and_leave_no_duplicates(
 def test_a_flow_waits_for_the_s3_tables_write_slot_or_gives_up(
     cli: CliRunner, s3_bucket: S3Bucket, tmp_path: Path
 ) -> None:
-    from flows.locking import table_slot
+    from mmindex.flows.locking import table_slot
 
     upload_corpus(s3_bucket, tmp_path / "upload", prefix="slot/", count=4)
     db = s3_bucket.uri("slot-db")

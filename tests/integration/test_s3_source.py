@@ -37,17 +37,17 @@ from s3_support import (
 
 from mmindex.config import Settings
 from mmindex.errors import ConfigError, FetchError, SourceError
-from mmindex.sources.base import ScanFilter, ScanProblem, SourceItem
-from mmindex.sources.local import LocalSource
-from mmindex.sources.s3 import (
+from mmindex.ingest.sources.base import ScanFilter, ScanProblem, SourceItem
+from mmindex.ingest.sources.local import LocalSource
+from mmindex.ingest.sources.s3 import (
     S3Config,
     S3ManifestSource,
     S3Source,
     lance_storage_options,
     load_s3_caption_manifest,
-    sidecar_safe_prefix,
 )
-from mmindex.sources.sidecar import parse_sidecar, sidecar_names
+from mmindex.ingest.sources.s3.listing import sidecar_safe_prefix
+from mmindex.ingest.sources.sidecar import parse_sidecar, sidecar_names
 
 ProxyFactory = Callable[..., FaultyProxy]
 
@@ -332,7 +332,7 @@ def test_a_caption_manifest_for_a_prefix(s3_bucket: S3Bucket, tmp_path: Path) ->
 def test_reads_return_exact_bytes_through_503s_drops_and_truncated_bodies(
     s3_bucket: S3Bucket, tmp_path: Path, faulty_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="mmindex.sources.s3")
+    caplog.set_level(logging.DEBUG, logger="mmindex.ingest.sources.s3.client")
     corpus = upload_corpus(s3_bucket, tmp_path / "corpus", prefix="f/", count=30)
     proxy = faulty_proxy(s3_bucket.endpoint, Faults(slow_down=0.3, drop=0.1, truncate=0.15, seed=7))
     source = S3Source(s3_bucket.uri("f/"), config=s3_bucket.config(proxy.endpoint))

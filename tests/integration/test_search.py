@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from mmindex.embed import ClipEmbedder
 from mmindex.errors import ConfigError, TableError
-from mmindex.pipeline import IndexOptions, run_index
-from mmindex.search import Searcher
-from mmindex.sources import open_source
-from mmindex.store import Store
+from mmindex.ingest.pipeline import IndexOptions, run_index
+from mmindex.ingest.sources import open_source
+from mmindex.models.clip import ClipEmbedder
+from mmindex.query.search import Searcher
+from mmindex.store.reader import Store
 from mmindex.toy.shapes import write_corpus
 
 
@@ -21,7 +21,7 @@ def shape_of(key: str) -> tuple[str, str]:
 
 
 def indexed_image(searcher: Searcher, colour: str, shape: str) -> Path:
-    uris = searcher.store.table.to_arrow().column("uri").to_pylist()
+    uris = searcher.store.lancedb_table().to_arrow().column("uri").to_pylist()
     return Path(next(uri for uri in sorted(uris) if Path(uri).stem.endswith(f"-{colour}-{shape}")))
 
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
-from mmindex.caption import Captioner
-from mmindex.embed import ClipEmbedder
-from mmindex.toy.train import train_captioner, train_clip
+from mmindex.models.captioner import Captioner
+from mmindex.models.clip import ClipEmbedder
+
+
+def training_script() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_toy.py"
+    spec = importlib.util.spec_from_file_location("train_toy", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_toy_training_scripts_run_and_save_loadable_models(tmp_path: Path) -> None:
-    clip = train_clip(tmp_path / "clip", steps=3, images=48, batch=16)
-    captioner = train_captioner(tmp_path / "captioner", steps=3, images=48, batch=16)
+    script = training_script()
+    clip = script.train_clip(tmp_path / "clip", steps=3, images=48, batch=16)
+    captioner = script.train_captioner(tmp_path / "captioner", steps=3, images=48, batch=16)
     assert 0.0 <= clip["precision_at_10"] <= 1.0 and 0.0 <= captioner["exact"] <= 1.0
     assert ClipEmbedder.load(str(tmp_path / "clip")).dim == 64
     assert Captioner.load(str(tmp_path / "captioner")).family == "blip"

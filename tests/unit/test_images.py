@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mmindex.errors import DecodeError
-from mmindex.images import decode, sniff_format
+from mmindex.ingest.decode import decode, sniff_format
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from mmindex.locks import TableBusy, TableLock, lock_path
+from mmindex.store.lock import TableBusy, TableLock, lock_path
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from mmindex.locks import TableLock
+from mmindex.store.lock import TableLock
 lock = TableLock(Path(sys.argv[1]), "images")
 with lock:
     print("held", flush=True)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from transformers import BlipImageProcessorPil, CLIPImageProcessorPil
 
-from mmindex.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for
+from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for
 
 
 def noise(size: tuple[int, int], mode: str = "RGB") -> Image.Image:

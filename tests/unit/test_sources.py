@@ -13,8 +13,15 @@ import pytest
 from PIL import Image
 
 from mmindex.errors import SourceError
-from mmindex.sources import LocalManifestSource, LocalSource, ScanFilter, ScanProblem, SourceItem, open_source
-from mmindex.sources.sidecar import parse_sidecar
+from mmindex.ingest.sources import (
+    LocalManifestSource,
+    LocalSource,
+    ScanFilter,
+    ScanProblem,
+    SourceItem,
+    open_source,
+)
+from mmindex.ingest.sources.sidecar import parse_sidecar
 
 
 def jpeg(path: Path, colour: tuple[int, int, int] = (200, 10, 10)) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from mmindex.sources import item_id
-from mmindex.state import IndexedState, SeenIds, id_key, id_keys
+from mmindex.ingest.sources import item_id
+from mmindex.store.state import IndexedState, SeenIds, id_key, id_keys
 
 
 def test_vectorised_keys_match_scalar_keys() -> None:

@@ -9,47 +9,20 @@ without an approximate index; an indexed column is searched with a refine step f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmindex.embed import ClipEmbedder
-from mmindex.errors import ConfigError, TableError
-from mmindex.images import decode
-from mmindex.models import first_line
-from mmindex.store import Store
+from mmindex.errors import ConfigError, TableError, first_line
+from mmindex.ingest.decode import decode
+from mmindex.models.clip import ClipEmbedder
+from mmindex.query.results import Hit, LabelScore, hit_from_row
+from mmindex.store.reader import Store
 
 RESULT_COLUMNS = ["id", "uri", "key", "caption", "caption_source", "width", "height", "format"]
 DEFAULT_LABEL_TEMPLATE = "a photo of a {}"
 REFINE_FACTOR = 10
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    uri: str
-    key: str
-    caption: str | None
-    score: float
-    caption_source: str | None = None
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    score: float
-    probability: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 ImageQuery = str | Path | bytes | Any  # a path, encoded bytes, or a PIL image
@@ -112,7 +85,7 @@ class Searcher:
     ) -> list[Hit]:
         """Nearest rows to a query vector in `column`, scored by exact cosine similarity."""
         _check_k(k)
-        table = self.store.table
+        table = self.store.lancedb_table()
         query = table.search(np.asarray(vector, dtype=np.float32), vector_column_name=column)
         query = query.distance_type("cosine").select([*RESULT_COLUMNS, column, "_distance"]).limit(k)
         if self._indexed(column):
@@ -125,7 +98,7 @@ class Searcher:
         vectors = np.asarray(result.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))
         scores = vectors.reshape(result.num_rows, -1) @ np.asarray(vector, dtype=np.float32)
         hits = [
-            _hit(row, float(score))
+            hit_from_row(row, float(score))
             for row, score in zip(result.select(RESULT_COLUMNS).to_pylist(), scores, strict=True)
         ]
         return sorted(hits, key=lambda hit: -hit.score)
@@ -136,12 +109,12 @@ class Searcher:
         """BM25 full-text search over captions (human and generated). Scores are BM25, not cosine."""
         _check_k(k)
         self._require_fts()
-        search = self.store.table.search(query, query_type="fts", fts_columns="caption")
+        search = self.store.lancedb_table().search(query, query_type="fts", fts_columns="caption")
         search = search.select([*RESULT_COLUMNS, "_score"]).limit(k)
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
-        return [_hit(row, float(row["_score"])) for row in result.to_pylist()]
+        return [hit_from_row(row, float(row["_score"])) for row in result.to_pylist()]
 
     def hybrid(self, query: str, k: int = 10, where: str | None = None) -> list[Hit]:
         """Vector (text -> image) and full-text results fused by reciprocal rank; score is the RRF score."""
@@ -151,9 +124,8 @@ class Searcher:
         self._require_fts()
         vector = self.embedder.embed_texts([query])[0]
         search = (
-            self.store.table.search(
-                query_type="hybrid", vector_column_name="image_embedding", fts_columns="caption"
-            )
+            self.store.lancedb_table()
+            .search(query_type="hybrid", vector_column_name="image_embedding", fts_columns="caption")
             .vector(vector)
             .text(query)
             .distance_type("cosine")
@@ -164,7 +136,7 @@ class Searcher:
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
-        return [_hit(row, float(row["_relevance_score"])) for row in result.to_pylist()]
+        return [hit_from_row(row, float(row["_relevance_score"])) for row in result.to_pylist()]
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -180,7 +152,7 @@ class Searcher:
         return vector
 
     def _indexed(self, column: str) -> bool:
-        return any(index.columns[0] == column for index in self.store.table.list_indices())
+        return any(index.columns[0] == column for index in self.store.lancedb_table().list_indices())
 
     def _require_fts(self) -> None:
         if not self._indexed("caption"):
@@ -208,17 +180,3 @@ def _run(query: Any, where: str | None) -> Any:
         if where:
             raise TableError(f"query failed; check the --where filter {where!r}: {first_line(exc)}") from None
         raise
-
-
-def _hit(row: dict[str, Any], score: float) -> Hit:
-    return Hit(
-        id=row["id"],
-        uri=row["uri"],
-        key=row["key"],
-        caption=row.get("caption"),
-        score=score,
-        caption_source=row.get("caption_source"),
-        width=row.get("width"),
-        height=row.get("height"),
-        format=row.get("format"),
-    )

@@ -1,7 +1,7 @@
 """The indexing loop: list -> plan -> load (read + decode + preprocess) -> [caption] -> embed -> write.
 
-The stages are plain functions of one batch (mmindex.batches), so a notebook can call them one by one
-and the Prefect flow can wrap each in a task (see `Stages`). `run_index` chains them with the next
+The steps are plain functions of one batch (mmindex.ingest.steps), so a notebook can call them one by one
+and the Prefect flow can wrap each in a task (see `Steps`). `run_index` chains them with the next
 batch being loaded in a background thread while the model works on the current one, and every write
 goes through one writer.
 """
@@ -21,7 +21,14 @@ from typing import Generic, Protocol, TypeVar
 
 import pyarrow as pa
 
-from mmindex.batches import (
+from mmindex.ingest.plan import chunks, plan
+from mmindex.ingest.sources.base import (
+    ScanFilter,
+    ScanProblem,
+    Source,
+    SourceItem,
+)
+from mmindex.ingest.steps import (
     CaptionModel,
     EmbeddedBatch,
     Embedder,
@@ -32,9 +39,10 @@ from mmindex.batches import (
     load_batch,
 )
 from mmindex.report import RunReport
-from mmindex.schema import SEVERITY_ERROR
-from mmindex.sources.base import NOT_UTF8, ScanFilter, ScanProblem, Source, SourceItem, is_utf8, printable
-from mmindex.state import FailureRecord, IndexedState, SeenIds
+from mmindex.schema import SEVERITY_ERROR, FailureRecord
+from mmindex.store.reader import Store
+from mmindex.store.state import SeenIds
+from mmindex.store.upkeep import finish_run
 
 T = TypeVar("T")
 B = TypeVar("B")
@@ -65,46 +73,6 @@ class IndexOptions:
     lock_timeout: float | None = None  # wait this long for another run writing the table; None: no limit
 
 
-def plan(
-    scanned: Iterable[SourceItem | ScanProblem],
-    state: IndexedState,
-    report: RunReport,
-    *,
-    retry_failed: bool = False,
-    seen: Callable[[str], None] | None = None,
-) -> Iterator[SourceItem | FailureRecord]:
-    """Yield the items that need work (new or changed) and scan problems as failure records;
-    count the rest in `report`. `seen` is told every listed id (for pruning)."""
-    for entry in scanned:
-        report.scanned += 1
-        if seen is not None:
-            seen(entry.id)
-        if isinstance(entry, ScanProblem):
-            report.listing_incomplete |= entry.hides_items
-            if state.known_scan_problem(entry.id, entry.error):
-                report.known_failures += 1  # already on record: nothing new to write
-                continue
-            report.record_failure(entry.key, "scan", entry.error)
-            yield FailureRecord.of(entry.id, entry.uri, entry.key, "scan", entry.error, retryable=True)
-            continue
-        if not all(is_utf8(text) for text in (entry.uri, entry.key, entry.caption or "")):
-            problem = ScanProblem(printable(entry.uri), printable(entry.key), NOT_UTF8)
-            report.record_failure(problem.key, "scan", problem.error)
-            yield FailureRecord.of(problem.id, problem.uri, problem.key, "scan", problem.error)
-            continue
-        status = state.status(entry.id, entry.fingerprint)
-        if status == "unchanged":
-            report.unchanged += 1
-        elif status == "known_failure" and not retry_failed:
-            report.known_failures += 1
-        else:
-            if status == "changed":
-                report.changed += 1
-            else:
-                report.new += 1
-            yield entry
-
-
 def write_batch(writer: Writer, batch: EmbeddedBatch, report: RunReport) -> None:
     """Queue a batch's rows and failures with the run's single writer."""
     with report.timed("write", len(batch.done_ids)):
@@ -113,31 +81,13 @@ def write_batch(writer: Writer, batch: EmbeddedBatch, report: RunReport) -> None
 
 
 @dataclass
-class Stages:
+class Steps:
     """The stage callables `run_index` chains. The Prefect flow passes task-wrapped versions."""
 
     load: Callable[..., LoadedBatch] = load_batch
     caption: Callable[..., LoadedBatch] = caption_batch
     embed: Callable[..., EmbeddedBatch] = embed_batch
     write: Callable[..., None] = write_batch
-
-
-def chunks(
-    entries: Iterable[SourceItem | FailureRecord], size: int
-) -> Iterator[tuple[list[SourceItem], list[FailureRecord]]]:
-    """Group planned work into batches of `size` items; scan failures ride along with the next batch."""
-    items: list[SourceItem] = []
-    failures: list[FailureRecord] = []
-    for entry in entries:
-        if isinstance(entry, FailureRecord):
-            failures.append(entry)
-        else:
-            items.append(entry)
-        if len(items) >= size or len(failures) >= size:
-            yield items, failures
-            items, failures = [], []
-    if items or failures:
-        yield items, failures
 
 
 @dataclass(frozen=True)
@@ -153,12 +103,12 @@ class ProgressUpdate:
 def run_index(
     source: Source,
     embedder: Embedder,
-    store: IndexTarget,
+    store: Store,
     options: IndexOptions | None = None,
     *,
     captioner: CaptionModel | None = None,
     caption_donor: CaptionDonor | None = None,
-    stages: Stages | None = None,
+    steps: Steps | None = None,
     progress: Callable[[ProgressUpdate], None] | None = None,
     report: RunReport | None = None,
 ) -> RunReport:
@@ -169,12 +119,12 @@ def run_index(
     Safe to kill at any moment: finished batches are committed, and the next run skips them.
     """
     options = options or IndexOptions()
-    stages = stages or Stages()
+    steps = steps or Steps()
     report = report or RunReport(kind="index", source=source.describe(), table=store.describe())
     report.models = "; ".join(model.compute for model in (embedder, captioner) if model is not None)
-    with store.lock(options.lock_timeout):
+    with store.open_writer(options.lock_timeout) as writer:
         started = time.perf_counter()
-        store.prepare(embedder.model_id, embedder.dim)
+        writer.prepare(embedder.model_id, embedder.dim)
         with report.timed("list", 0):
             state = store.load_state()
         seen = SeenIds()
@@ -191,12 +141,12 @@ def run_index(
         done = 0
         with (
             ReadAhead(planned, options.lookahead) as listing,
-            store.writer(flush_rows=options.write_rows, flush_seconds=options.write_seconds) as writer,
-            stage_pools(options.workers, getattr(source, "fetch_concurrency", 1)) as pools,
+            writer.buffer(flush_rows=options.write_rows, flush_seconds=options.write_seconds) as rows,
+            load_pools(options.workers, getattr(source, "fetch_concurrency", 1)) as pools,
         ):
 
             def load(batch: tuple[list[SourceItem], list[FailureRecord]]) -> LoadedBatch:
-                return stages.load(source, batch[0], preprocessors, report, *pools)
+                return steps.load(source, batch[0], preprocessors, report, *pools)
 
             for (_, scan_failures), loaded in overlapped(
                 chunks(listing, max(options.chunk_size, options.batch_size)), load, options.prefetch
@@ -205,10 +155,10 @@ def run_index(
                 if caption_donor is not None:
                     loaded = caption_donor(loaded, report)
                 if captioner is not None:
-                    loaded = stages.caption(captioner, loaded, report, options.caption_batch_size)
-                embedded = stages.embed(embedder, loaded, report, options.batch_size)
+                    loaded = steps.caption(captioner, loaded, report, options.caption_batch_size)
+                embedded = steps.embed(embedder, loaded, report, options.batch_size)
                 _count_failures(embedded, report)
-                stages.write(writer, embedded, report)
+                steps.write(rows, embedded, report)
                 done += len(embedded.done_ids) - len(scan_failures)
                 if progress is not None:
                     progress(
@@ -221,14 +171,14 @@ def run_index(
                 )
             else:
                 with report.timed("write", 0):
-                    report.pruned = store.prune(source.root, seen)
-        store.finish(report)
+                    report.pruned = writer.prune(source.root, seen)
+        finish_run(writer, report)
         report.seconds = time.perf_counter() - started
         return report
 
 
 @contextlib.contextmanager
-def stage_pools(decode_workers: int, fetch_threads: int) -> Iterator[tuple[Executor | None, Executor | None]]:
+def load_pools(decode_workers: int, fetch_threads: int) -> Iterator[tuple[Executor | None, Executor | None]]:
     """(decode pool, fetch pool) for `load_batch`; None where one thread is all that helps."""
     with contextlib.ExitStack() as stack:
         decode_pool = (
@@ -342,23 +292,3 @@ def _timed_scan(source: Source, report: RunReport) -> Iterator[SourceItem | Scan
         if entry is None:
             return
         yield entry
-
-
-class IndexTarget(Protocol):
-    """What `run_index` needs from a store."""
-
-    def describe(self) -> str: ...
-
-    def prepare(self, model_id: str, dim: int) -> None: ...
-
-    def load_state(self) -> IndexedState: ...
-
-    def writer(
-        self, *, flush_rows: int, flush_seconds: float
-    ) -> contextlib.AbstractContextManager[Writer]: ...
-
-    def prune(self, root: str, seen: SeenIds) -> int: ...
-
-    def finish(self, report: RunReport) -> None: ...
-
-    def lock(self, timeout: float | None = None) -> contextlib.AbstractContextManager[object]: ...

@@ -1,29 +1,14 @@
-"""Objects under an S3 prefix (AWS or any S3-compatible endpoint), or the objects an S3 manifest lists.
-
-A row's uri is `s3://bucket/key`, its key the object key relative to the source prefix, its version
-the ETag. Listing streams `list_objects_v2` page by page and pairs caption sidecars on the way: S3
-lists keys in lexicographic order, so every sidecar of `dir/photo.jpg` (`dir/photo.txt`,
-`dir/photo.jpg.json`, ...) lies in the contiguous block of keys that start with `dir/photo.`; an
-image waits only until its block ends. Nothing is fetched while listing: sidecars and images are read
-(GET) only for items that need (re)indexing.
-
-Faults: botocore retries requests (standard mode: 5xx, SlowDown, dropped connections, timeouts);
-errors while streaming a body are not botocore's business, so `read` retries those itself. An object
-that still fails raises FetchError (a failures row). A listing that fails after retries raises
-SourceError: a listing with a hole could make a pruning run delete rows that still exist.
-Credentials never appear in messages, `describe()` or logs.
-"""
+"""The S3 client mmindex shares between sources, readers and LanceDB: configuration, retries,
+reads, and errors worded in one credential-free line."""
 
 from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import random
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -44,20 +29,7 @@ from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
 from mmindex.config import Settings
 from mmindex.errors import ConfigError, FetchError, SourceError
-from mmindex.images import IMAGE_EXTENSIONS
-from mmindex.sources.base import ScanFilter, ScanProblem, SourceItem
-from mmindex.sources.manifest import BadRow, is_manifest_name, read_manifest
-from mmindex.sources.sidecar import SIDECAR_SUFFIXES, sidecar_names
-
-__all__ = [
-    "S3Config",
-    "S3ManifestSource",
-    "S3ObjectReader",
-    "S3Source",
-    "lance_storage_options",
-    "load_s3_caption_manifest",
-    "parse_s3_uri",
-]
+from mmindex.ingest.sources.base import SourceItem
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +194,7 @@ class S3Objects:
             self.client.download_fileobj(bucket, key, spool)
         except (ClientError, BotoCoreError) as exc:
             spool.close()
-            if _status(exc) == 404 or _code(exc) in ("NoSuchKey", "NoSuchBucket", "404"):
+            if http_status(exc) == 404 or _code(exc) in ("NoSuchKey", "NoSuchBucket", "404"):
                 raise SourceError(f"{what} s3://{bucket}/{key} does not exist") from None
             raise SourceError(
                 f"cannot read {what} s3://{bucket}/{key}: {self.explain(exc, bucket)}"
@@ -247,7 +219,7 @@ class S3Objects:
         return self.scrub(_short(exc))
 
     def _client_error_line(self, exc: ClientError, bucket: str) -> str:
-        code, status = _code(exc), _status(exc)
+        code, status = _code(exc), http_status(exc)
         if code == "NoSuchBucket":
             return f"bucket {bucket!r} does not exist at {self.endpoint}; check the name and the endpoint"
         if code == "InvalidAccessKeyId":
@@ -269,7 +241,7 @@ class S3Objects:
 
     def _fetch_reason(self, exc: BaseException, bucket: str) -> str:
         if isinstance(exc, ClientError):
-            code, status = _code(exc), _status(exc)
+            code, status = _code(exc), http_status(exc)
             if code in ("NoSuchKey", "404") or status == 404:
                 return "the object no longer exists (deleted after it was listed)"
             if code == "InvalidObjectState":
@@ -358,263 +330,7 @@ class S3ObjectReader:
 # -- a prefix of a bucket ---------------------------------------------------------------------------
 
 
-class S3Source(S3ObjectReader):
-    """Images under `s3://bucket/prefix/`; captions from sidecars and, optionally, a caption manifest."""
-
-    page_size = LIST_PAGE_SIZE
-
-    def __init__(
-        self,
-        location: str,
-        *,
-        scan_filter: ScanFilter | None = None,
-        captions: dict[str, str] | None = None,
-        config: S3Config | None = None,
-    ) -> None:
-        self.bucket, prefix = parse_s3_uri(location)
-        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-        self.root = f"s3://{self.bucket}/{self.prefix}"
-        self.scan_filter = scan_filter or ScanFilter()
-        self.captions = captions or {}
-        super().__init__(config)
-
-    def describe(self) -> str:
-        return f"S3 prefix {self.root} ({self.objects.describe_endpoint()})"
-
-    def check(self) -> None:
-        """Raise SourceError unless the bucket exists, the credentials may list it and the prefix holds
-        objects. One LIST request with short timeouts: seconds, even against a dead endpoint."""
-        if not self.objects.check_listing(self.bucket, self.prefix):
-            if self.prefix:
-                raise SourceError(f"no objects under {self.root}; check the prefix {self.prefix!r}")
-            raise SourceError(f"bucket {self.bucket!r} is empty")
-
-    def scan(self) -> Iterator[SourceItem | ScanProblem]:
-        listing_prefix = self.prefix + sidecar_safe_prefix(self.scan_filter.prefix)
-        pairer = SidecarPairer()
-        for entry in self.objects.list_objects(self.bucket, listing_prefix, self.page_size):
-            key = entry["Key"][len(self.prefix) :]
-            for image, sidecar in pairer.advance(key):
-                yield self._item(image, sidecar)
-            kind = _kind(key)
-            if kind == "sidecar":
-                pairer.add_sidecar(key, _etag(entry))
-            elif kind == "image" and self._keeps(key, entry):
-                pairer.add_image(key, entry)
-        for image, sidecar in pairer.finish():
-            yield self._item(image, sidecar)
-
-    def _keeps(self, key: str, entry: dict[str, Any]) -> bool:
-        return self.scan_filter.keeps_key(key) and self.scan_filter.keeps_time(_modified_at(entry))
-
-    def _item(self, entry: dict[str, Any], sidecar: tuple[str, str] | None) -> SourceItem:
-        key = entry["Key"][len(self.prefix) :]
-        return SourceItem(
-            uri=f"s3://{self.bucket}/{entry['Key']}",
-            key=key,
-            size=int(entry["Size"]),
-            version=_etag(entry),
-            modified_at=_modified_at(entry),
-            caption=self.captions.get(key),
-            sidecar=self.root + sidecar[0] if sidecar else None,
-            sidecar_version=sidecar[1] if sidecar else None,
-        )
-
-
-def sidecar_safe_prefix(prefix: str) -> str:
-    """The listing prefix that still lists every sidecar of every image under `prefix`: cut just after
-    the first "." of the last path component (`a/photo.jp` -> `a/photo.`), since sidecars share it."""
-    directory, slash, name = prefix.rpartition("/")
-    dot = name.find(".")
-    return prefix if dot < 0 else directory + slash + name[: dot + 1]
-
-
-class SidecarPairer:
-    """Pairs images with their caption sidecars in one pass over keys in lexicographic order.
-
-    Every sidecar candidate of `d/photo.jpg` starts with `d/photo.` (the image's block), and keys with
-    a common prefix are listed contiguously, so the first key outside the block settles the pairing.
-    Held meanwhile: images whose block is open, and sidecars an open or future image may claim; that
-    is bounded by the size of a block, not of the listing. Images come out when their block closes.
-    """
-
-    def __init__(self) -> None:
-        self._images: list[tuple[str, str, dict[str, Any]]] = []  # (block, key, listing entry)
-        self._sidecars: dict[str, str] = {}  # key -> ETag
-
-    def add_image(self, key: str, entry: dict[str, Any]) -> None:
-        self._images.append((_stem(key) + ".", key, entry))
-
-    def add_sidecar(self, key: str, etag: str) -> None:
-        self._sidecars[key] = etag
-
-    def advance(self, key: str) -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
-        """Settle the images whose block ends before `key` (the next key of the listing)."""
-        done = []
-        if self._images and not all(key.startswith(block) for block, _, _ in self._images):
-            still_open = []
-            for block, image_key, entry in self._images:
-                if key.startswith(block):
-                    still_open.append((block, image_key, entry))
-                else:
-                    done.append((entry, self._sidecar_of(image_key)))
-            self._images = still_open
-        if self._sidecars:
-            self._forget_sidecars(key)
-        return done
-
-    def finish(self) -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
-        done = [(entry, self._sidecar_of(image_key)) for _, image_key, entry in self._images]
-        self._images, self._sidecars = [], {}
-        return done
-
-    def _sidecar_of(self, image_key: str) -> tuple[str, str] | None:
-        directory, slash, name = image_key.rpartition("/")
-        for candidate in sidecar_names(name):
-            sidecar_key = directory + slash + candidate
-            if sidecar_key in self._sidecars:
-                return sidecar_key, self._sidecars[sidecar_key]
-        return None
-
-    def _forget_sidecars(self, key: str) -> None:
-        # A sidecar s = "stem.txt" serves images "stem.<ext>" (all inside block "stem.") and the image
-        # named "stem" itself (listed before s, so held in _images if still unsettled).
-        open_images = {image_key for _, image_key, _ in self._images}
-        for sidecar_key in list(self._sidecars):
-            stem = _stem(sidecar_key)
-            if not key.startswith(stem + ".") and stem not in open_images:
-                del self._sidecars[sidecar_key]
-
-
 # -- a manifest object that lists the images --------------------------------------------------------
-
-_Target = tuple[str, str, str, str | None]  # bucket, object key, row key, caption
-
-
-class S3ManifestSource(S3ObjectReader):
-    """The objects an S3 manifest (CSV/TSV/JSONL/Parquet) lists, with its captions. Relative paths are
-    relative to the manifest's folder; `s3://` uris may point anywhere. Listing costs one GET of the
-    manifest plus one HEAD per row (run `fetch_concurrency` at a time), and no GET of any image."""
-
-    def __init__(
-        self,
-        location: str,
-        *,
-        path_column: str | None = None,
-        caption_column: str | None = None,
-        scan_filter: ScanFilter | None = None,
-        config: S3Config | None = None,
-    ) -> None:
-        self.bucket, self.manifest_key = parse_s3_uri(location)
-        if not is_manifest_name(self.manifest_key):
-            raise SourceError(f"{location} is not a .csv/.tsv/.jsonl/.parquet manifest")
-        self.manifest = location
-        folder = posixpath.dirname(self.manifest_key)
-        self.folder = folder + "/" if folder else ""
-        self.root = f"s3://{self.bucket}/{self.folder}"
-        self.path_column = path_column
-        self.caption_column = caption_column
-        self.scan_filter = scan_filter or ScanFilter()
-        super().__init__(config)
-
-    def describe(self) -> str:
-        return f"S3 manifest {self.manifest} ({self.objects.describe_endpoint()})"
-
-    def check(self) -> None:
-        """Raise SourceError unless the manifest object exists and may be listed (one LIST request)."""
-        found = self.objects.check_listing(self.bucket, self.manifest_key)
-        if not found or found[0]["Key"] != self.manifest_key:
-            raise SourceError(f"manifest {self.manifest} does not exist")
-
-    def scan(self) -> Iterator[SourceItem | ScanProblem]:
-        with self.objects.download(self.bucket, self.manifest_key, "manifest") as stream:
-            rows = read_manifest(
-                stream, self.manifest_key, path_column=self.path_column, caption_column=self.caption_column
-            )
-            targets = (
-                ScanProblem(f"{self.manifest}#{row.line}", f"#{row.line}", row.error)
-                if isinstance(row, BadRow)
-                else self._target(*row)
-                for row in rows
-            )
-            kept = (t for t in targets if isinstance(t, ScanProblem) or self.scan_filter.keeps_key(t[2]))
-            with ThreadPoolExecutor(self.fetch_concurrency, thread_name_prefix="mmindex-s3-head") as pool:
-                for chunk in _chunks(kept, self.fetch_concurrency * 8):
-                    for result in pool.map(self._stat, chunk):
-                        if result is not None:
-                            yield result
-
-    def read_sidecar(self, item: SourceItem) -> bytes:
-        raise FetchError("manifest items have no sidecar", retryable=False)
-
-    def _target(self, path: str, caption: str | None) -> _Target | ScanProblem:
-        """(bucket, object key, row key, caption) of a manifest row."""
-        if path.startswith("s3://"):
-            try:
-                bucket, object_key = parse_s3_uri(path)
-            except SourceError as exc:
-                return ScanProblem(path, path, str(exc))
-            key = path[len(self.root) :] if path.startswith(self.root) else path
-            return bucket, object_key, key, caption
-        object_key = posixpath.normpath(self.folder + path.lstrip("/"))
-        if object_key.startswith("../") or object_key in ("..", "."):
-            return ScanProblem(self.root + path, path, "the manifest path points outside the bucket")
-        key = object_key[len(self.folder) :] if object_key.startswith(self.folder) else path
-        return self.bucket, object_key, key, caption
-
-    def _stat(self, target: _Target | ScanProblem) -> SourceItem | ScanProblem | None:
-        if isinstance(target, ScanProblem):
-            return target
-        bucket, object_key, key, caption = target
-        uri = f"s3://{bucket}/{object_key}"
-        try:
-            head = self.objects.head(bucket, object_key)
-        except (ClientError, BotoCoreError) as exc:
-            if _status(exc) == 404:
-                return ScanProblem(uri, key, "listed in the manifest but the object does not exist")
-            return ScanProblem(uri, key, f"listed in the manifest but {self.objects.explain(exc, bucket)}")
-        modified_at = _aware(head["LastModified"])
-        if not self.scan_filter.keeps_time(modified_at):
-            return None
-        size, version = int(head["ContentLength"]), _strip_etag(head["ETag"])
-        return SourceItem(
-            uri=uri, key=key, size=size, version=version, modified_at=modified_at, caption=caption
-        )
-
-
-def load_s3_caption_manifest(
-    uri: str,
-    source_root: str,
-    *,
-    path_column: str | None = None,
-    caption_column: str | None = None,
-    config: S3Config | None = None,
-) -> dict[str, str]:
-    """key -> caption for an S3 source rooted at `source_root` (`s3://bucket/prefix/`). The manifest is
-    an `s3://` object or a local file; its paths are keys relative to the root, or full `s3://` uris."""
-    if uri.startswith("s3://"):
-        bucket, key = parse_s3_uri(uri)
-        stream = S3Objects(config or S3Config()).download(bucket, key, "caption manifest")
-    else:
-        try:
-            stream = open(os.path.expanduser(uri), "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise SourceError(f"cannot read caption manifest {uri}: {exc.strerror or exc}") from None
-    captions: dict[str, str] = {}
-    with stream:
-        for row in read_manifest(stream, uri, path_column=path_column, caption_column=caption_column):
-            if isinstance(row, BadRow):
-                continue
-            path, caption = row
-            if caption is None:
-                continue
-            if path.startswith("s3://"):
-                if path.startswith(source_root):
-                    captions[path[len(source_root) :]] = caption
-            else:
-                normalised = posixpath.normpath(path.lstrip("/"))
-                captions[normalised] = caption
-    return captions
 
 
 # -- LanceDB on S3 ----------------------------------------------------------------------------------
@@ -652,46 +368,11 @@ def lance_storage_options(config: S3Config | None = None) -> dict[str, str]:
 # -- small helpers ----------------------------------------------------------------------------------
 
 
-def _kind(key: str) -> str | None:
-    """ "image", "sidecar" or None (hidden, a folder marker, or another kind of object)."""
-    if not key or key.endswith("/") or any(part.startswith(".") for part in key.split("/")):
-        return None
-    extension = posixpath.splitext(key)[1]
-    if extension.lower() in IMAGE_EXTENSIONS:
-        return "image"
-    return "sidecar" if extension in SIDECAR_SUFFIXES else None
-
-
-def _stem(key: str) -> str:
-    """The key without the extension of its last component (`d/a.b.jpg` -> `d/a.b`)."""
-    return posixpath.splitext(key)[0]
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _etag(entry: dict[str, Any]) -> str:
-    return _strip_etag(str(entry.get("ETag", "")))
-
-
-def _strip_etag(etag: str) -> str:
+def strip_etag(etag: str) -> str:
     return etag.strip('"')
 
 
-def _modified_at(entry: dict[str, Any]) -> datetime | None:
-    value = entry.get("LastModified")
-    return _aware(value) if isinstance(value, datetime) else None
-
-
-def _aware(value: datetime) -> datetime:
+def aware_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -700,7 +381,7 @@ def _code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", "")) or type(exc).__name__
 
 
-def _status(exc: BaseException) -> int | None:
+def http_status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None) or {}
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return int(status) if status is not None else None

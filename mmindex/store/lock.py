@@ -2,8 +2,8 @@
 
 The lock is `flock` on `<db>/.<table>.mmindex-lock`: the kernel releases it the moment its holder
 dies, so a crashed or SIGKILLed run never leaves it stuck. The file also records who holds it, for
-the message a waiting run prints. Databases on object storage cannot be flock-ed; there the Prefect
-flows take a Prefect global concurrency slot per table instead (flows/locking.py).
+the message a waiting run prints. Databases on object storage cannot be flock-ed; there `write_guard`
+takes an orchestrator's slot per table instead (the Prefect one lives in flows/locking.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +109,45 @@ def lock_path(db_uri: str, table: str) -> Path | None:
         return None
     root = Path(db_uri.removeprefix("file://")).expanduser()
     return root / f".{table}.mmindex-lock"
+
+
+SLOT_PLUGINS = "mmindex.write_slots"  # entry-point group: where the Prefect table slot comes from
+
+
+@contextmanager
+def write_guard(db_uri: str, table: str, timeout: float | None = None) -> Iterator[str]:
+    """Hold the only right to write `table` for the enclosed block; yields how it is guarded.
+
+    A local database: flock (see TableLock). A database on object storage: no file can be locked, so
+    the write slot of an orchestrator (the Prefect global concurrency slot of mmindex.flows, found by
+    entry point) is taken when a Prefect API is configured or the caller runs inside a flow; else the
+    block runs unguarded and says so, since two concurrent writers could then duplicate rows.
+    """
+    path = lock_path(db_uri, table)
+    if path is not None:
+        with TableLock(path, table, timeout=timeout):
+            yield "file lock"
+        return
+    slot = _orchestrator_slot(db_uri, table, timeout)
+    if slot is None:
+        log.warning(
+            "table %r in %s is written without a write slot (no Prefect API configured): run one writer "
+            "at a time, or set PREFECT_API_URL so that runs take turns",
+            table,
+            db_uri,
+        )
+        yield "unguarded"
+        return
+    with slot:
+        yield "orchestrator slot"
+
+
+def _orchestrator_slot(db_uri: str, table: str, timeout: float | None) -> AbstractContextManager[None] | None:
+    if not (os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules):
+        return None  # Prefect is neither configured nor in use: do not import it just to find out
+    for entry in entry_points(group=SLOT_PLUGINS):
+        provider: Callable[[str, str, float | None], AbstractContextManager[None] | None] = entry.load()
+        slot = provider(db_uri, table, timeout)
+        if slot is not None:
+            return slot
+    return None

@@ -6,8 +6,8 @@ from typing import Any
 
 from mmindex.config import Settings
 from mmindex.errors import FetchError
-from mmindex.sources.base import SourceItem
-from mmindex.sources.local import read_file
+from mmindex.ingest.sources.base import SourceItem
+from mmindex.ingest.sources.local import read_file
 
 
 class UriReader:
@@ -31,7 +31,7 @@ class UriReader:
 
     def _s3_reader(self) -> Any:
         if self._s3 is None:
-            from mmindex.sources.s3 import S3Config, S3ObjectReader
+            from mmindex.ingest.sources.s3 import S3Config, S3ObjectReader
 
             self._s3 = S3ObjectReader(S3Config.from_settings(self.settings))
         return self._s3

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -18,7 +18,8 @@ from typing import IO
 import pyarrow.parquet as pq
 
 from mmindex.errors import SourceError
-from mmindex.sources.sidecar import clean_caption
+from mmindex.ingest.sources.base import ScanProblem
+from mmindex.ingest.sources.sidecar import clean_caption
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 PATH_COLUMNS = ("path", "uri", "url", "file", "filename", "file_name", "image", "image_path", "key")
@@ -44,7 +45,7 @@ def read_manifest(
     *,
     path_column: str | None = None,
     caption_column: str | None = None,
-) -> Iterator[tuple[str, str | None] | BadRow]:
+) -> Iterator[ManifestRow]:
     """Yield (path, caption) for each row, or a BadRow; `name` decides the format by its suffix.
     SourceError only when the manifest as a whole is unusable (unknown format, no path column)."""
     lowered = name.lower()
@@ -65,6 +66,27 @@ def read_manifest(
                 row[0],
                 clean_caption(caption if caption is None or isinstance(caption, str) else str(caption)),
             )
+
+
+ManifestRow = tuple[str, str | None] | BadRow
+
+
+def manifest_problem(manifest: str, row: BadRow) -> ScanProblem:
+    """The listing problem a bad row becomes, keyed by its line so reruns recognise it."""
+    return ScanProblem(f"{manifest}#{row.line}", f"#{row.line}", row.error)
+
+
+def caption_map(rows: Iterable[ManifestRow], key_of: Callable[[str], str | None]) -> dict[str, str]:
+    """key -> caption of a caption manifest's usable rows; `key_of` maps a path cell to the source's
+    key (None: the row names an image outside the source). Bad rows and empty captions are skipped."""
+    captions: dict[str, str] = {}
+    for row in rows:
+        if isinstance(row, BadRow) or row[1] is None:
+            continue
+        key = key_of(row[0])
+        if key is not None:
+            captions[key] = row[1]
+    return captions
 
 
 def pick_columns(
@@ -95,7 +117,7 @@ def pick_columns(
 
 def _csv_rows(
     stream: IO[bytes], name: str, path_column: str | None, caption_column: str | None, delimiter: str
-) -> Iterator[tuple[str, str | None] | BadRow]:
+) -> Iterator[ManifestRow]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
     reader = csv.DictReader(text, delimiter=delimiter)
     if reader.fieldnames is None:
@@ -107,7 +129,7 @@ def _csv_rows(
 
 def _jsonl_rows(
     stream: IO[bytes], name: str, path_column: str | None, caption_column: str | None
-) -> Iterator[tuple[str, str | None] | BadRow]:
+) -> Iterator[ManifestRow]:
     keys: tuple[str, str | None] | None = None
     for number, raw in enumerate(stream, start=1):
         line = raw.decode("utf-8", errors="replace").strip()
@@ -129,7 +151,7 @@ def _jsonl_rows(
 
 def _parquet_rows(
     stream: IO[bytes], name: str, path_column: str | None, caption_column: str | None
-) -> Iterator[tuple[str, str | None] | BadRow]:
+) -> Iterator[ManifestRow]:
     try:
         parquet = pq.ParquetFile(stream)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError variants for non-Parquet bytes

@@ -1,5 +1,5 @@
-"""Table upkeep: compact fragments, fold unindexed rows into the vector and full-text indices (building
-them if the table has outgrown exact search), and delete table versions older than a retention.
+"""Table upkeep: build the indices a table has grown into, compact fragments, fold unindexed rows into
+the vector and full-text indices, and delete table versions older than a retention; and table stats.
 
 Every append or upsert adds a fragment and a version; rows written after an index build are searched
 by brute force until they are folded in. Maintenance keeps both costs flat. The retention is explicit
@@ -14,8 +14,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from mmindex.errors import ConfigError
-from mmindex.store import Store
+from mmindex.report import RunReport
+from mmindex.schema import SEVERITY_ERROR
+from mmindex.store.reader import Store
+from mmindex.store.writer import TableWriter
 
 DEFAULT_RETENTION = timedelta(days=7)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -42,10 +47,7 @@ class TableHealth:
     def of(cls, table: Any) -> TableHealth:
         versions = table.list_versions()
         timestamps = [v["timestamp"] for v in versions]
-        unindexed = {
-            index.name: int(getattr(table.index_stats(index.name), "num_unindexed_rows", 0) or 0)
-            for index in table.list_indices()
-        }
+        unindexed = {index.name: unindexed_rows(table, index.name) for index in table.list_indices()}
         return cls(
             rows=table.count_rows(),
             versions=len(versions),
@@ -122,17 +124,94 @@ def maintain(
         raise ConfigError("retention cannot be negative")
     report = MaintenanceReport(store.describe(), retention)
     started = time.perf_counter()
-    with store.lock(lock_timeout):
-        tables = {"images": store.table}
-        if store.failures is not None:
-            tables["failures"] = store.failures
+    with store.open_writer(lock_timeout) as writer:
+        tables = {"images": writer.images, "failures": writer.failures}
+        report.actions += writer.migrations
         report.before = {name: TableHealth.of(table) for name, table in tables.items()}
-        report.actions += store.refresh_indices(cleanup_older_than=retention)
-        if store.failures is not None:
-            store.failures.optimize(cleanup_older_than=retention)
+        report.actions += refresh_indices(writer, cleanup_older_than=retention)
+        writer.failures.optimize(cleanup_older_than=retention)
         report.after = {name: TableHealth.of(table) for name, table in tables.items()}
     report.seconds = time.perf_counter() - started
     return report
+
+
+def finish_run(writer: TableWriter, report: RunReport) -> None:
+    """After a run that wrote something: refresh indices so new rows are searched well."""
+    report.notes.extend(writer.migrations)
+    if not writer.wrote:
+        return
+    with report.timed("write", 0):
+        report.notes.extend(refresh_indices(writer))
+
+
+def refresh_indices(writer: TableWriter, *, cleanup_older_than: timedelta | None = None) -> list[str]:
+    """Create the indices a table of this size benefits from and fold new rows into existing ones.
+
+    Full-text index on captions: always (FTS needs it). Vector indices (IVF_HNSW_SQ, cosine): from
+    the store's `vector_index_min_rows` rows on; smaller tables are searched exactly. Returns what it did.
+    """
+    from lancedb.index import FTS, IvfHnswSq
+
+    table = writer.images
+    actions: list[str] = []
+    existing = {index.columns[0]: index for index in table.list_indices()}
+    rows = table.count_rows()
+    if "caption" not in existing and table.count_rows("caption IS NOT NULL") > 0:
+        table.create_index("caption", config=FTS())
+        actions.append("created full-text index on caption")
+    for column in ("image_embedding", "text_embedding"):
+        filled = rows if column == "image_embedding" else table.count_rows(f"{column} IS NOT NULL")
+        if column not in existing and filled >= writer.store.vector_index_min_rows:
+            partitions = max(1, int(np.sqrt(filled) / 16))
+            table.create_index(column, config=IvfHnswSq(distance_type="cosine", num_partitions=partitions))
+            actions.append(f"created IVF_HNSW_SQ index on {column} ({filled} rows)")
+    fragments = table.stats()["fragment_stats"]["num_fragments"]
+    unindexed = sum(unindexed_rows(table, index.name) for index in table.list_indices())
+    if fragments > 16 or unindexed > 0 or cleanup_older_than is not None:
+        table.optimize(cleanup_older_than=cleanup_older_than)
+        actions.append(f"optimized: compacted {fragments} fragments, folded {unindexed} unindexed rows")
+    return actions
+
+
+def unindexed_rows(table: Any, index_name: str) -> int:
+    """Rows written since the index was last built or folded (searched by brute force until then)."""
+    return int(getattr(table.index_stats(index_name), "num_unindexed_rows", 0) or 0)
+
+
+def table_stats(store: Store) -> dict[str, Any]:
+    """What `mmindex stats` shows: rows, failures, captions by source, model, version, indices."""
+    info = store.info()
+    table = store.lancedb_table()
+    by_source = {
+        "human": table.count_rows("caption_source = 'human'"),
+        "generated": table.count_rows("caption_source = 'generated'"),
+        "none": table.count_rows("caption IS NULL"),
+    }
+    failures = store.lancedb_table(failures=True)
+    errors = failures.count_rows(f"severity = '{SEVERITY_ERROR}'") if failures is not None else 0
+    warnings = failures.count_rows() - errors if failures is not None else 0
+    indices = [
+        {
+            "name": index.name,
+            "type": index.index_type,
+            "column": index.columns[0],
+            "unindexed_rows": unindexed_rows(table, index.name),
+        }
+        for index in table.list_indices()
+    ]
+    return {
+        "db": store.db_uri,
+        "table": store.table_name,
+        "rows": info.rows,
+        "failures": errors,
+        "warnings": warnings,
+        "captions": by_source,
+        "embed_model": info.model,
+        "dim": info.dim,
+        "version": table.version,
+        "fragments": table.stats()["fragment_stats"]["num_fragments"],
+        "indices": indices,
+    }
 
 
 def _iso(moment: datetime | None) -> str:

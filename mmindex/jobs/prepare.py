@@ -14,17 +14,18 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from mmindex.backfill import CaptionOptions, CaptionStages, inherit_captions, run_caption
-from mmindex.caption import Captioner, GenerationSettings, check_caption_config
 from mmindex.config import DEFAULT_CAPTION_MODEL, DEFAULT_MODEL, Settings
-from mmindex.embed import ClipEmbedder, check_embedding_config
 from mmindex.errors import ConfigError, ModelError
-from mmindex.models import check_precision, resolve_model
-from mmindex.pipeline import IndexOptions, ProgressUpdate, Stages, run_index
+from mmindex.ingest.backfill import CaptionOptions, CaptionSteps, inherit_captions, run_caption
+from mmindex.ingest.pipeline import IndexOptions, ProgressUpdate, Steps, run_index
+from mmindex.ingest.sources import ScanFilter, Source, open_source
+from mmindex.ingest.sources.uri import UriReader
+from mmindex.models.captioner import Captioner, GenerationSettings, check_caption_config
+from mmindex.models.clip import ClipEmbedder, check_embedding_config
+from mmindex.models.precision import check_precision
+from mmindex.models.resolve import resolve_model
 from mmindex.report import RunReport
-from mmindex.sources import ScanFilter, Source, open_source
-from mmindex.sources.uri import UriReader
-from mmindex.store import Store
+from mmindex.store.reader import Store
 
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 256
@@ -251,7 +252,7 @@ def prepare_caption(job: CaptionJob, *, check: bool = True) -> PreparedCaption:
 
 
 def _s3_config(settings: Settings) -> Any:
-    from mmindex.sources.s3 import S3Config  # boto3 is imported only when S3 is used
+    from mmindex.ingest.sources.s3 import S3Config  # boto3 is imported only when S3 is used
 
     return S3Config.from_settings(settings)
 
@@ -307,8 +308,8 @@ def run_prepared_index(
     embedder: ClipEmbedder,
     captioner: Captioner | None = None,
     *,
-    stages: Stages | None = None,
-    caption_stages: CaptionStages | None = None,
+    steps: Steps | None = None,
+    caption_steps: CaptionSteps | None = None,
     progress: Callable[[ProgressUpdate], None] | None = None,
 ) -> RunReport:
     """Run a prepared index job: index the source (captioning new images when asked), then caption the
@@ -321,14 +322,14 @@ def run_prepared_index(
         prepared.options,
         captioner=captioner,
         caption_donor=partial(inherit_captions, donor) if donor is not None else None,
-        stages=stages,
+        steps=steps,
         progress=progress,
     )
     if captioner is not None and prepared.caption is not None:
         leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
         reader = UriReader(job.settings())
         report.absorb_captions(
-            run_caption(prepared.store, captioner, embedder, leftover, reader=reader, stages=caption_stages)
+            run_caption(prepared.store, captioner, embedder, leftover, reader=reader, steps=caption_steps)
         )
     if donor is not None:
         report.notes.append(

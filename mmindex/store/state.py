@@ -7,15 +7,12 @@ table costs 16 bytes a row (key + fingerprint) and a lookup is a binary search.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmindex.schema import FAILURES_SCHEMA, SEVERITY_ERROR
-from mmindex.sources.base import SourceItem
+from mmindex.schema import ITEM_STAGES, SEVERITY_ERROR
 
 _HEX_VALUES = np.zeros(256, dtype=np.uint64)
 for _i, _c in enumerate(b"0123456789abcdef"):
@@ -44,50 +41,6 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     data = np.frombuffer(prefixes.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 16)
     keys: np.ndarray = np.bitwise_or.reduce(_HEX_VALUES[data] << _SHIFTS, axis=1)
     return keys
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    """One row of the failures table."""
-
-    id: str
-    uri: str
-    key: str
-    stage: str
-    error: str
-    severity: str = SEVERITY_ERROR
-    retryable: bool = False
-    fingerprint: int | None = None
-    failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @classmethod
-    def of(cls, row_id: str, uri: str, key: str, stage: str, error: str, **kwargs: object) -> FailureRecord:
-        return cls(row_id, uri, key, stage, error, **kwargs)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_item(cls, item: SourceItem, stage: str, error: str, **kwargs: object) -> FailureRecord:
-        return cls(item.id, item.uri, item.key, stage, error, fingerprint=item.fingerprint, **kwargs)  # type: ignore[arg-type]
-
-
-def failures_table(records: Iterable[FailureRecord]) -> pa.Table:
-    records = list(records)
-    return pa.table(
-        {
-            "id": [r.id for r in records],
-            "uri": [r.uri for r in records],
-            "key": [r.key for r in records],
-            "stage": [r.stage for r in records],
-            "severity": [r.severity for r in records],
-            "error": [r.error for r in records],
-            "retryable": [r.retryable for r in records],
-            "fingerprint": [r.fingerprint for r in records],
-            "failed_at": [r.failed_at for r in records],
-        },
-        schema=FAILURES_SCHEMA,
-    )
-
-
-ITEM_STAGES = ("fetch", "decode", "embed")  # a failure at these stages means the item is not indexed
 
 
 class IndexedState:

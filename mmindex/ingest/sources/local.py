@@ -16,10 +16,16 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from mmindex.errors import FetchError, SourceError
-from mmindex.images import IMAGE_EXTENSIONS, SNIFF_BYTES, sniff_format
-from mmindex.sources.base import NOT_UTF8, ScanFilter, ScanProblem, SourceItem, is_utf8, printable
-from mmindex.sources.manifest import BadRow, open_local_manifest, read_manifest
-from mmindex.sources.sidecar import sidecar_names
+from mmindex.ingest.decode import IMAGE_EXTENSIONS, SNIFF_BYTES, sniff_format
+from mmindex.ingest.sources.base import NOT_UTF8, ScanFilter, ScanProblem, SourceItem, is_utf8, printable
+from mmindex.ingest.sources.manifest import (
+    BadRow,
+    caption_map,
+    manifest_problem,
+    open_local_manifest,
+    read_manifest,
+)
+from mmindex.ingest.sources.sidecar import sidecar_names
 
 
 class LocalSource:
@@ -172,7 +178,7 @@ class LocalManifestSource:
             )
             for row in rows:
                 if isinstance(row, BadRow):
-                    yield ScanProblem(f"{self.manifest}#{row.line}", f"#{row.line}", row.error)
+                    yield manifest_problem(str(self.manifest), row)
                     continue
                 path_text, caption = row
                 path = self.root_path / local_path(path_text)
@@ -211,14 +217,10 @@ def load_caption_manifest(
     caption_column: str | None = None,
 ) -> dict[str, str]:
     """key -> caption for a directory source, keys made relative to `root` like the walk's keys."""
-    path = Path(manifest).expanduser()
-    captions: dict[str, str] = {}
+    path, resolved_root = Path(manifest).expanduser(), root.resolve()
     with open_local_manifest(path) as stream:
         rows = read_manifest(stream, path.name, path_column=path_column, caption_column=caption_column)
-        for row in rows:
-            if not isinstance(row, BadRow) and row[1] is not None:
-                captions[manifest_key(row[0], root.resolve())] = row[1]
-    return captions
+        return caption_map(rows, lambda cell: manifest_key(cell, resolved_root))
 
 
 def local_path(text: str) -> Path:

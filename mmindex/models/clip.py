@@ -14,19 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from mmindex.errors import ModelError
-from mmindex.models import (
-    ModelRef,
-    autocast_dtype,
-    check_precision,
-    compute_label,
-    first_line,
-    load_config,
-    pick_device,
-    quiet_transformers,
-    resolve_model,
-)
-from mmindex.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for
+from mmindex.errors import ModelError, first_line
+from mmindex.models.precision import autocast_dtype, check_precision, compute_label
+from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for
+from mmindex.models.resolve import ModelRef, load_config, pick_device, quiet_transformers, resolve_model
 
 
 class ClipEmbedder:

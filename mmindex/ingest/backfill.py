@@ -16,7 +16,11 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from mmindex.batches import (
+from mmindex.errors import TableError, first_line
+from mmindex.ingest.pipeline import ProgressUpdate, Writer, load_pools, overlapped
+from mmindex.ingest.sources.base import SourceItem
+from mmindex.ingest.sources.uri import UriReader
+from mmindex.ingest.steps import (
     CaptionModel,
     EmbeddedBatch,
     Embedder,
@@ -27,15 +31,11 @@ from mmindex.batches import (
     load_batch,
     vector_column,
 )
-from mmindex.errors import TableError
-from mmindex.models import first_line
-from mmindex.pipeline import ProgressUpdate, Writer, overlapped, stage_pools
 from mmindex.report import RunReport
-from mmindex.schema import CAPTION_GENERATED, SEVERITY_ERROR
-from mmindex.sources.base import SourceItem
-from mmindex.sources.uri import UriReader
-from mmindex.state import FailureRecord
-from mmindex.store import Store, sql_string
+from mmindex.schema import CAPTION_GENERATED, SEVERITY_ERROR, FailureRecord
+from mmindex.store.reader import Store
+from mmindex.store.sql import sql_string
+from mmindex.store.upkeep import finish_run
 
 CAPTION_STAGES = ("caption",)
 _TARGET_COLUMNS = ["id", "uri", "key", "size", "version", "modified_at"]
@@ -76,7 +76,13 @@ def caption_targets(store: Store, model_id: str, options: CaptionOptions) -> Ite
     permanent, earlier = _caption_failures(store)
     if options.retry_failed:
         permanent = {}
-    query = store.table.search().where(target_filter(model_id, options)).select(_TARGET_COLUMNS).limit(None)
+    query = (
+        store.lancedb_table()
+        .search()
+        .where(target_filter(model_id, options))
+        .select(_TARGET_COLUMNS)
+        .limit(None)
+    )
     later: list[SourceItem] = []
 
     def candidates() -> Iterator[SourceItem]:
@@ -115,9 +121,7 @@ def caption_targets(store: Store, model_id: str, options: CaptionOptions) -> Ite
 
 
 def _caption_failures(store: Store) -> tuple[dict[str, int | None], set[str]]:
-    """(permanent caption failures: id -> fingerprint, ids with any other caption failure). Reading
-    them also primes the writer's view of which ids have failure rows, so a finished item's old rows
-    are replaced rather than piled up."""
+    """(permanent caption failures: id -> fingerprint, ids with any other caption failure)."""
     permanent: dict[str, int | None] = {}
     earlier: set[str] = set()
     for batch in store.load_failures():
@@ -191,7 +195,7 @@ def write_caption_rows(writer: Writer, batch: EmbeddedBatch, report: RunReport) 
 
 
 @dataclass
-class CaptionStages:
+class CaptionSteps:
     """The stage callables `run_caption` chains; the Prefect flow passes task-wrapped versions."""
 
     load: Callable[..., LoadedBatch] = load_batch
@@ -207,18 +211,18 @@ def run_caption(
     options: CaptionOptions | None = None,
     *,
     reader: Reader | None = None,
-    stages: CaptionStages | None = None,
+    steps: CaptionSteps | None = None,
     progress: Callable[[ProgressUpdate], None] | None = None,
     report: RunReport | None = None,
 ) -> RunReport:
     """Caption the table's rows that need it; returns a report whose `captioned` and `failed` count
     this run's captions and caption failures."""
     options = options or CaptionOptions()
-    stages = stages or CaptionStages()
+    steps = steps or CaptionSteps()
     reader = reader or UriReader()
     report = report or RunReport(kind="caption", source=store.describe(), table=store.describe())
     report.models = f"{captioner.compute}; {embedder.compute}"
-    with store.lock(options.lock_timeout):
+    with store.open_writer(options.lock_timeout) as writer:
         started = time.perf_counter()
         if store.info().model != embedder.model_id:
             raise TableError(
@@ -228,26 +232,26 @@ def run_caption(
         done = 0
         targets = caption_targets(store, captioner.model_id, options)
         with (
-            store.writer(
+            writer.buffer(
                 flush_rows=options.write_rows,
                 flush_seconds=options.write_seconds,
                 stages=CAPTION_STAGES,
                 partial=True,
-            ) as writer,
-            stage_pools(options.workers, getattr(reader, "fetch_concurrency", 1)) as pools,
+            ) as rows,
+            load_pools(options.workers, getattr(reader, "fetch_concurrency", 1)) as pools,
         ):
             for items, loaded in overlapped(
                 targets,
-                lambda batch: stages.load(reader, batch, preprocessors, report, *pools),
+                lambda batch: steps.load(reader, batch, preprocessors, report, *pools),
                 options.prefetch,
             ):
                 report.scanned += len(items)
-                captioned = stages.caption(captioner, loaded, report)
-                stages.write(writer, stages.embed(embedder, captioned, report), report)
+                captioned = steps.caption(captioner, loaded, report)
+                steps.write(rows, steps.embed(embedder, captioned, report), report)
                 done += len(items)
                 if progress is not None:
                     progress(ProgressUpdate(done, done, done, False))
-        store.finish(report)
+        finish_run(writer, report)
         report.seconds = time.perf_counter() - started
         report.notes.append(f"captions by {captioner.model_id} at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
         return report

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmindex.sources.base import ScanFilter, ScanProblem, Source, SourceItem, item_id
-from mmindex.sources.local import LocalManifestSource, LocalSource, load_caption_manifest
-from mmindex.sources.manifest import is_manifest_name
+from mmindex.ingest.sources.base import ScanFilter, ScanProblem, Source, SourceItem, item_id
+from mmindex.ingest.sources.local import LocalManifestSource, LocalSource, load_caption_manifest
+from mmindex.ingest.sources.manifest import is_manifest_name
 
 __all__ = [
     "LocalManifestSource",
@@ -61,11 +61,11 @@ def _open_s3(
     scan_filter: ScanFilter | None,
     s3_config: Any | None,
 ) -> Source:
-    from mmindex.sources.s3 import (
+    from mmindex.ingest.sources.s3 import (  # boto3 only if needed
         S3ManifestSource,
         S3Source,
         load_s3_caption_manifest,
-    )  # boto3 only if needed
+    )
 
     if is_manifest_name(location):
         return S3ManifestSource(

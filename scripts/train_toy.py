@@ -1,4 +1,4 @@
-"""Train the toy models on generated shapes: `python -m mmindex.toy.train clip|captioner [--out DIR]`.
+"""Train the toy models on generated shapes: `python scripts/train_toy.py clip|captioner [--out DIR]`.
 
 The toy CLIP (0.2M parameters, 64 px images) trains on two CPU cores in about six minutes and
 reaches precision@10 of about 0.97 for "a {colour} {shape}" queries on fresh images. Its weights
@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmindex.models import TOY_MODELS, quiet_transformers
-from mmindex.preprocess import preprocessor_for
+from mmindex.models.preprocess import preprocessor_for
+from mmindex.models.resolve import quiet_transformers
+from mmindex.toy import TOY_MODELS
 from mmindex.toy.shapes import COLOURS, SHAPES, Shape, samples
 
 TOY_IMAGE_SIZE = 64
@@ -148,7 +149,7 @@ def train_clip(
 
 def evaluate_clip(directory: Path, *, seed: int = 99, count: int = 240) -> dict[str, Any]:
     """Precision@10 of 'a {colour} {shape}' over fresh images, and shape/colour accuracy at top-1."""
-    from mmindex.embed import ClipEmbedder
+    from mmindex.models.clip import ClipEmbedder
 
     embedder = ClipEmbedder.load(str(directory))
     specs, images = zip(*samples(count, seed=seed), strict=True)
@@ -212,7 +213,7 @@ def train_captioner(
 
 def evaluate_captioner(directory: Path, *, seed: int = 99, count: int = 240) -> dict[str, Any]:
     """Share of fresh images whose generated caption is exactly "a {colour} {shape}"."""
-    from mmindex.caption import Captioner
+    from mmindex.models.captioner import Captioner
 
     captioner = Captioner.load(str(directory))
     specs, images = zip(*samples(count, seed=seed), strict=True)

@@ -16,12 +16,11 @@ import numpy as np
 import pyarrow as pa
 
 from mmindex.errors import ItemError
-from mmindex.images import decode
+from mmindex.ingest.decode import decode
+from mmindex.ingest.sources.base import SourceItem
+from mmindex.ingest.sources.sidecar import parse_sidecar
 from mmindex.report import RunReport
-from mmindex.schema import CAPTION_GENERATED, CAPTION_HUMAN, SEVERITY_WARNING
-from mmindex.sources.base import SourceItem
-from mmindex.sources.sidecar import parse_sidecar
-from mmindex.state import FailureRecord
+from mmindex.schema import CAPTION_GENERATED, CAPTION_HUMAN, SEVERITY_WARNING, FailureRecord
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 

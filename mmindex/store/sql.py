@@ -1,0 +1,13 @@
+"""Small SQL helpers for LanceDB filters: quoting and IN lists."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_in(column: str, values: Sequence[str]) -> str:
+    return f"{column} IN ({', '.join(sql_string(v) for v in values)})"
