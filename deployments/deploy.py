@@ -23,12 +23,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmindex.config import RETENTION
+from mmindex.jobs.spec import JOBS, CaptionJob, IndexJob, MaintainJob, help_of
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINTS = {
     "index": "flows/index.py:index",
     "caption": "flows/caption.py:caption_missing",
     "maintain": "flows/maintain.py:maintain",
 }
+JOB_OF_FLOW = {"index": JOBS["index"], "caption": JOBS["caption"], "maintain": JOBS["maintain"]}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -39,15 +43,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--db", default=None, help="LanceDB URI [the worker's MMINDEX_DB or ./mmindex.lancedb]"
     )
-    parser.add_argument("--table", default=None, help="table name (default: MMINDEX_TABLE or images)")
-    parser.add_argument("--model", default=None, help="CLIP model id or directory (default: the table's)")
-    parser.add_argument("--caption-model", default=None, help="captioning model for caption-missing runs")
-    parser.add_argument("--captions", default=None, help="caption manifest for the source's images")
-    parser.add_argument("--path-column", default=None, help="the manifest's image path column")
-    parser.add_argument("--caption-column", default=None, help="the manifest's caption column")
-    parser.add_argument("--caption-missing", action="store_true", help="nightly ingest captions new images")
-    parser.add_argument("--prune", action="store_true", help="nightly ingest drops rows of deleted images")
-    parser.add_argument("--retention", default="7d", help="maintenance keeps versions younger than this [7d]")
+    parser.add_argument("--table", default=None, help=help_of(IndexJob, "table"))
+    parser.add_argument("--model", default=None, help=help_of(IndexJob, "model"))
+    parser.add_argument("--caption-model", default=None, help=help_of(CaptionJob, "caption_model"))
+    parser.add_argument("--captions", default=None, help=help_of(IndexJob, "captions"))
+    parser.add_argument("--path-column", default=None, help=help_of(IndexJob, "path_column"))
+    parser.add_argument("--caption-column", default=None, help=help_of(IndexJob, "caption_column"))
+    parser.add_argument("--caption-missing", action="store_true", help=help_of(IndexJob, "caption_missing"))
+    parser.add_argument("--prune", action="store_true", help="nightly ingest: " + help_of(IndexJob, "prune"))
+    parser.add_argument("--retention", default=RETENTION, help=help_of(MaintainJob, "retention"))
     parser.add_argument("--ingest-cron", default="0 2 * * *", help="nightly ingest schedule (UTC)")
     parser.add_argument("--maintain-cron", default="30 3 * * *", help="maintenance schedule (UTC)")
     parser.add_argument("--caption-cron", default=None, help="caption backfill schedule (UTC) [none]")

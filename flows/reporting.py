@@ -17,6 +17,7 @@ from prefect.artifacts import (
 from mmindex.ingest.pipeline import ProgressUpdate
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
+from mmindex.store.upkeep import MaintenanceReport
 
 
 class FlowProgress:
@@ -49,11 +50,15 @@ class FlowProgress:
             self._last_log = now
 
 
-def publish_report(report: RunReport, key_prefix: str) -> None:
+def publish_report(report: RunReport | MaintenanceReport, key_prefix: str) -> None:
     """The run summary (markdown) and this run's failures (table) as artifacts, and a log line."""
     logger = get_run_logger()
     for line in report.summary_lines():
         logger.info(line)
+    if isinstance(report, MaintenanceReport):
+        key = artifact_key(f"{key_prefix}-{report.table}")
+        create_markdown_artifact(report.to_markdown(), key=key, description="mmindex maintenance")
+        return
     key = artifact_key(f"{key_prefix}-{report.table}")
     create_markdown_artifact(report.to_markdown(), key=key, description=f"mmindex {report.kind} summary")
     rows: list[dict[str, Any]] = [

@@ -4,9 +4,10 @@
     report = mmindex.index("photos/", db="./mmindex.lancedb")          # embed, store, index
     hits = mmindex.open_searcher("./mmindex.lancedb").text("a red bicycle", k=5)
 
-The names below are the public surface; submodules hold the parts (sources, images, embed, store,
-search, pipeline) for callers who want to swap one. Importing mmindex is cheap: heavy modules load
-on first use, and the library never imports Prefect.
+The names below are the public surface: the jobs as functions (index, caption, maintain) and as
+typed specs (IndexJob, ... run by run_job), and the parts for callers who want to swap one (sources,
+embedder, captioner, store, searcher; see ARCHITECTURE.md). Importing mmindex is cheap: heavy
+modules load on first use, and the library never imports Prefect.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ _EXPORTS = {
     "index": "mmindex.api",
     "open_searcher": "mmindex.api",
     "caption": "mmindex.api",
+    "maintain": "mmindex.api",
+    "IndexJob": "mmindex.jobs.spec",
+    "CaptionJob": "mmindex.jobs.spec",
+    "MaintainJob": "mmindex.jobs.spec",
+    "run_job": "mmindex.jobs.run",
+    "MaintenanceReport": "mmindex.store.upkeep",
     "Captioner": "mmindex.models.captioner",
     "Settings": "mmindex.config",
     "ClipEmbedder": "mmindex.models.clip",
@@ -41,6 +48,12 @@ __all__ = [
     "__version__",
     "index",
     "caption",
+    "maintain",
+    "IndexJob",
+    "CaptionJob",
+    "MaintainJob",
+    "run_job",
+    "MaintenanceReport",
     "Captioner",
     "open_searcher",
     "Settings",
@@ -60,17 +73,20 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mmindex.api import caption, index, open_searcher
+    from mmindex.api import caption, index, maintain, open_searcher
     from mmindex.config import Settings
     from mmindex.errors import ConfigError, MMIndexError
     from mmindex.ingest.pipeline import IndexOptions, run_index
     from mmindex.ingest.sources import ScanFilter, SourceItem, open_source
+    from mmindex.jobs.run import run_job
+    from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob
     from mmindex.models.captioner import Captioner
     from mmindex.models.clip import ClipEmbedder
     from mmindex.query.results import Hit, LabelScore
     from mmindex.query.search import Searcher
     from mmindex.report import RunReport
     from mmindex.store.reader import Store
+    from mmindex.store.upkeep import MaintenanceReport
 
 
 def __getattr__(name: str) -> Any:

@@ -1,16 +1,21 @@
-"""One-call entry points for notebooks: index a source, open a searcher. No Prefect involved."""
+"""The jobs as Python functions, for notebooks and scripts: each builds its job spec and runs it in
+this process (no Prefect involved). Their keywords are the spec's fields (mmindex.jobs.spec; a test
+keeps the two in step), so the command line's `--batch-size` is `batch_size=` here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from mmindex.ingest.backfill import run_caption
-from mmindex.jobs.prepare import CaptionJob, IndexJob, prepare_caption, prepare_index, run_prepared_index
+from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS, RETENTION
+from mmindex.jobs.run import run_job
+from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob
 from mmindex.progress import TerminalProgress
 from mmindex.query.search import Searcher
 from mmindex.report import RunReport
 from mmindex.store.reader import Store
+from mmindex.store.upkeep import MaintenanceReport
 
 
 def index(
@@ -19,37 +24,129 @@ def index(
     db: str | None = None,
     table: str | None = None,
     model: str | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    workers: int | None = None,
     prune: bool = False,
-    progress: bool | None = None,
+    retry_failed: bool = False,
+    captions: str | None = None,
+    path_column: str | None = None,
+    caption_column: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    prefix: str = "",
     since: datetime | None = None,
     until: datetime | None = None,
-    **options: Any,
+    precision: str = "auto",
+    quantize: str | None = None,
+    caption_missing: bool = False,
+    caption_model: str | None = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    num_beams: int = NUM_BEAMS,
+    prompt: str | None = None,
+    new_table: str | None = None,
+    lock_timeout: float | None = None,
+    progress: bool | None = None,
 ) -> RunReport:
-    """Index `source` (directory, manifest or s3:// prefix) into a table, in this process.
+    """Index `source` (a directory, a manifest or an s3:// prefix) into a table, in this process.
 
-    Takes the same options as `mmindex index` (batch_size, device, workers, include, exclude,
-    prefix, captions, precision, quantize, retry_failed, caption_missing, caption_model, ...).
-    Returns the run's report.
+    The keywords are `mmindex index`'s options (see `mmindex index --help`): `db`/`table` say where
+    (default ./mmindex.lancedb, table images), `model` which CLIP (default: the table's), `include`,
+    `exclude`, `prefix`, `since` and `until` select part of the source, `caption_missing` captions
+    images without one, `prune` drops rows of deleted files. `progress`: a progress bar on stderr
+    (default: when stderr is a terminal). Returns the run's report (`.to_dict()` is the CLI's JSON).
     """
     job = IndexJob(
-        source=source, db=db, table=table, model=model, prune=prune, since=since, until=until, **options
+        source=source,
+        db=db,
+        table=table,
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        prune=prune,
+        retry_failed=retry_failed,
+        captions=captions,
+        path_column=path_column,
+        caption_column=caption_column,
+        include=list(include),
+        exclude=list(exclude),
+        prefix=prefix,
+        since=since,
+        until=until,
+        precision=precision,
+        quantize=quantize,
+        caption_missing=caption_missing,
+        caption_model=caption_model,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        prompt=prompt,
+        new_table=new_table,
+        lock_timeout=lock_timeout,
     )
-    prepared = prepare_index(job)
-    embedder = prepared.models.load_embedder()
-    captioner = prepared.models.load_captioner() if prepared.caption is not None else None
-    with TerminalProgress(enabled=progress) as bar:
-        return run_prepared_index(job, prepared, embedder, captioner, progress=bar)
+    with TerminalProgress("indexing", enabled=progress) as bar:
+        report = run_job(job, progress=bar)
+    assert isinstance(report, RunReport)
+    return report
 
 
 def caption(
-    *, db: str | None = None, table: str | None = None, caption_model: str | None = None, **options: Any
+    *,
+    db: str | None = None,
+    table: str | None = None,
+    caption_model: str | None = None,
+    limit: int | None = None,
+    where: str | None = None,
+    recaption: bool = False,
+    retry_failed: bool = False,
+    batch_size: int | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    num_beams: int = NUM_BEAMS,
+    prompt: str | None = None,
+    lock_timeout: float | None = None,
+    progress: bool | None = None,
 ) -> RunReport:
-    """Generate the captions a table is missing (see `mmindex caption`), in this process."""
-    prepared = prepare_caption(CaptionJob(db=db, table=table, caption_model=caption_model, **options))
-    embedder = prepared.models.load_embedder()
-    return run_caption(
-        prepared.store, prepared.models.load_captioner(), embedder, prepared.options, reader=prepared.reader
+    """Generate the captions a table is missing (see `mmindex caption --help`), in this process.
+
+    `where` narrows the rows (SQL), `limit` caps how many, `recaption` also replaces captions another
+    captioning model made; human captions are never touched. Resumable: a rerun continues.
+    """
+    job = CaptionJob(
+        db=db,
+        table=table,
+        caption_model=caption_model,
+        limit=limit,
+        where=where,
+        recaption=recaption,
+        retry_failed=retry_failed,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        prompt=prompt,
+        lock_timeout=lock_timeout,
     )
+    with TerminalProgress("captioning", enabled=progress) as bar:
+        report = run_job(job, progress=bar)
+    assert isinstance(report, RunReport)
+    return report
+
+
+def maintain(
+    *,
+    db: str | None = None,
+    table: str | None = None,
+    retention: str = RETENTION,
+    lock_timeout: float | None = None,
+) -> MaintenanceReport:
+    """Compact the table, fold new rows into (or build) its indices and delete versions older than
+    `retention` ("7d", "12h", "30m"), in this process (see `mmindex maintain --help`)."""
+    report = run_job(MaintainJob(db=db, table=table, retention=retention, lock_timeout=lock_timeout))
+    assert isinstance(report, MaintenanceReport)
+    return report
 
 
 def open_searcher(db: str | None = None, table: str | None = None, *, device: str = "auto") -> Searcher:

@@ -1,25 +1,29 @@
 """The `mmindex` command. Exit codes: 0 done (even with per-item failures), 2 bad arguments or
 configuration (one line on stderr), 1 anything else that stopped a run.
 
-Heavy imports (torch, transformers, prefect) happen inside the commands that need them, so
-`mmindex stats` and `mmindex --help` stay quick.
+`index`, `caption` and `maintain` take their options from the job specs (mmindex.jobs.spec), validate
+the job before anything starts, and hand it to a runner (mmindex.jobs.runner): by default a Prefect
+flow, never imported here. Heavy imports (torch, transformers, prefect) happen inside the commands
+that need them, so `mmindex stats` and `mmindex --help` stay quick.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
-from mmindex.config import DEFAULT_MODEL, DEVICES, Settings
+from mmindex.config import DEVICES, Settings
 from mmindex.errors import ConfigError, MMIndexError
+from mmindex.jobs.spec import CaptionJob, IndexJob, Job, MaintainJob, option_of, ordered_fields
 
 app = typer.Typer(
     add_completion=False,
@@ -30,13 +34,6 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-PrecisionOption = Annotated[
-    str,
-    typer.Option(
-        "--precision",
-        help="auto (bf16/fp16 on CUDA, bf16 on a CPU with fast native bf16, else fp32), fp32, bf16, fp16",
-    ),
-]
 DbOption = Annotated[
     str | None, typer.Option("--db", help="LanceDB URI [env MMINDEX_DB, default ./mmindex.lancedb]")
 ]
@@ -44,25 +41,7 @@ TableOption = Annotated[
     str | None, typer.Option("--table", help="table name [env MMINDEX_TABLE, default images]")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
-CaptionModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--caption-model",
-        help="captioning model id or directory (BLIP, GIT, VisionEncoderDecoder) "
-        "[MMINDEX_CAPTION_MODEL; default Salesforce/blip-image-captioning-base]",
-    ),
-]
-MaxTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest caption, in tokens")]
-BeamsOption = Annotated[int, typer.Option("--num-beams", min=1, help="beam search width (1: greedy)")]
-LockTimeoutOption = Annotated[
-    float | None,
-    typer.Option(
-        "--lock-timeout", min=0, help="seconds to wait while another run writes the table [no limit]"
-    ),
-]
-PromptOption = Annotated[
-    str | None, typer.Option("--prompt", help='caption prefix that steers the model, e.g. "a photograph of"')
-]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -102,91 +81,92 @@ def _check_device(device: str | None) -> None:
         raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
 
 
-@app.command()
-@handles_errors
-def index(
-    source: Annotated[
-        str, typer.Argument(help="directory, manifest (.csv/.jsonl/.parquet) or s3://bucket/prefix")
-    ],
-    db: DbOption = None,
-    table: TableOption = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help=f"CLIP model id or directory [MMINDEX_MODEL; default: the table's, else {DEFAULT_MODEL}]",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", min=1, help="images per forward pass [32 on CPU, 256 on CUDA]"),
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
-    prune: Annotated[bool, typer.Option("--prune", help="delete rows whose files are gone")] = False,
-    json_output: JsonOption = False,
-    captions: Annotated[
-        str | None, typer.Option("--captions", help="manifest with captions for a directory's images")
-    ] = None,
-    path_column: Annotated[
-        str | None, typer.Option("--path-column", help="manifest column holding image paths")
-    ] = None,
-    caption_column: Annotated[
-        str | None, typer.Option("--caption-column", help="manifest column holding captions")
-    ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="glob on keys to include (repeatable)")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="glob on keys to exclude (repeatable)")
-    ] = None,
-    prefix: Annotated[str, typer.Option("--prefix", help="only keys starting with this")] = "",
-    since: Annotated[
-        datetime | None, typer.Option("--since", help="only items modified at or after (UTC)")
-    ] = None,
-    until: Annotated[
-        datetime | None, typer.Option("--until", help="only items modified before (UTC)")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="decode threads [1 on CPU, cores-1 on GPU]")
-    ] = None,
-    precision: PrecisionOption = "auto",
-    quantize: Annotated[
-        str | None, typer.Option("--quantize", help="int8: dynamic int8 linear layers (CPU)")
-    ] = None,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="retry items that failed before, unchanged")
-    ] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
-    caption_missing: Annotated[
-        bool, typer.Option("--caption-missing", help="generate captions for images that have none")
-    ] = False,
-    caption_model: CaptionModelOption = None,
-    max_new_tokens: MaxTokensOption = 30,
-    num_beams: BeamsOption = 1,
-    prompt: PromptOption = None,
-    new_table: Annotated[
-        str | None,
-        typer.Option(
-            "--new-table", help="build this table with --model NEW; the current table stays as it is"
-        ),
-    ] = None,
-    lock_timeout: LockTimeoutOption = None,
-) -> None:
-    """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
-    from mmindex.jobs.prepare import IndexJob, job_fields, prepare_index
+def cli_parameters(job_class: type[Job]) -> list[inspect.Parameter]:
+    """The job's fields as typer parameters: flags, help and bounds from the spec."""
+    hints = get_type_hints(job_class)
+    arguments: list[inspect.Parameter] = []
+    options: list[inspect.Parameter] = []
+    for spec_field in ordered_fields(job_class):
+        option = option_of(spec_field)
+        annotation: Any = hints[spec_field.name]
+        default: Any = spec_field.default
+        if spec_field.default_factory is not MISSING:
+            annotation, default = annotation | None, None  # a repeatable option: None means none given
+        if option.argument:
+            marker: Any = typer.Argument(help=option.help)
+            default = inspect.Parameter.empty if default is MISSING else default
+            target = arguments
+        else:
+            bounds: dict[str, Any] = {"min": option.min} if option.min is not None else {}
+            marker = typer.Option(*option.flags(spec_field.name), help=option.help, **bounds)
+            target = options
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        target.append(
+            inspect.Parameter(
+                spec_field.name, kind, default=default, annotation=Annotated[annotation, marker]
+            )
+        )
+    return arguments + options
 
-    _check_device(device)
-    params = dict(locals())
-    params.update(include=list(include or []), exclude=list(exclude or []))
-    job = IndexJob(**job_fields(IndexJob, params))
-    prepare_index(job)  # refuse bad arguments before a flow (and a Prefect server) starts
-    from mmindex.flows.index import index_flow_for_cli
 
-    report = index_flow_for_cli(job, progress_bar=progress and not json_output and sys.stderr.isatty())
+def job_command(job_class: type[Job]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `function(job, **own_options)` as the command for `job_class`: its options are the
+    job's fields (mmindex.jobs.spec) followed by the function's own keyword options (--json, ...)."""
+
+    def register(function: Callable[..., None]) -> Callable[..., None]:
+        hints = get_type_hints(function, include_extras=True)
+        own = [
+            parameter.replace(annotation=hints[parameter.name], kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for parameter in inspect.signature(function).parameters.values()
+            if parameter.name != "job"
+        ]
+        names = {f.name for f in fields(job_class)}
+
+        def command(**values: Any) -> None:
+            job = job_class.from_values({k: v for k, v in values.items() if k in names})
+            function(job, **{k: v for k, v in values.items() if k not in names})
+
+        command.__signature__ = inspect.Signature([*cli_parameters(job_class), *own])  # type: ignore[attr-defined]
+        command.__doc__ = function.__doc__ or job_class.__doc__
+        app.command(name=job_class.kind)(handles_errors(command))
+        return function
+
+    return register
+
+
+def run_job_command(job: Job, *, json_output: bool, progress: bool) -> None:
+    """Validate the job (exit 2 before any flow or model starts), run it, print the result."""
+    from mmindex.jobs.run import validate
+    from mmindex.jobs.runner import runner_named
+
+    _check_device(getattr(job, "device", None))
+    validate(job)
+    runner = runner_named()
+    result = runner.run(job, progress_bar=progress and not json_output and sys.stderr.isatty())
     if json_output:
-        emit_json(report)
+        emit_json(result)
+    elif job.kind == "maintain":
+        typer.echo("\n".join(result["summary"]))
     else:
-        typer.echo("\n".join(_summary(report)))
+        typer.echo("\n".join(_summary(result)))
+
+
+@job_command(IndexJob)
+def index(job: IndexJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
+    """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
+    run_job_command(job, json_output=json_output, progress=progress)
+
+
+@job_command(CaptionJob)
+def caption(job: CaptionJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
+    """Generate captions for indexed images that have none; resumable; human captions are never touched."""
+    run_job_command(job, json_output=json_output, progress=progress)
+
+
+@job_command(MaintainJob)
+def maintain(job: MaintainJob, json_output: JsonOption = False) -> None:
+    """Compact a table, fold new rows into its indices (or build them) and delete old versions."""
+    run_job_command(job, json_output=json_output, progress=False)
 
 
 def _summary(report: dict[str, Any]) -> list[str]:
@@ -260,75 +240,6 @@ def search(
     for rank, hit in enumerate(hits, 1):
         caption = f"  “{hit.caption}”" if hit.caption else ""
         typer.echo(f"{rank:3d}. {hit.score:7.4f}  {hit.key}{caption}")
-
-
-@app.command()
-@handles_errors
-def caption(
-    db: DbOption = None,
-    table: TableOption = None,
-    caption_model: CaptionModelOption = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="caption at most N rows")] = None,
-    where: Annotated[
-        str | None, typer.Option("--where", help="SQL filter choosing rows, e.g. \"key LIKE 'a/%'\"")
-    ] = None,
-    recaption: Annotated[
-        bool, typer.Option("--recaption", help="also regenerate captions made by another captioning model")
-    ] = False,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="retry images the model failed on")
-    ] = False,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="images per generate call")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
-    max_new_tokens: MaxTokensOption = 30,
-    num_beams: BeamsOption = 1,
-    prompt: PromptOption = None,
-    precision: PrecisionOption = "auto",
-    lock_timeout: LockTimeoutOption = None,
-    json_output: JsonOption = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
-) -> None:
-    """Generate captions for indexed images that have none; resumable; human captions are never touched."""
-    from mmindex.jobs.prepare import CaptionJob, job_fields, prepare_caption
-
-    _check_device(device)
-    job = CaptionJob(**job_fields(CaptionJob, dict(locals())))
-    prepare_caption(job)
-    from mmindex.flows.caption import caption_flow_for_cli
-
-    report = caption_flow_for_cli(job, progress_bar=progress and not json_output and sys.stderr.isatty())
-    if json_output:
-        emit_json(report)
-    else:
-        typer.echo("\n".join(_summary(report)))
-
-
-@app.command()
-@handles_errors
-def maintain(
-    db: DbOption = None,
-    table: TableOption = None,
-    retention: Annotated[
-        str, typer.Option("--retention", help="keep table versions younger than this: 7d, 12h, 30m [7d]")
-    ] = "7d",
-    lock_timeout: LockTimeoutOption = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Compact a table, fold new rows into its indices (or build them) and delete old versions."""
-    from mmindex.store.reader import Store
-    from mmindex.store.upkeep import parse_retention
-
-    parse_retention(retention)
-    Store.from_settings(_settings(db, table)).lancedb_table()  # noqa: B018 - a missing table exits 2 here
-    from mmindex.flows.maintain import maintain_flow_for_cli
-
-    result = maintain_flow_for_cli(db=db, table=table, retention=retention, lock_timeout=lock_timeout)
-    if json_output:
-        emit_json(result)
-        return
-    typer.echo("\n".join(result["summary"]))
 
 
 @app.command()
@@ -414,8 +325,7 @@ def demo(
     """Index a generated sample corpus of coloured shapes, caption the images without a caption and
     run a few queries, offline."""
     from mmindex.demo import prepare_corpus, show_captions, show_queries, table_for
-    from mmindex.flows.index import index_flow_for_cli
-    from mmindex.jobs.prepare import IndexJob
+    from mmindex.jobs.runner import runner_named
     from mmindex.query.search import Searcher
     from mmindex.store.reader import Store
 
@@ -434,7 +344,7 @@ def demo(
         caption_missing=True,
         caption_model=captioner,
     )
-    report = index_flow_for_cli(job, progress_bar=sys.stderr.isatty())
+    report = runner_named().run(job, progress_bar=sys.stderr.isatty())
     typer.echo("\n".join(_summary(report)))
     searcher = Searcher(Store(db, table))
     show_captions(searcher, echo=typer.echo)

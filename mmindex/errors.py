@@ -6,6 +6,7 @@
     │   ├── ModelError            unknown model id, not a model directory, wrong kind of model, bad device
     │   └── TableError            missing table, table built with another embedding model, bad filter
     ├── StoreError                LanceDB failed in a way a retry will not fix
+    ├── RunStopped                most items failed the same unexpected way: a bug, not bad data
     └── ItemError                 one item failed at one stage; recorded as a failures row, never fatal
         ├── FetchError            the bytes could not be read (retryable)
         └── DecodeError           the bytes are not a usable image (permanent until the file changes)
@@ -38,6 +39,11 @@ class TableError(ConfigError):
 
 class StoreError(MMIndexError):
     """The database failed in a way that retrying the run will not fix."""
+
+
+class RunStopped(MMIndexError):
+    """A run stopped itself because most items failed with the same unexpected error (a bug or a broken
+    environment, not bad files); writing a failure row for each would only bury the cause."""
 
 
 class ItemError(MMIndexError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -9,6 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from mmindex.errors import RunStopped, first_line
+
+log = logging.getLogger("mmindex")
+
+UNEXPECTED_MIN_ITEMS = 64  # judge only after this many items ...
+UNEXPECTED_SHARE = 0.5  # ... whether more than this share failed with one unexpected error
+UNEXPECTED_LOGGED = 3  # tracebacks logged per kind of unexpected error
 
 STAGES = ("list", "read", "decode", "caption", "embed", "write")
 
@@ -48,6 +57,8 @@ class RunReport:
     failure_examples: list[FailureExample] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
+    unexpected: Counter[str] = field(default_factory=Counter)  # "stage: ErrorType" -> items
+    _unexpected_example: dict[str, str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_time(self, stage: str, seconds: float, items: int) -> None:
@@ -74,6 +85,33 @@ class RunReport:
             self.failures_by_stage[stage] += 1
             if len(self.failure_examples) < 500:
                 self.failure_examples.append(FailureExample(key, stage, error))
+
+    def record_unexpected(self, key: str, stage: str, exc: BaseException) -> str:
+        """Count an error that is not known to describe the item (a bug, a broken environment, a
+        passing fault); the first few are logged with their traceback. Returns the failure text."""
+        text = f"unexpected {type(exc).__name__}: {first_line(exc)} (retried by the next run)"
+        signature = f"{stage}: {type(exc).__name__}"
+        with self._lock:
+            self.unexpected[signature] += 1
+            seen = self.unexpected[signature]
+            self._unexpected_example.setdefault(signature, f"{key}: {first_line(exc)}")
+        if seen <= UNEXPECTED_LOGGED:
+            log.warning("%s failed at %s with an unexpected error", key, stage, exc_info=exc)
+        return text
+
+    def check_unexpected(self, processed: int) -> None:
+        """Stop the run (RunStopped) when most of the items processed so far failed with the same
+        unexpected error: that is a bug or a broken setup, and a row per item would bury it."""
+        if processed < UNEXPECTED_MIN_ITEMS or not self.unexpected:
+            return
+        signature, count = self.unexpected.most_common(1)[0]
+        if count > UNEXPECTED_SHARE * processed:
+            stage, error_type = signature.split(": ", 1)
+            raise RunStopped(
+                f"stopped: {count} of {processed} items failed at {stage} with the same unexpected "
+                f"{error_type} (first: {self._unexpected_example[signature]}); this looks like a bug or a "
+                "broken environment, not bad files. The log has the traceback; finished items are saved."
+            )
 
     def notes_count(self, what: str) -> None:
         """Count an occurrence of `what`; shown as "what: N" among the notes."""
@@ -108,6 +146,7 @@ class RunReport:
             "pruned": self.pruned,
             "captioned": self.captioned,
             "caption_failed": self.caption_failed,
+            "unexpected_failures": sum(self.unexpected.values()),
             "seconds": round(self.seconds, 3),
             "items_per_second": round(self.items_per_second, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},

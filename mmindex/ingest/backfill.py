@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from mmindex.config import CAPTION_WRITE_ROWS, CPU_CAPTION_BATCH_SIZE, WRITE_SECONDS
 from mmindex.errors import TableError, first_line
 from mmindex.ingest.pipeline import ProgressUpdate, Writer, load_pools, overlapped
 from mmindex.ingest.sources.base import SourceItem
@@ -43,7 +44,7 @@ _TARGET_COLUMNS = ["id", "uri", "key", "size", "version", "modified_at"]
 
 @dataclass
 class CaptionOptions:
-    batch_size: int = 16
+    batch_size: int = CPU_CAPTION_BATCH_SIZE
     limit: int | None = None
     where: str | None = None
     recaption: bool = False
@@ -51,8 +52,8 @@ class CaptionOptions:
     uri_prefix: str | None = None  # only rows under this source root
     workers: int = 1
     prefetch: int = 2
-    write_rows: int = 512
-    write_seconds: float = 5.0
+    write_rows: int = CAPTION_WRITE_ROWS
+    write_seconds: float = WRITE_SECONDS
     lock_timeout: float | None = None
 
 
@@ -247,6 +248,7 @@ def run_caption(
             ):
                 report.scanned += len(items)
                 captioned = steps.caption(captioner, loaded, report)
+                report.check_unexpected(done + len(items))
                 steps.write(rows, steps.embed(embedder, captioned, report), report)
                 done += len(items)
                 if progress is not None:

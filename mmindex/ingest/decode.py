@@ -10,14 +10,19 @@ several times cheaper than a full decode followed by a resize (parity is checked
 from __future__ import annotations
 
 import io
+import logging
 import math
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmindex.errors import DecodeError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -114,22 +119,49 @@ def decode(data: bytes, *, min_side: int | None = None) -> DecodedImage:
         with warnings.catch_warnings():
             # Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and refuses above 2x; the refusal stays on.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
-            return _decode_opened(image, min_side)
+            return _decode_opened(_open(data), data, min_side)
     except DecodeError:
         raise
-    except UnidentifiedImageError:
-        raise DecodeError(f"not a readable image ({_describe_head(data)})") from None
+    except UnidentifiedImageError as exc:
+        raise DecodeError(f"not a readable image ({_describe_head(data)})") from exc
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"refused by the decompression-bomb guard: {exc}") from None
-    except Exception as exc:  # Pillow raises many types for corrupt data; each is a per-item failure
-        raise DecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+        raise DecodeError(f"refused by the decompression-bomb guard: {exc}") from exc
+    except Exception as exc:
+        if describes_the_file(exc):
+            raise DecodeError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from exc
+        raise  # not known to mean a bad file: the caller records it as retryable, with its cause
 
 
-def _decode_opened(image: Image.Image, min_side: int | None) -> DecodedImage:
+# What Pillow raises for bytes that are not a good image. ValueError, TypeError, IndexError and KeyError
+# also come from malformed headers, but only count when Pillow's own code raised them.
+_FILE_ERRORS = (OSError, SyntaxError, EOFError, struct.error, zlib.error)
+_PLUGIN_ERRORS = (ValueError, TypeError, IndexError, KeyError)
+
+
+def describes_the_file(exc: BaseException) -> bool:
+    """Whether a decoding error says the bytes are bad (permanent), not that something else broke."""
+    if isinstance(exc, _FILE_ERRORS):
+        return True
+    if not isinstance(exc, _PLUGIN_ERRORS):
+        return False
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and str(frame.tb_frame.f_globals.get("__name__", "")).startswith("PIL.")
+
+
+def _open(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
+
+
+def _decode_opened(image: Image.Image, data: bytes, min_side: int | None) -> DecodedImage:
     image_format = image.format or "UNKNOWN"
     width, height = image.size
-    orientation = _orientation(image)
+    orientation, exif_readable = _orientation(image)
+    if not exif_readable:
+        # Reading EXIF can run the decoder (a PNG may keep EXIF after its pixels); if that failed, the
+        # image is half-loaded and a second load() would not say so. Decode afresh, without EXIF.
+        image = _open(data)
     if orientation in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
     if min_side and image_format == "JPEG" and min(image.size) > 2 * min_side:
@@ -141,12 +173,15 @@ def _decode_opened(image: Image.Image, min_side: int | None) -> DecodedImage:
     return DecodedImage(image=to_rgb(image), width=width, height=height, format=image_format)
 
 
-def _orientation(image: Image.Image) -> int | None:
+def _orientation(image: Image.Image) -> tuple[int | None, bool]:
+    """(EXIF orientation or None, whether EXIF could be read). A broken EXIF block must not lose an
+    image whose pixels are fine: it then stays as stored."""
     try:
         value = image.getexif().get(_EXIF_ORIENTATION)
-    except Exception:  # a broken EXIF block must not lose the image; it just stays as stored
-        return None
-    return value if isinstance(value, int) else None
+    except Exception as exc:  # any EXIF failure means "no orientation"; the pixels decide
+        log.debug("EXIF unreadable (%s: %s); decoding without it", type(exc).__name__, exc)
+        return None, False
+    return (value if isinstance(value, int) else None), True
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -21,6 +21,7 @@ from typing import Generic, Protocol, TypeVar
 
 import pyarrow as pa
 
+from mmindex.config import CPU_BATCH_SIZE, CPU_CAPTION_BATCH_SIZE, MIN_CHUNK_SIZE, WRITE_ROWS, WRITE_SECONDS
 from mmindex.ingest.plan import chunks, plan
 from mmindex.ingest.sources.base import (
     ScanFilter,
@@ -60,16 +61,16 @@ class Writer(Protocol):
 
 @dataclass
 class IndexOptions:
-    batch_size: int = 32
+    batch_size: int = CPU_BATCH_SIZE
     workers: int = 1
     prefetch: int = 1  # chunks loaded ahead while the model works on the current one
     prune: bool = False
     retry_failed: bool = False
     lookahead: int = 50_000
-    chunk_size: int = 128  # items per stage call (one Prefect task run each), in batch_size passes
-    caption_batch_size: int = 16
-    write_rows: int = 4096
-    write_seconds: float = 5.0
+    chunk_size: int = MIN_CHUNK_SIZE  # items per step call (one Prefect task run each)
+    caption_batch_size: int = CPU_CAPTION_BATCH_SIZE
+    write_rows: int = WRITE_ROWS
+    write_seconds: float = WRITE_SECONDS
     lock_timeout: float | None = None  # wait this long for another run writing the table; None: no limit
 
 
@@ -158,6 +159,7 @@ def run_index(
                     loaded = steps.caption(captioner, loaded, report, options.caption_batch_size)
                 embedded = steps.embed(embedder, loaded, report, options.batch_size)
                 _count_failures(embedded, report)
+                report.check_unexpected(done + len(embedded.done_ids) - len(scan_failures))
                 steps.write(rows, embedded, report)
                 done += len(embedded.done_ids) - len(scan_failures)
                 if progress is not None:

@@ -140,9 +140,9 @@ def load_item(
             pixels = {role: preprocess(decoded.image) for role, preprocess in preprocessors.items()}
     except ItemError as exc:
         return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
-    except Exception as exc:  # anything else one item can raise must not stop the run
+    except Exception as exc:  # not known to describe the item: recorded as retryable, with its cause logged
         return FailureRecord.from_item(
-            item, stage, f"{type(exc).__name__}: {exc}", retryable=stage == "fetch"
+            item, stage, report.record_unexpected(item.key, stage, exc), retryable=True
         )
     caption, problems = _caption_of(item, fetched)
     return LoadedItem(
@@ -242,15 +242,17 @@ def caption_batch(
             part = missing[start : start + size]
             try:
                 captions += captioner.caption_pixels(np.stack([loaded.pixels["caption"] for loaded in part]))
-            except Exception:  # the call failed: find the culprit(s) one image at a time
-                captions += [_caption_one(captioner, loaded) for loaded in part]
+            except Exception:  # the call failed (e.g. out of memory): retry image by image
+                captions += [_caption_one(captioner, loaded, report) for loaded in part]
     now = datetime.now(UTC)
     for loaded, caption in zip(missing, captions, strict=True):
-        if isinstance(caption, FailureRecord) or caption is None:
-            error = (
-                caption.error if isinstance(caption, FailureRecord) else "the model produced an empty caption"
+        if isinstance(caption, FailureRecord):
+            loaded.problems.append(caption)
+            continue
+        if caption is None:  # deterministic for this image and model: not retried until either changes
+            loaded.problems.append(
+                FailureRecord.from_item(loaded.item, "caption", "the model produced an empty caption")
             )
-            loaded.problems.append(FailureRecord.from_item(loaded.item, "caption", error))
             continue
         loaded.caption, loaded.caption_source = caption, CAPTION_GENERATED
         loaded.caption_model, loaded.captioned_at = captioner.model_id, now
@@ -258,11 +260,14 @@ def caption_batch(
     return batch
 
 
-def _caption_one(captioner: CaptionModel, loaded: LoadedItem) -> str | None | FailureRecord:
+def _caption_one(
+    captioner: CaptionModel, loaded: LoadedItem, report: RunReport
+) -> str | None | FailureRecord:
     try:
         return captioner.caption_pixels(loaded.pixels["caption"][None])[0]
-    except Exception as exc:  # this image breaks the model: a failures row, and the run goes on
-        return FailureRecord.from_item(loaded.item, "caption", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a model error is not known to be the image's fault: retried next run
+        error = report.record_unexpected(loaded.item.key, "caption", exc)
+        return FailureRecord.from_item(loaded.item, "caption", error, retryable=True)
 
 
 def embed_batch(

@@ -1,4 +1,4 @@
-"""Job descriptions: the JSON-able parameters of a run, and their validation into ready parts.
+"""Validation of jobs (mmindex.jobs.spec) into the parts a run needs: source, store, models, options.
 
 The CLI validates a job before it starts a flow (so a bad path or model exits 2 at once), and the
 flow validates it again where it runs (a deployment's worker may see another filesystem or
@@ -8,114 +8,33 @@ environment). Validation is cheap: it opens nothing heavier than a model's confi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import UTC, datetime
-from functools import partial
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mmindex.config import DEFAULT_CAPTION_MODEL, DEFAULT_MODEL, Settings
+from mmindex.config import (
+    CAPTION_WRITE_ROWS,
+    CPU_BATCH_SIZE,
+    CPU_CAPTION_BATCH_SIZE,
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_MODEL,
+    GPU_BATCH_SIZE,
+    GPU_CAPTION_BATCH_SIZE,
+    MIN_CHUNK_SIZE,
+    Settings,
+)
 from mmindex.errors import ConfigError, ModelError
-from mmindex.ingest.backfill import CaptionOptions, CaptionSteps, inherit_captions, run_caption
-from mmindex.ingest.pipeline import IndexOptions, ProgressUpdate, Steps, run_index
+from mmindex.ingest.backfill import CaptionOptions
+from mmindex.ingest.pipeline import IndexOptions
 from mmindex.ingest.sources import ScanFilter, Source, open_source
 from mmindex.ingest.sources.uri import UriReader
-from mmindex.models.captioner import Captioner, GenerationSettings, check_caption_config
-from mmindex.models.clip import ClipEmbedder, check_embedding_config
+from mmindex.jobs.spec import CaptionJob, CaptionSpec, IndexJob, MaintainJob
+from mmindex.models.captioner import GenerationSettings, check_caption_config
+from mmindex.models.clip import check_embedding_config
 from mmindex.models.precision import check_precision
 from mmindex.models.resolve import resolve_model
-from mmindex.report import RunReport
 from mmindex.store.reader import Store
-
-CPU_BATCH_SIZE = 32
-GPU_BATCH_SIZE = 256
-CPU_CAPTION_BATCH_SIZE = 16
-GPU_CAPTION_BATCH_SIZE = 64
-
-
-@dataclass
-class CaptionParams:
-    """How captions are generated (shared by `index --caption-missing` and `caption`)."""
-
-    caption_model: str | None = None
-    max_new_tokens: int = 30
-    num_beams: int = 1
-    prompt: str | None = None
-
-    def generation(self) -> GenerationSettings:
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, prompt=self.prompt
-        )
-
-
-@dataclass(kw_only=True)
-class IndexJob(CaptionParams):
-    """Everything `mmindex index` takes; None means "from MMINDEX_* or the default"."""
-
-    source: str
-    db: str | None = None
-    table: str | None = None
-    model: str | None = None
-    batch_size: int | None = None
-    device: str | None = None
-    workers: int | None = None
-    prune: bool = False
-    retry_failed: bool = False
-    captions: str | None = None
-    path_column: str | None = None
-    caption_column: str | None = None
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    prefix: str = ""
-    since: datetime | None = None
-    until: datetime | None = None
-    precision: str = "auto"
-    quantize: str | None = None
-    caption_missing: bool = False
-    new_table: str | None = None
-    lock_timeout: float | None = None
-
-    def to_params(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def settings(self) -> Settings:
-        return Settings.from_env(
-            db=self.db,
-            table=self.table,
-            model=self.model,
-            caption_model=self.caption_model,
-            device=self.device,
-            batch_size=self.batch_size,
-            workers=self.workers,
-        )
-
-
-@dataclass(kw_only=True)
-class CaptionJob(CaptionParams):
-    """Everything `mmindex caption` takes."""
-
-    db: str | None = None
-    table: str | None = None
-    limit: int | None = None
-    where: str | None = None
-    recaption: bool = False
-    retry_failed: bool = False
-    batch_size: int | None = None
-    device: str | None = None
-    precision: str = "auto"
-    lock_timeout: float | None = None
-
-    def to_params(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def settings(self) -> Settings:
-        return Settings.from_env(
-            db=self.db,
-            table=self.table,
-            caption_model=self.caption_model,
-            device=self.device,
-            batch_size=self.batch_size,
-        )
+from mmindex.store.upkeep import parse_retention
 
 
 @dataclass
@@ -131,17 +50,6 @@ class ModelChoice:
 
     def __post_init__(self) -> None:
         check_precision(self.precision, self.quantize)
-
-    def load_embedder(self) -> ClipEmbedder:
-        return ClipEmbedder.load(
-            self.embed_model, device=self.device, precision=self.precision, quantize=self.quantize
-        )
-
-    def load_captioner(self) -> Captioner:
-        assert self.caption_model is not None
-        return Captioner.load(
-            self.caption_model, device=self.device, precision=self.precision, settings=self.generation
-        )
 
 
 @dataclass
@@ -160,6 +68,20 @@ class PreparedCaption:
     models: ModelChoice
     options: CaptionOptions
     reader: UriReader
+
+
+@dataclass
+class PreparedMaintain:
+    store: Store
+    retention: timedelta
+
+
+def generation_of(job: CaptionSpec) -> GenerationSettings:
+    settings = GenerationSettings(
+        max_new_tokens=job.max_new_tokens, num_beams=job.num_beams, prompt=job.prompt
+    )
+    settings.validate()
+    return settings
 
 
 def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
@@ -194,8 +116,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
     caption = None
     if job.caption_missing:
         models.caption_model = settings.caption_model or DEFAULT_CAPTION_MODEL
-        models.generation = job.generation()
-        models.generation.validate()
+        models.generation = generation_of(job)
         caption = CaptionOptions(
             batch_size=settings.batch_size or _default_caption_batch(settings.device),
             retry_failed=job.retry_failed,
@@ -208,7 +129,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
     options = IndexOptions(
         batch_size=batch_size,
         workers=settings.workers or default_workers(gpu),
-        chunk_size=settings.chunk_size or max(128, 4 * batch_size),
+        chunk_size=settings.chunk_size or max(MIN_CHUNK_SIZE, 4 * batch_size),
         caption_batch_size=caption.batch_size if caption else CPU_CAPTION_BATCH_SIZE,
         prune=job.prune,
         retry_failed=job.retry_failed,
@@ -233,9 +154,8 @@ def prepare_caption(job: CaptionJob, *, check: bool = True) -> PreparedCaption:
         settings.device,
         job.precision,
         caption_model=settings.caption_model or DEFAULT_CAPTION_MODEL,
-        generation=job.generation(),
+        generation=generation_of(job),
     )
-    models.generation.validate()
     if check:
         check_models(models)
     options = CaptionOptions(
@@ -244,11 +164,19 @@ def prepare_caption(job: CaptionJob, *, check: bool = True) -> PreparedCaption:
         where=job.where,
         recaption=job.recaption,
         retry_failed=job.retry_failed,
-        write_rows=min(settings.write_rows, 512),
+        write_rows=min(settings.write_rows, CAPTION_WRITE_ROWS),
         write_seconds=settings.write_seconds,
         lock_timeout=job.lock_timeout,
     )
     return PreparedCaption(store, models, options, UriReader(settings))
+
+
+def prepare_maintain(job: MaintainJob) -> PreparedMaintain:
+    """Validate a maintenance run: a retention like 7d, and a table that exists."""
+    retention = parse_retention(job.retention)
+    store = Store.from_settings(job.settings())
+    store.lancedb_table()  # TableError (exit 2) for a missing table, before any lock is taken
+    return PreparedMaintain(store, retention)
 
 
 def _s3_config(settings: Settings) -> Any:
@@ -300,46 +228,3 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
-
-
-def run_prepared_index(
-    job: IndexJob,
-    prepared: PreparedIndex,
-    embedder: ClipEmbedder,
-    captioner: Captioner | None = None,
-    *,
-    steps: Steps | None = None,
-    caption_steps: CaptionSteps | None = None,
-    progress: Callable[[ProgressUpdate], None] | None = None,
-) -> RunReport:
-    """Run a prepared index job: index the source (captioning new images when asked), then caption the
-    source's older rows that still lack one, and say where a --new-table build left things."""
-    donor = prepared.caption_donor
-    report = run_index(
-        prepared.source,
-        embedder,
-        prepared.store,
-        prepared.options,
-        captioner=captioner,
-        caption_donor=partial(inherit_captions, donor) if donor is not None else None,
-        steps=steps,
-        progress=progress,
-    )
-    if captioner is not None and prepared.caption is not None:
-        leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
-        reader = UriReader(job.settings())
-        report.absorb_captions(
-            run_caption(prepared.store, captioner, embedder, leftover, reader=reader, steps=caption_steps)
-        )
-    if donor is not None:
-        report.notes.append(
-            f"built {prepared.store.describe()} with {prepared.models.embed_model}; {donor.describe()} is "
-            f"untouched. Search the new table with --table {prepared.store.table_name}"
-        )
-    return report
-
-
-def job_fields(job_class: type[IndexJob] | type[CaptionJob], values: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `values` (e.g. a command's arguments) that are fields of a job class."""
-    names = {f.name for f in fields(job_class)}
-    return {name: value for name, value in values.items() if name in names}

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS
 from mmindex.errors import ModelError, first_line
 from mmindex.ingest.sources.sidecar import clean_caption
 from mmindex.models.precision import autocast_dtype, check_precision, compute_label
@@ -29,8 +30,8 @@ class GenerationSettings:
     """How captions are generated. `prompt` is a prefix such as "a photograph of" (BLIP's conditional
     captioning); it steers the caption and is not part of the stored text."""
 
-    max_new_tokens: int = 30
-    num_beams: int = 1
+    max_new_tokens: int = MAX_NEW_TOKENS
+    num_beams: int = NUM_BEAMS
     prompt: str | None = None
 
     def validate(self) -> None:

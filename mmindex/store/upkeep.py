@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from mmindex.config import RETENTION
 from mmindex.errors import ConfigError
 from mmindex.report import RunReport
 from mmindex.schema import SEVERITY_ERROR
 from mmindex.store.reader import Store
 from mmindex.store.writer import TableWriter
 
-DEFAULT_RETENTION = timedelta(days=7)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks", "": "days"}
 
@@ -116,10 +116,11 @@ class MaintenanceReport:
 
 
 def maintain(
-    store: Store, retention: timedelta = DEFAULT_RETENTION, *, lock_timeout: float | None = None
+    store: Store, retention: timedelta | None = None, *, lock_timeout: float | None = None
 ) -> MaintenanceReport:
     """Compact, fold or build indices, and clean up versions older than `retention`, under the table's
-    write lock (it waits for a running index or caption run to finish)."""
+    write lock (it waits for a running index or caption run to finish). Default retention: 7 days."""
+    retention = parse_retention(RETENTION) if retention is None else retention
     if retention < timedelta(0):
         raise ConfigError("retention cannot be negative")
     report = MaintenanceReport(store.describe(), retention)

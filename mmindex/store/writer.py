@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from mmindex.config import WRITE_ROWS, WRITE_SECONDS
 from mmindex.errors import TableError
 from mmindex.schema import (
     CAPTION_HUMAN,
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FLUSH_ROWS = 4096
-FLUSH_SECONDS = 5.0
+FLUSH_ROWS = WRITE_ROWS
+FLUSH_SECONDS = WRITE_SECONDS
 DELETE_CHUNK = 1000
 
 

@@ -308,3 +308,33 @@ def test_the_writer_never_overwrites_a_human_caption(corpus: Path, tmp_path: Pat
     with Store(str(db)).open_writer() as writer:
         writer.update_captions(update)  # as a backfill with a malicious --where would
     assert rows(db)[human["key"]]["caption"] == human["caption"]
+
+
+class OutOfMemory:
+    """A captioner whose every call fails as a GPU that ran out of memory would: a passing fault."""
+
+    def __init__(self, inner: Captioner) -> None:
+        self.inner, self.model_id, self.compute = inner, inner.model_id, inner.compute
+        self.preprocess = inner.preprocess
+
+    def caption_pixels(self, pixels: np.ndarray) -> list[str | None]:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_transient_caption_error_is_retryable_and_a_backfill_retries_it(
+    tmp_path: Path, toy_captioner: Captioner
+) -> None:
+    write_corpus(tmp_path / "corpus", 12, seed=9, captioned_fraction=0.0)
+    db, embedder = tmp_path / "db", ClipEmbedder.load("toy-clip")
+    first = run_index(
+        open_source(str(tmp_path / "corpus")), embedder, Store(str(db)), IndexOptions(batch_size=4),
+        captioner=OutOfMemory(toy_captioner),
+    )  # fmt: skip
+    failures = Store(str(db)).failure_rows()
+    assert first.indexed == 12 and first.caption_failed == 12 == len(failures)
+    assert all(f["stage"] == "caption" and f["retryable"] for f in failures)
+    assert "OutOfMemoryError" in failures[0]["error"]
+
+    backfill = run_caption(Store(str(db)), toy_captioner, embedder, CaptionOptions(batch_size=4))
+    assert (backfill.captioned, backfill.failed) == (12, 0)
+    assert Store(str(db)).failure_rows() == []

@@ -330,3 +330,59 @@ def test_a_changed_file_that_no_longer_decodes_loses_its_stale_row(
     keys = [r["key"] for r in rows(db)]
     assert report.failed == 1 and f"set-a/{victim.name}" not in keys and len(keys) == 23
     assert index(corpus, db, embedder).known_failures == 1
+
+
+class BrokenPreprocessing:
+    """The real embedder, with an image preprocessing that fails on every `every`-th image (as a bug in
+    mmindex or a broken dependency would): not the files' fault."""
+
+    def __init__(self, inner: ClipEmbedder, every: int) -> None:
+        self.inner = inner
+        self.model_id, self.compute, self.dim = inner.model_id, inner.compute, inner.dim
+        real, calls = inner.preprocess, [0]
+
+        class Preprocess:
+            min_side = real.min_side
+
+            def __call__(self, image: Image.Image) -> np.ndarray:
+                calls[0] += 1
+                if calls[0] % every == 0:
+                    raise TypeError("unsupported operand in a preprocessing bug")
+                return real(image)
+
+        self.preprocess = Preprocess()
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.inner.embed_pixels(pixels)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self.inner.embed_texts(texts)
+
+
+def test_an_unexpected_error_is_retryable_and_the_next_run_retries_it(
+    corpus: Path, tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    db = tmp_path / "db"
+    report = index(corpus, db, BrokenPreprocessing(embedder, every=6))  # type: ignore[arg-type]
+    failures = Store(str(db)).failure_rows()
+    assert report.indexed == 20 and len(failures) == 4
+    assert all(f["stage"] == "decode" and f["retryable"] for f in failures)
+    assert all("unexpected TypeError" in f["error"] for f in failures)
+    assert report.to_dict()["unexpected_failures"] == len(failures)
+
+    again = index(corpus, db, embedder)
+    assert (again.indexed, again.known_failures, again.unchanged) == (len(failures), 0, 24 - len(failures))
+    assert Store(str(db)).failure_rows() == []
+
+
+def test_a_run_where_most_items_fail_the_same_unexpected_way_stops_without_a_row_per_item(
+    tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    from mmindex.errors import RunStopped
+    from mmindex.toy.shapes import write_corpus
+
+    write_corpus(tmp_path / "many", 80, seed=4, size_range=(40, 64))
+    db = tmp_path / "db"
+    with pytest.raises(RunStopped, match=r"failed at decode with the same unexpected TypeError"):
+        index(tmp_path / "many", db, BrokenPreprocessing(embedder, every=1))  # type: ignore[arg-type]
+    assert Store(str(db)).failure_rows() == []  # stopped before writing 80 failure rows

@@ -4,7 +4,6 @@ server (moto_server on 127.0.0.1), with and without a proxy that makes the netwo
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +114,8 @@ def test_an_object_that_never_comes_back_is_a_failure_row_and_the_run_goes_on(
     doomed = sorted(k for k in corpus if k.endswith(".jpg"))[0]
     proxy = faulty_proxy(s3_bucket.endpoint, Faults(always={f"/{s3_bucket.name}/q/{doomed}": "slow_down"}))
     db = str(tmp_path / "db")
-    started = time.monotonic()
     counts = index(cli, s3_bucket.uri("q"), db, proxy.endpoint)
-    assert (counts["indexed"], counts["failed"]) == (9, 1) and time.monotonic() - started < 120
+    assert (counts["indexed"], counts["failed"]) == (9, 1)
     failures = json.loads(cli("failures", "--db", db, "--json").stdout)
     assert [(f["key"], f["stage"]) for f in failures] == [(doomed, "fetch")]
     assert failures[0]["retryable"] is True

@@ -129,3 +129,41 @@ def test_draft_decode_keeps_at_least_the_requested_side_and_reports_original_siz
 )
 def test_sniff_format(head: bytes, expected: str | None) -> None:
     assert sniff_format(head) == expected
+
+
+def corrupt_png() -> bytes:
+    """A PNG whose compressed pixels were overwritten in the middle: the header and size still read."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[50_000:50_064] = bytes(64)
+    return bytes(data)
+
+
+def test_a_file_plain_pillow_cannot_load_never_decodes() -> None:
+    """PNG keeps EXIF after its pixels, so reading EXIF runs the decoder; when that fails the image is
+    half-loaded and a second load() stays silent. It must be a decode failure, not a row."""
+    data = corrupt_png()
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(data)).load()
+    with pytest.raises(DecodeError, match="corrupt or truncated"):
+        decode(data, min_side=224)
+
+
+def test_only_errors_that_describe_the_file_are_decode_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmindex.ingest import decode as decode_module
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, "PNG")
+
+    def broken(image: Image.Image) -> Image.Image:
+        raise RuntimeError("a bug in mmindex, not in the file")
+
+    monkeypatch.setattr(decode_module, "to_rgb", broken)
+    with pytest.raises(
+        RuntimeError, match="a bug"
+    ):  # not a DecodeError: it must not be recorded as permanent
+        decode(buffer.getvalue())
+    assert decode_module.describes_the_file(OSError("broken data stream"))
+    assert not decode_module.describes_the_file(ValueError("raised outside Pillow"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,40 +14,54 @@ import pytest
 from mmindex.store.lock import TableBusy, TableLock, lock_path
 
 HOLD = """
-import sys, time
+import sys
 from pathlib import Path
 from mmindex.store.lock import TableLock
-lock = TableLock(Path(sys.argv[1]), "images")
-with lock:
+with TableLock(Path(sys.argv[1]), "images"):
     print("held", flush=True)
-    start = time.time()
-    time.sleep(float(sys.argv[2]))
-    print(start, time.time(), flush=True)
+    sys.stdin.readline()  # hold until told to let go (or killed)
 """
 
 
-def hold(path: Path, seconds: float) -> subprocess.Popen[str]:
+def hold(path: Path) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert process.stdout is not None and process.stdout.readline().strip() == "held"
     return process
 
 
+def release(process: subprocess.Popen[str]) -> None:
+    assert process.stdin is not None
+    process.stdin.write("go\n")
+    process.stdin.flush()
+    process.wait(timeout=60)
+
+
 def test_a_second_writer_waits_for_the_first(tmp_path: Path) -> None:
     path = tmp_path / ".images.mmindex-lock"
-    first = hold(path, 1.5)
-    waited_from = time.time()
-    with TableLock(path, "images") as lock:
-        acquired = time.time()
-        assert lock.enforced
-    first_start, first_end = map(float, first.communicate()[0].split())
-    assert acquired >= first_end - 0.05 and acquired - waited_from >= 1.0
+    holder = hold(path)
+    acquired = threading.Event()
+
+    def second_writer() -> None:
+        with TableLock(path, "images") as lock:
+            assert lock.enforced
+            acquired.set()
+
+    waiter = threading.Thread(target=second_writer)
+    waiter.start()
+    with pytest.raises(TableBusy):  # while the first holds it, nobody else gets the table
+        with TableLock(path, "images", timeout=0):
+            pass
+    assert not acquired.is_set()
+    release(holder)
+    assert acquired.wait(timeout=60)  # the waiting writer got it once the first let go
+    waiter.join()
 
 
 def test_giving_up_names_the_holder(tmp_path: Path) -> None:
     path = tmp_path / ".images.mmindex-lock"
-    holder = hold(path, 30)
+    holder = hold(path)
     try:
         with (
             pytest.raises(TableBusy, match=rf"pid {holder.pid} on .* gave up after"),
@@ -55,18 +69,16 @@ def test_giving_up_names_the_holder(tmp_path: Path) -> None:
         ):
             pass
     finally:
-        holder.kill()
-        holder.wait()
+        release(holder)
 
 
 def test_a_killed_holder_releases_the_lock_at_once(tmp_path: Path) -> None:
     path = tmp_path / ".images.mmindex-lock"
-    holder = hold(path, 60)
+    holder = hold(path)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    started = time.monotonic()
-    with TableLock(path, "images", timeout=5):
-        assert time.monotonic() - started < 1.0
+    with TableLock(path, "images", timeout=0) as lock:  # free at once: timeout 0 means "no waiting"
+        assert lock.enforced
 
 
 def test_object_store_databases_have_no_file_lock() -> None:

@@ -1,0 +1,151 @@
+"""The one way a job runs: `run_job(job)` validates it, loads its models and runs it in this process.
+
+The Prefect flows call the same function with `RunHooks` whose parts are Prefect tasks (model loading
+and the per-chunk steps), so a flow run and a notebook run share every line of a run's body. A run
+that writes a table holds the table's write lock (see mmindex.store.lock) for as long as it writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+from mmindex.errors import ModelError
+from mmindex.ingest.backfill import CaptionSteps, inherit_captions, run_caption
+from mmindex.ingest.pipeline import ProgressUpdate, Steps, run_index
+from mmindex.ingest.sources.uri import UriReader
+from mmindex.jobs.prepare import (
+    ModelChoice,
+    PreparedIndex,
+    prepare_caption,
+    prepare_index,
+    prepare_maintain,
+)
+from mmindex.jobs.spec import CaptionJob, IndexJob, Job, MaintainJob
+from mmindex.models.captioner import Captioner
+from mmindex.models.clip import ClipEmbedder
+from mmindex.report import RunReport
+from mmindex.store.upkeep import MaintenanceReport, maintain
+
+Progress = Callable[[ProgressUpdate], None]
+
+
+def load_embedder(models: ModelChoice) -> ClipEmbedder:
+    return ClipEmbedder.load(
+        models.embed_model, device=models.device, precision=models.precision, quantize=models.quantize
+    )
+
+
+def load_captioner(models: ModelChoice) -> Captioner:
+    if models.caption_model is None:
+        raise ModelError("no captioning model chosen")
+    return Captioner.load(
+        models.caption_model, device=models.device, precision=models.precision, settings=models.generation
+    )
+
+
+@dataclass
+class RunHooks:
+    """The parts of a run an orchestrator may wrap (the Prefect flows pass task versions)."""
+
+    load_embedder: Callable[[ModelChoice], ClipEmbedder] = load_embedder
+    load_captioner: Callable[[ModelChoice], Captioner] = load_captioner
+    index_steps: Steps = field(default_factory=Steps)
+    caption_steps: CaptionSteps = field(default_factory=CaptionSteps)
+    maintain: Callable[..., MaintenanceReport] = maintain
+
+
+Report = RunReport | MaintenanceReport
+
+
+def run_job(job: Job, *, hooks: RunHooks | None = None, progress: Progress | None = None) -> Report:
+    """Validate `job` (ConfigError with one line when it cannot run), then run it here."""
+    hooks = hooks or RunHooks()
+    if isinstance(job, IndexJob):
+        return _index(job, hooks, progress)
+    if isinstance(job, CaptionJob):
+        return _caption(job, hooks, progress)
+    if isinstance(job, MaintainJob):
+        prepared = prepare_maintain(job)
+        return hooks.maintain(prepared.store, prepared.retention, lock_timeout=job.lock_timeout)
+    raise TypeError(f"not an mmindex job: {job!r}")
+
+
+def _index(job: IndexJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
+    prepared = prepare_index(job)
+    embedder = hooks.load_embedder(prepared.models)
+    captioner = hooks.load_captioner(prepared.models) if prepared.caption is not None else None
+    return run_prepared_index(
+        job,
+        prepared,
+        embedder,
+        captioner,
+        steps=hooks.index_steps,
+        caption_steps=hooks.caption_steps,
+        progress=progress,
+    )
+
+
+def _caption(job: CaptionJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
+    prepared = prepare_caption(job)
+    embedder = hooks.load_embedder(prepared.models)
+    captioner = hooks.load_captioner(prepared.models)
+    return run_caption(
+        prepared.store,
+        captioner,
+        embedder,
+        prepared.options,
+        reader=prepared.reader,
+        steps=hooks.caption_steps,
+        progress=progress,
+    )
+
+
+def validate(job: Job) -> Any:
+    """Check a job without running it: what the CLI does before it starts a flow."""
+    if isinstance(job, IndexJob):
+        return prepare_index(job)
+    if isinstance(job, CaptionJob):
+        return prepare_caption(job)
+    if isinstance(job, MaintainJob):
+        return prepare_maintain(job)
+    raise TypeError(f"not an mmindex job: {job!r}")
+
+
+def run_prepared_index(
+    job: IndexJob,
+    prepared: PreparedIndex,
+    embedder: ClipEmbedder,
+    captioner: Captioner | None = None,
+    *,
+    steps: Steps | None = None,
+    caption_steps: CaptionSteps | None = None,
+    progress: Callable[[ProgressUpdate], None] | None = None,
+) -> RunReport:
+    """Run a prepared index job: index the source (captioning new images when asked), then caption the
+    source's older rows that still lack one, and say where a --new-table build left things."""
+    donor = prepared.caption_donor
+    report = run_index(
+        prepared.source,
+        embedder,
+        prepared.store,
+        prepared.options,
+        captioner=captioner,
+        caption_donor=partial(inherit_captions, donor) if donor is not None else None,
+        steps=steps,
+        progress=progress,
+    )
+    if captioner is not None and prepared.caption is not None:
+        leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
+        reader = UriReader(job.settings())
+        report.absorb_captions(
+            run_caption(prepared.store, captioner, embedder, leftover, reader=reader, steps=caption_steps)
+        )
+    if donor is not None:
+        report.notes.append(
+            f"built {prepared.store.describe()} with {prepared.models.embed_model}; {donor.describe()} is "
+            f"untouched. Search the new table with --table {prepared.store.table_name}"
+        )
+    return report

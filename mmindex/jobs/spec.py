@@ -1,0 +1,174 @@
+"""One typed spec per job: what `mmindex index`, `mmindex caption` and `mmindex maintain` take.
+
+Each field is one option, defined once, with its type, default and help. The command line's options,
+the Prefect flows' parameters and the deployments are generated from these classes, and the Python
+functions (`mmindex.index`, ...) are checked against them by the tests, so a new option is one field
+here (plus its use). None means "from the MMINDEX_* environment, the table, or the default".
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from datetime import datetime
+from typing import Any, ClassVar
+
+from mmindex.config import DEFAULT_MODEL, MAX_NEW_TOKENS, NUM_BEAMS, RETENTION, Settings
+
+OPTION = "mmindex.option"
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a field appears on the command line: `flag` (default: --field-name), an optional short
+    flag, a lower bound, or a positional `argument`. `help` is shared by the CLI, flows and docs."""
+
+    help: str
+    flag: str | None = None
+    short: str | None = None
+    min: float | None = None
+    argument: bool = False
+
+    def flags(self, name: str) -> list[str]:
+        return [self.flag or "--" + name.replace("_", "-"), *([self.short] if self.short else [])]
+
+
+def option(default: Any = MISSING, *, help: str, factory: Any = MISSING, **cli: Any) -> Any:
+    """A job field with its help text and command-line details."""
+    metadata = {OPTION: Option(help=help, **cli)}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def ordered_fields(job_class: type[Job]) -> list[Field[Any]]:
+    """A job's fields for people: its own first, then the shared ones (captions, then table and lock)."""
+    by_name = {spec_field.name: spec_field for spec_field in fields(job_class)}
+    ordered: dict[str, Field[Any]] = {}
+    for klass in job_class.__mro__:
+        for name in vars(klass).get("__annotations__", {}):
+            if name in by_name:
+                ordered.setdefault(name, by_name[name])
+    return list(ordered.values())
+
+
+def help_of(job_class: type[Job], name: str) -> str:
+    """The help text of one field (for tools that describe a job's options, e.g. deploy.py)."""
+    return option_of(next(f for f in fields(job_class) if f.name == name)).help
+
+
+def option_of(spec_field: Any) -> Option:
+    found: Option = spec_field.metadata[OPTION]
+    return found
+
+
+@dataclass(kw_only=True)
+class Job:
+    """Fields every job has: which table, and how long to wait for another run writing it."""
+
+    kind: ClassVar[str]
+
+    db: str | None = option(None, help="LanceDB URI [env MMINDEX_DB, default ./mmindex.lancedb]")
+    table: str | None = option(None, help="table name [env MMINDEX_TABLE, default images]")
+    lock_timeout: float | None = option(
+        None, min=0, help="seconds to wait while another run writes the table [no limit]"
+    )
+
+    def to_params(self) -> dict[str, Any]:
+        """The job as flow parameters."""
+        return asdict(self)
+
+    def settings(self) -> Settings:
+        """Settings for this run: the job's fields where given, else MMINDEX_* and the defaults."""
+        names = {f.name for f in fields(Settings)}
+        return Settings.from_env(**{f.name: getattr(self, f.name) for f in fields(self) if f.name in names})
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Job:
+        """A job from `values` (e.g. a command's or a flow's arguments): None for list fields means
+        empty, and keys that are not fields are ignored."""
+        known = {f.name: f for f in fields(cls)}
+        chosen: dict[str, Any] = {}
+        for name, value in values.items():
+            if name in known:
+                if value is None and known[name].default_factory is not MISSING:
+                    continue
+                chosen[name] = list(value) if isinstance(value, tuple) else value
+        return cls(**chosen)
+
+
+@dataclass(kw_only=True)
+class CaptionSpec:
+    """How captions are generated (shared by `index --caption-missing` and `caption`)."""
+
+    caption_model: str | None = option(
+        None,
+        help="captioning model id or directory (BLIP, GIT, VisionEncoderDecoder) "
+        "[MMINDEX_CAPTION_MODEL; default Salesforce/blip-image-captioning-base]",
+    )
+    max_new_tokens: int = option(MAX_NEW_TOKENS, min=1, help="longest caption, in tokens")
+    num_beams: int = option(NUM_BEAMS, min=1, help="beam search width (1: greedy)")
+    prompt: str | None = option(None, help='caption prefix that steers the model, e.g. "a photograph of"')
+
+
+PRECISION_HELP = "auto (bf16/fp16 on CUDA, bf16 on a CPU with fast native bf16, else fp32), fp32, bf16, fp16"
+DEVICE_HELP = "auto, cpu, cuda or mps"
+
+
+@dataclass(kw_only=True)
+class IndexJob(CaptionSpec, Job):
+    """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
+
+    kind: ClassVar[str] = "index"
+
+    source: str = option(
+        help="directory, manifest (.csv/.jsonl/.parquet) or s3://bucket/prefix", argument=True
+    )
+    model: str | None = option(
+        None, help=f"CLIP model id or directory [MMINDEX_MODEL; default: the table's, else {DEFAULT_MODEL}]"
+    )
+    batch_size: int | None = option(None, min=1, help="images per forward pass [32 on CPU, 256 on CUDA]")
+    device: str | None = option(None, help=DEVICE_HELP)
+    prune: bool = option(False, help="delete rows whose files are gone")
+    captions: str | None = option(None, help="manifest with captions for a directory's images")
+    path_column: str | None = option(None, help="manifest column holding image paths")
+    caption_column: str | None = option(None, help="manifest column holding captions")
+    include: list[str] = option(factory=list, help="glob on keys to include (repeatable)")
+    exclude: list[str] = option(factory=list, help="glob on keys to exclude (repeatable)")
+    prefix: str = option("", help="only keys starting with this")
+    since: datetime | None = option(None, help="only items modified at or after (UTC)")
+    until: datetime | None = option(None, help="only items modified before (UTC)")
+    workers: int | None = option(None, min=1, help="decode threads [1 on CPU, cores-1 on GPU]")
+    precision: str = option("auto", help=PRECISION_HELP)
+    quantize: str | None = option(None, help="int8: dynamic int8 linear layers (CPU)")
+    retry_failed: bool = option(False, help="retry items that failed before, unchanged")
+    caption_missing: bool = option(False, help="generate captions for images that have none")
+    new_table: str | None = option(
+        None, help="build this table with --model NEW; the current table stays as it is"
+    )
+
+
+@dataclass(kw_only=True)
+class CaptionJob(CaptionSpec, Job):
+    """Generate captions for indexed images that have none; resumable; human captions are never touched."""
+
+    kind: ClassVar[str] = "caption"
+
+    limit: int | None = option(None, min=1, help="caption at most N rows")
+    where: str | None = option(None, help="SQL filter choosing rows, e.g. \"key LIKE 'a/%'\"")
+    recaption: bool = option(False, help="also regenerate captions made by another captioning model")
+    retry_failed: bool = option(False, help="retry images the model failed on")
+    batch_size: int | None = option(None, min=1, help="images per generate call [16 on CPU, 64 on CUDA]")
+    device: str | None = option(None, help=DEVICE_HELP)
+    precision: str = option("auto", help=PRECISION_HELP)
+
+
+@dataclass(kw_only=True)
+class MaintainJob(Job):
+    """Compact a table, fold new rows into its indices (or build them) and delete old versions."""
+
+    kind: ClassVar[str] = "maintain"
+
+    retention: str = option(RETENTION, help="keep table versions younger than this: 7d, 12h, 30m [7d]")
+
+
+JOBS: dict[str, type[Job]] = {job.kind: job for job in (IndexJob, CaptionJob, MaintainJob)}

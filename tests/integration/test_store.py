@@ -1,0 +1,76 @@
+"""The store split by role: reads always current, writes only under the lock, schema versions read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import CliRunner
+
+from mmindex.errors import TableError
+from mmindex.ingest.pipeline import IndexOptions, run_index
+from mmindex.ingest.sources import open_source
+from mmindex.models.clip import ClipEmbedder
+from mmindex.schema import META_SCHEMA_VERSION
+from mmindex.store import migrate
+from mmindex.store.lock import TableBusy
+from mmindex.store.reader import Store
+
+
+@pytest.fixture
+def indexed(corpus: Path, tmp_path: Path, tiny_clip: str) -> Path:
+    db = tmp_path / "db"
+    embedder = ClipEmbedder.load(tiny_clip)
+    run_index(open_source(str(corpus)), embedder, Store(str(db)), IndexOptions(batch_size=8))
+    return db
+
+
+def test_a_read_handle_sees_what_a_writer_commits_later(indexed: Path) -> None:
+    reader = Store(str(indexed))
+    assert reader.lancedb_table().count_rows() == 24
+    with Store(str(indexed)).open_writer() as writer:
+        writer.delete_rows([reader.lancedb_table().search().limit(1).to_arrow()["id"][0].as_py()])
+    assert reader.lancedb_table().count_rows() == 23 and reader.info().rows == 23
+
+
+def test_the_writer_is_exclusive(indexed: Path) -> None:
+    with Store(str(indexed)).open_writer(), pytest.raises(TableBusy):
+        with Store(str(indexed)).open_writer(timeout=0):
+            pass
+
+
+def test_a_table_written_by_a_newer_mmindex_is_refused(indexed: Path, cli: CliRunner) -> None:
+    Store(str(indexed)).lancedb_table().update_field_metadata(
+        {"path": "id", "metadata": {META_SCHEMA_VERSION.decode(): "99"}}
+    )
+    with pytest.raises(TableError, match="schema version 99, written by a newer mmindex"):
+        Store(str(indexed)).info()
+    result = cli("stats", "--db", str(indexed))
+    assert result.returncode == 2 and "upgrade mmindex" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_older_table_is_migrated_by_its_writer_and_its_rows_keep_working(
+    indexed: Path, corpus: Path, tiny_clip: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version 2 that adds a column (as the thumbnail column will): old rows read it as null, and
+    runs after the migration write whole rows again."""
+    thumbnail = pa.field("thumbnail", pa.binary())
+    monkeypatch.setattr(migrate, "CURRENT_VERSION", 2)
+    monkeypatch.setattr(migrate, "MIGRATIONS", {2: migrate.add_columns(thumbnail)})
+    store = Store(str(indexed))
+    assert migrate.table_version(store.lancedb_table().schema) == 1
+    with store.open_writer() as writer:
+        writer.prepare(store.info().model or "", store.info().dim or 0)
+        assert writer.migrations == [f"migrated {store.describe()} to schema version 2"]
+    table = Store(str(indexed)).lancedb_table()
+    assert migrate.table_version(table.schema) == 2 and "thumbnail" in table.schema.names
+    assert table.to_arrow().column("thumbnail").null_count == 24
+
+    (corpus / "set-a" / "new.png").write_bytes(next(corpus.glob("set-a/*.png")).read_bytes())
+    report = run_index(open_source(str(corpus)), ClipEmbedder.load(tiny_clip), Store(str(indexed)))
+    assert report.indexed == 1 and Store(str(indexed)).info().rows == 25
+    with Store(str(indexed)).open_writer() as writer:
+        writer.prepare(store.info().model or "", store.info().dim or 0)
+        assert writer.migrations == []  # already current
