@@ -105,7 +105,7 @@ def caption_targets(store: Store, model_id: str, options: CaptionOptions) -> Ite
                         yield item
         except (ValueError, RuntimeError) as exc:
             if options.where:
-                raise TableError(f"check the --where filter {options.where!r}: {first_line(exc)}") from None
+                raise TableError(f"check the --where filter {options.where!r}: {first_line(exc)}") from exc
             raise
         yield from later
 

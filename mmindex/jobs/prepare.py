@@ -220,7 +220,7 @@ def _cuda_requested(device: str) -> bool:
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a dependency
-        raise ModelError(f"torch is not importable: {exc}") from None
+        raise ModelError(f"torch is not importable: {exc}") from exc
     return bool(torch.cuda.is_available())
 
 

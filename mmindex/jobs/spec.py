@@ -12,7 +12,20 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, ClassVar
 
-from mmindex.config import DEFAULT_MODEL, MAX_NEW_TOKENS, NUM_BEAMS, RETENTION, Settings
+from mmindex.config import (
+    CPU_BATCH_SIZE,
+    CPU_CAPTION_BATCH_SIZE,
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_DB,
+    DEFAULT_MODEL,
+    DEFAULT_TABLE,
+    GPU_BATCH_SIZE,
+    GPU_CAPTION_BATCH_SIZE,
+    MAX_NEW_TOKENS,
+    NUM_BEAMS,
+    RETENTION,
+    Settings,
+)
 
 OPTION = "mmindex.option"
 
@@ -67,8 +80,8 @@ class Job:
 
     kind: ClassVar[str]
 
-    db: str | None = option(None, help="LanceDB URI [env MMINDEX_DB, default ./mmindex.lancedb]")
-    table: str | None = option(None, help="table name [env MMINDEX_TABLE, default images]")
+    db: str | None = option(None, help=f"LanceDB URI [env MMINDEX_DB, default {DEFAULT_DB}]")
+    table: str | None = option(None, help=f"table name [env MMINDEX_TABLE, default {DEFAULT_TABLE}]")
     lock_timeout: float | None = option(
         None, min=0, help="seconds to wait while another run writes the table [no limit]"
     )
@@ -103,7 +116,7 @@ class CaptionSpec:
     caption_model: str | None = option(
         None,
         help="captioning model id or directory (BLIP, GIT, VisionEncoderDecoder) "
-        "[MMINDEX_CAPTION_MODEL; default Salesforce/blip-image-captioning-base]",
+        f"[MMINDEX_CAPTION_MODEL; default {DEFAULT_CAPTION_MODEL}]",
     )
     max_new_tokens: int = option(MAX_NEW_TOKENS, min=1, help="longest caption, in tokens")
     num_beams: int = option(NUM_BEAMS, min=1, help="beam search width (1: greedy)")
@@ -126,7 +139,9 @@ class IndexJob(CaptionSpec, Job):
     model: str | None = option(
         None, help=f"CLIP model id or directory [MMINDEX_MODEL; default: the table's, else {DEFAULT_MODEL}]"
     )
-    batch_size: int | None = option(None, min=1, help="images per forward pass [32 on CPU, 256 on CUDA]")
+    batch_size: int | None = option(
+        None, min=1, help=f"images per forward pass [{CPU_BATCH_SIZE} on CPU, {GPU_BATCH_SIZE} on CUDA]"
+    )
     device: str | None = option(None, help=DEVICE_HELP)
     prune: bool = option(False, help="delete rows whose files are gone")
     captions: str | None = option(None, help="manifest with captions for a directory's images")
@@ -157,7 +172,11 @@ class CaptionJob(CaptionSpec, Job):
     where: str | None = option(None, help="SQL filter choosing rows, e.g. \"key LIKE 'a/%'\"")
     recaption: bool = option(False, help="also regenerate captions made by another captioning model")
     retry_failed: bool = option(False, help="retry images the model failed on")
-    batch_size: int | None = option(None, min=1, help="images per generate call [16 on CPU, 64 on CUDA]")
+    batch_size: int | None = option(
+        None,
+        min=1,
+        help=f"images per generate call [{CPU_CAPTION_BATCH_SIZE} on CPU, {GPU_CAPTION_BATCH_SIZE} on CUDA]",
+    )
     device: str | None = option(None, help=DEVICE_HELP)
     precision: str = option("auto", help=PRECISION_HELP)
 
@@ -168,7 +187,9 @@ class MaintainJob(Job):
 
     kind: ClassVar[str] = "maintain"
 
-    retention: str = option(RETENTION, help="keep table versions younger than this: 7d, 12h, 30m [7d]")
+    retention: str = option(
+        RETENTION, help=f"keep table versions younger than this: 7d, 12h, 30m [{RETENTION}]"
+    )
 
 
 JOBS: dict[str, type[Job]] = {job.kind: job for job in (IndexJob, CaptionJob, MaintainJob)}

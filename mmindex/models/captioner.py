@@ -94,7 +94,7 @@ class Captioner:
                 image_processor = AutoImageProcessor.from_pretrained(ref.location, local_files_only=ref.local)
                 tokenizer = AutoTokenizer.from_pretrained(ref.location, local_files_only=ref.local)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load captioning model {ref.name!r}: {first_line(exc)}") from None
+            raise ModelError(f"cannot load captioning model {ref.name!r}: {first_line(exc)}") from exc
         try:
             model.eval().to(torch_device)
             captioner = cls(model, image_processor, tokenizer, ref, torch_device, precision, settings)
@@ -102,7 +102,7 @@ class Captioner:
         except (RuntimeError, ValueError, TypeError) as exc:
             raise ModelError(
                 f"captioning model {ref.name!r} cannot run on {torch_device}: {first_line(exc)}"
-            ) from None
+            ) from exc
         return captioner
 
     def caption_pixels(self, pixels: np.ndarray) -> list[str | None]:

@@ -75,7 +75,7 @@ class ClipEmbedder:
                 ref.location, local_files_only=ref.local, backend="pil"
             )
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load model {ref.name!r}: {first_line(exc)}") from None
+            raise ModelError(f"cannot load model {ref.name!r}: {first_line(exc)}") from exc
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ModelError(
                 f"{ref.name} ({type(model).__name__}) has no image and text towers to embed with"
@@ -92,7 +92,7 @@ class ClipEmbedder:
                 model, tokenizer, image_processor, ref, torch_device, precision, quantized=quantize == "int8"
             )
         except RuntimeError as exc:
-            raise ModelError(f"model {ref.name!r} cannot run on {torch_device}: {first_line(exc)}") from None
+            raise ModelError(f"model {ref.name!r} cannot run on {torch_device}: {first_line(exc)}") from exc
 
     def _input_shape(self) -> tuple[int, int, int]:
         from PIL import Image

@@ -59,7 +59,7 @@ def load_config(ref: ModelRef) -> Any:
     try:
         return AutoConfig.from_pretrained(ref.location, local_files_only=ref.local)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model {ref.name!r}: {first_line(exc)}") from None
+        raise ModelError(f"cannot load model {ref.name!r}: {first_line(exc)}") from exc
 
 
 def pick_device(requested: str) -> Any:

@@ -165,7 +165,7 @@ def _read_query_image(path: Path) -> bytes:
     try:
         return path.expanduser().read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read query image {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
 
 
 def _check_k(k: int) -> None:
@@ -178,5 +178,5 @@ def _run(query: Any, where: str | None) -> Any:
         return query.to_arrow()
     except (ValueError, RuntimeError, OSError) as exc:
         if where:
-            raise TableError(f"query failed; check the --where filter {where!r}: {first_line(exc)}") from None
+            raise TableError(f"query failed; check the --where filter {where!r}: {first_line(exc)}") from exc
         raise

@@ -23,21 +23,32 @@ def python_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
 
 
+def shell_examples() -> list[str]:
+    """The shell blocks marked as examples (the others are synopses or need a server of yours)."""
+    pattern = r"^<!-- example: [^>]*-->\n```bash\n(.*?)^```"
+    return re.findall(pattern, README.read_text(), flags=re.S | re.M)
+
+
+def newcomer_folder(root: Path) -> dict[str, str]:
+    """A folder with what the examples name, and the environment that points them at the toy models."""
+    from mmindex.toy.shapes import write_corpus
+
+    write_corpus(root / "photos", 24, seed=21)
+    shutil.copy(sorted((root / "photos").rglob("*.jpg"))[0], root / "query.jpg")
+    return {**os.environ, "MMINDEX_MODEL": "toy-clip", "MMINDEX_CAPTION_MODEL": "toy-captioner"}
+
+
 def test_readme_has_python_examples() -> None:
     blocks = python_blocks()
     assert len(blocks) >= 3 and any("mmindex.index(" in block for block in blocks)
 
 
 def test_every_python_block_of_the_readme_runs(tmp_path: Path) -> None:
-    from mmindex.toy.shapes import write_corpus
-
-    write_corpus(tmp_path / "photos", 24, seed=21)
-    shutil.copy(sorted((tmp_path / "photos").rglob("*.jpg"))[0], tmp_path / "query.jpg")
+    env = newcomer_folder(tmp_path)
     script = []
     for number, block in enumerate(python_blocks(), start=1):
         script.append(f"print('--- README block {number}', flush=True)")
         script.append(block.replace(REAL_MODEL, "toy-clip"))
-    env = {**os.environ, "MMINDEX_MODEL": "toy-clip", "MMINDEX_CAPTION_MODEL": "toy-captioner"}
     env.pop("PREFECT_API_URL", None)  # the notebook surface must not need Prefect
     result = subprocess.run(
         [sys.executable, "-c", "\n".join(script)], cwd=tmp_path, env=env, capture_output=True, text=True
@@ -46,3 +57,21 @@ def test_every_python_block_of_the_readme_runs(tmp_path: Path) -> None:
     assert f"--- README block {len(python_blocks())}" in result.stdout
     assert "red" in result.stdout  # the text search printed its hits, and they are red shapes
     assert "prefect" not in result.stderr.lower()
+
+
+def test_every_marked_shell_example_of_the_readme_runs(tmp_path: Path) -> None:
+    """Each command of the marked blocks, with the `mmindex` this environment installed; a named
+    captioning model that cannot be downloaded here is replaced by the toy captioner."""
+    env = newcomer_folder(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    blocks = shell_examples()
+    assert blocks, "README marks no shell example"
+    for block in blocks:
+        for command in (line.split("  #")[0].strip() for line in block.splitlines()):
+            if not command:
+                continue
+            command = re.sub(r"--caption-model \S+", "--caption-model toy-captioner", command)
+            result = subprocess.run(
+                command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True
+            )
+            assert result.returncode == 0, f"{command}\n{result.stdout[-1000:]}\n{result.stderr[-3000:]}"

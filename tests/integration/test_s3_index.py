@@ -216,3 +216,34 @@ def test_a_flow_waits_for_the_s3_tables_write_slot_or_gives_up(
         )
     assert refused.returncode == 2 and "being written by another flow run" in refused.stderr
     assert cli("index", s3_bucket.uri("slot"), "--db", db, "--model", "toy-clip", env=env).returncode == 0
+
+
+def test_notebook_runs_on_s3_take_the_flows_write_slot_or_say_they_run_unguarded(
+    s3_bucket: S3Bucket, tmp_path: Path, monkeypatch: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    import mmindex
+    from mmindex.flows.locking import table_slot
+    from mmindex.store.lock import TableBusy
+
+    upload_corpus(s3_bucket, tmp_path / "upload", prefix="nb/", count=4)
+    db = s3_bucket.uri("nb-db")
+    monkeypatch.setenv("MMINDEX_S3_ENDPOINT", s3_bucket.endpoint)
+    with table_slot(db, "images"), pytest.raises(TableBusy, match="another flow run"):  # a flow writes it
+        mmindex.index(s3_bucket.uri("nb"), db=db, model="toy-clip", lock_timeout=2, progress=False)
+
+    code = (
+        "import sys, mmindex; "
+        f"r = mmindex.index({s3_bucket.uri('nb')!r}, db={db!r}, model='toy-clip', progress=False); "
+        "print(r.indexed, 'prefect' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # no Prefect API configured
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4", "False"]  # indexed, and Prefect was never imported
+    assert "without a write slot" in result.stderr  # and it says so

@@ -280,4 +280,4 @@ def read_file(path: str) -> bytes:
     except FileNotFoundError:
         raise FetchError("file disappeared before it could be read", retryable=True) from None
     except OSError as exc:
-        raise FetchError(f"cannot read file: {exc.strerror or exc}") from None
+        raise FetchError(f"cannot read file: {exc.strerror or exc}") from exc

@@ -155,7 +155,7 @@ def _parquet_rows(
     try:
         parquet = pq.ParquetFile(stream)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError variants for non-Parquet bytes
-        raise SourceError(f"{name}: not a readable Parquet file ({exc})") from None
+        raise SourceError(f"{name}: not a readable Parquet file ({exc})") from exc
     path_key, caption_key = pick_columns(parquet.schema_arrow.names, name, path_column, caption_column)
     columns = [path_key] + ([caption_key] if caption_key else [])
     for batch in parquet.iter_batches(columns=columns, batch_size=8192):
@@ -169,4 +169,4 @@ def open_local_manifest(path: Path) -> IO[bytes]:
     try:
         return path.open("rb")
     except OSError as exc:
-        raise SourceError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+        raise SourceError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc

@@ -129,7 +129,7 @@ class S3Objects:
             for page in pages:
                 yield from page.get("Contents", ())
         except (ClientError, BotoCoreError) as exc:
-            raise SourceError(f"listing s3://{bucket}/{prefix} failed: {self.explain(exc, bucket)}") from None
+            raise SourceError(f"listing s3://{bucket}/{prefix} failed: {self.explain(exc, bucket)}") from exc
 
     def check_listing(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
         """One LIST of at most one key, with short timeouts; SourceError says what is wrong."""
@@ -143,7 +143,7 @@ class S3Objects:
         try:
             response = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
         except (ClientError, BotoCoreError) as exc:
-            raise SourceError(self.explain(exc, bucket)) from None
+            raise SourceError(self.explain(exc, bucket)) from exc
         contents: list[dict[str, Any]] = response.get("Contents", [])
         return contents
 
@@ -158,7 +158,7 @@ class S3Objects:
             try:
                 response = self.client.get_object(**params)
             except (ClientError, BotoCoreError) as exc:
-                raise FetchError(self._fetch_reason(exc, bucket), retryable=True) from None
+                raise FetchError(self._fetch_reason(exc, bucket), retryable=True) from exc
             body = response["Body"]
             try:
                 data: bytes = body.read()  # botocore checks the length against Content-Length
@@ -195,10 +195,8 @@ class S3Objects:
         except (ClientError, BotoCoreError) as exc:
             spool.close()
             if http_status(exc) == 404 or _code(exc) in ("NoSuchKey", "NoSuchBucket", "404"):
-                raise SourceError(f"{what} s3://{bucket}/{key} does not exist") from None
-            raise SourceError(
-                f"cannot read {what} s3://{bucket}/{key}: {self.explain(exc, bucket)}"
-            ) from None
+                raise SourceError(f"{what} s3://{bucket}/{key} does not exist") from exc
+            raise SourceError(f"cannot read {what} s3://{bucket}/{key}: {self.explain(exc, bucket)}") from exc
         spool.seek(0)
         return spool  # type: ignore[return-value]  # SpooledTemporaryFile is an IO[bytes] in practice
 
@@ -297,7 +295,7 @@ def _client(
     try:
         return session.client("s3", endpoint_url=config.endpoint_url, config=botocore_config)
     except (ValueError, BotoCoreError) as exc:
-        raise SourceError(f"cannot set up an S3 client: {_short(exc)}") from None
+        raise SourceError(f"cannot set up an S3 client: {_short(exc)}") from exc
 
 
 class S3ObjectReader:
@@ -324,7 +322,7 @@ class S3ObjectReader:
         try:
             return self.objects.get(bucket, key, item.sidecar_version or None)
         except FetchError as exc:
-            raise FetchError(f"caption sidecar: {exc}", retryable=exc.retryable) from None
+            raise FetchError(f"caption sidecar: {exc}", retryable=exc.retryable) from exc
 
 
 # -- a prefix of a bucket ---------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def load_s3_caption_manifest(
         try:
             stream = open(os.path.expanduser(uri), "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
-            raise SourceError(f"cannot read caption manifest {uri}: {exc.strerror or exc}") from None
+            raise SourceError(f"cannot read caption manifest {uri}: {exc.strerror or exc}") from exc
 
     def key_of(path: str) -> str | None:
         if path.startswith("s3://"):
