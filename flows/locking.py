@@ -17,14 +17,17 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
+import httpx
 from prefect import get_client, get_run_logger
 from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError, ObjectAlreadyExists
+from prefect.settings import PREFECT_API_URL
 
+from mmindex.errors import StoreError
 from mmindex.store.lock import TableBusy, lock_path
 
 LEASE_SECONDS = 60.0
@@ -50,23 +53,33 @@ def table_slot(db: str, table: str, timeout: float | None = None) -> Iterator[No
         yield  # a local database: the run's flock does the job, and frees itself when a holder dies
         return
     name = slot_name(db, table)
-    with get_client(sync_client=True) as client:
-        try:
-            client.upsert_global_concurrency_limit_by_name(name, 1)
-        except ObjectAlreadyExists:  # another run created it a moment ago
-            pass
-    _logger().info("taking write slot %s for table %r in %s", name, table, db)
+    held = ExitStack()
     try:
-        with concurrency(name, occupy=1, timeout_seconds=timeout, lease_duration=LEASE_SECONDS, strict=True):
-            yield
+        with get_client(sync_client=True) as client:
+            try:
+                client.upsert_global_concurrency_limit_by_name(name, 1)
+            except ObjectAlreadyExists:  # another run created it a moment ago
+                pass
+        _logger().info("taking write slot %s for table %r in %s", name, table, db)
+        held.enter_context(
+            concurrency(name, occupy=1, timeout_seconds=timeout, lease_duration=LEASE_SECONDS, strict=True)
+        )
     except AcquireConcurrencySlotTimeoutError:
         raise TableBusy(
             f"table {table!r} in {db} is being written by another flow run; gave up after {timeout:g} s"
         ) from None
+    except httpx.HTTPError as exc:
+        raise StoreError(
+            f"cannot take the write slot of table {table!r} from the Prefect API ({type(exc).__name__}: "
+            f"{exc}); check PREFECT_API_URL"
+        ) from exc
+    with held:
+        yield
 
 
 def write_slot(db: str, table: str, timeout: float | None = None) -> AbstractContextManager[None] | None:
-    """The table's slot when a Prefect API can hold it (configured, or this is a flow run); else None."""
-    if not (os.environ.get("PREFECT_API_URL") or FlowRunContext.get() is not None):
+    """The table's slot when a Prefect API can hold it (configured in the environment or the active
+    Prefect profile, or this is a flow run); else None."""
+    if not (PREFECT_API_URL.value() or FlowRunContext.get() is not None):
         return None
     return table_slot(db, table, timeout)

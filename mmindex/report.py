@@ -6,10 +6,10 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mmindex.errors import RunStopped, first_line
 
@@ -18,6 +18,58 @@ log = logging.getLogger("mmindex")
 UNEXPECTED_MIN_ITEMS = 64  # judge only after this many items ...
 UNEXPECTED_SHARE = 0.5  # ... whether more than this share failed with one unexpected error
 UNEXPECTED_LOGGED = 3  # tracebacks logged per kind of unexpected error
+
+UNEXPECTED = "unexpected"  # how the failure text of an error not known to describe the item begins
+
+
+class UnexpectedErrors:
+    """Stops a run (RunStopped) once most items failed the same unexpected way: a bug or a broken
+    setup, which a row per item would bury. It judges chunks as the run consumes them, and only first
+    attempts: an item that failed before (`retried`) and fails again proves nothing new, and the
+    retries of many old failures must not stop a run that also brings new items."""
+
+    def __init__(self, retried: Container[str] = frozenset()) -> None:
+        self.retried = retried
+        self.attempts = 0
+        self.counts: Counter[str] = Counter()
+        self.example: dict[str, str] = {}
+
+    def judge(self, done_ids: Iterable[str], failures: Iterable[FailureLike]) -> None:
+        self.attempts += sum(1 for row_id in done_ids if row_id not in self.retried)
+        for failure in failures:
+            if failure.id in self.retried or not failure.error.startswith(UNEXPECTED + " "):
+                continue
+            kind = failure.error[len(UNEXPECTED) + 1 :].split(":", 1)[0]
+            signature = f"{failure.stage}: {kind}"
+            self.counts[signature] += 1
+            self.example.setdefault(signature, f"{failure.key}: {failure.error}")
+        if self.attempts < UNEXPECTED_MIN_ITEMS or not self.counts:
+            return
+        signature, count = self.counts.most_common(1)[0]
+        if count > UNEXPECTED_SHARE * self.attempts:
+            stage, kind = signature.split(": ", 1)
+            raise RunStopped(
+                f"stopped: {count} of {self.attempts} items failed at {stage} with the same unexpected "
+                f"{kind} (first: {self.example[signature]}); this looks like a bug or a broken "
+                "environment, not bad files. The log has the traceback; finished chunks are saved."
+            )
+
+
+class FailureLike(Protocol):
+    """What the guard reads of a failure record."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def stage(self) -> str: ...
+
+    @property
+    def error(self) -> str: ...
+
 
 STAGES = ("list", "read", "decode", "caption", "embed", "write")
 
@@ -58,7 +110,6 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
     unexpected: Counter[str] = field(default_factory=Counter)  # "stage: ErrorType" -> items
-    _unexpected_example: dict[str, str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_time(self, stage: str, seconds: float, items: int) -> None:
@@ -89,29 +140,14 @@ class RunReport:
     def record_unexpected(self, key: str, stage: str, exc: BaseException) -> str:
         """Count an error that is not known to describe the item (a bug, a broken environment, a
         passing fault); the first few are logged with their traceback. Returns the failure text."""
-        text = f"unexpected {type(exc).__name__}: {first_line(exc)} (retried by the next run)"
+        text = f"{UNEXPECTED} {type(exc).__name__}: {first_line(exc)} (retried by the next run)"
         signature = f"{stage}: {type(exc).__name__}"
         with self._lock:
             self.unexpected[signature] += 1
             seen = self.unexpected[signature]
-            self._unexpected_example.setdefault(signature, f"{key}: {first_line(exc)}")
         if seen <= UNEXPECTED_LOGGED:
             log.warning("%s failed at %s with an unexpected error", key, stage, exc_info=exc)
         return text
-
-    def check_unexpected(self, processed: int) -> None:
-        """Stop the run (RunStopped) when most of the items processed so far failed with the same
-        unexpected error: that is a bug or a broken setup, and a row per item would bury it."""
-        if processed < UNEXPECTED_MIN_ITEMS or not self.unexpected:
-            return
-        signature, count = self.unexpected.most_common(1)[0]
-        if count > UNEXPECTED_SHARE * processed:
-            stage, error_type = signature.split(": ", 1)
-            raise RunStopped(
-                f"stopped: {count} of {processed} items failed at {stage} with the same unexpected "
-                f"{error_type} (first: {self._unexpected_example[signature]}); this looks like a bug or a "
-                "broken environment, not bad files. The log has the traceback; finished items are saved."
-            )
 
     def notes_count(self, what: str) -> None:
         """Count an occurrence of `what`; shown as "what: N" among the notes."""

@@ -32,7 +32,7 @@ from mmindex.ingest.steps import (
     load_batch,
     vector_column,
 )
-from mmindex.report import RunReport
+from mmindex.report import RunReport, UnexpectedErrors
 from mmindex.schema import CAPTION_GENERATED, SEVERITY_ERROR, FailureRecord
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_string
@@ -50,6 +50,7 @@ class CaptionOptions:
     recaption: bool = False
     retry_failed: bool = False
     uri_prefix: str | None = None  # only rows under this source root
+    indexed_before: datetime | None = None  # only rows written before this moment
     workers: int = 1
     prefetch: int = 2
     write_rows: int = CAPTION_WRITE_ROWS
@@ -67,6 +68,9 @@ def target_filter(model_id: str, options: CaptionOptions) -> str:
         )
     if options.uri_prefix:
         condition += f" AND starts_with(uri, {sql_string(options.uri_prefix)})"
+    if options.indexed_before:
+        moment = options.indexed_before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        condition += f" AND indexed_at < TIMESTAMP '{moment}'"
     return f"{condition} AND ({options.where})" if options.where else condition
 
 
@@ -232,6 +236,7 @@ def run_caption(
         preprocessors = {"caption": captioner.preprocess}
         done = 0
         targets = caption_targets(store, captioner.model_id, options)
+        guard = UnexpectedErrors(_caption_failures(store)[1])
         with (
             writer.buffer(
                 flush_rows=options.write_rows,
@@ -248,8 +253,9 @@ def run_caption(
             ):
                 report.scanned += len(items)
                 captioned = steps.caption(captioner, loaded, report)
-                report.check_unexpected(done + len(items))
-                steps.write(rows, steps.embed(embedder, captioned, report), report)
+                embedded = steps.embed(embedder, captioned, report)
+                steps.write(rows, embedded, report)
+                guard.judge(embedded.done_ids, embedded.failures)
                 done += len(items)
                 if progress is not None:
                     progress(ProgressUpdate(done, done, done, False))

@@ -39,7 +39,7 @@ from mmindex.ingest.steps import (
     embed_batch,
     load_batch,
 )
-from mmindex.report import RunReport
+from mmindex.report import RunReport, UnexpectedErrors
 from mmindex.schema import SEVERITY_ERROR, FailureRecord
 from mmindex.store.reader import Store
 from mmindex.store.state import SeenIds
@@ -129,6 +129,7 @@ def run_index(
         with report.timed("list", 0):
             state = store.load_state()
         seen = SeenIds()
+        guard = UnexpectedErrors(state.retried)
         planned = plan(
             _timed_scan(source, report),
             state,
@@ -159,8 +160,10 @@ def run_index(
                     loaded = steps.caption(captioner, loaded, report, options.caption_batch_size)
                 embedded = steps.embed(embedder, loaded, report, options.batch_size)
                 _count_failures(embedded, report)
-                report.check_unexpected(done + len(embedded.done_ids) - len(scan_failures))
                 steps.write(rows, embedded, report)
+                scanned_ids = {failure.id for failure in scan_failures}
+                attempted = [row_id for row_id in embedded.done_ids if row_id not in scanned_ids]
+                guard.judge(attempted, embedded.failures)
                 done += len(embedded.done_ids) - len(scan_failures)
                 if progress is not None:
                     progress(

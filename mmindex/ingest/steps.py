@@ -222,8 +222,9 @@ def _fetch(source: Reader, item: SourceItem, report: RunReport) -> Fetched | Fai
             return fetch_item(source, item)
     except ItemError as exc:
         return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
-    except Exception as exc:  # a network library's own exception types: still one item's failure
-        return FailureRecord.from_item(item, "fetch", f"{type(exc).__name__}: {exc}", retryable=True)
+    except Exception as exc:  # a network library's own exception types: one item's retryable failure
+        error = report.record_unexpected(item.key, "fetch", exc)
+        return FailureRecord.from_item(item, "fetch", error, retryable=True)
 
 
 def caption_batch(

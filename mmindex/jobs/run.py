@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -127,6 +128,7 @@ def run_prepared_index(
     """Run a prepared index job: index the source (captioning new images when asked), then caption the
     source's older rows that still lack one, and say where a --new-table build left things."""
     donor = prepared.caption_donor
+    started = datetime.now(UTC)
     report = run_index(
         prepared.source,
         embedder,
@@ -138,7 +140,8 @@ def run_prepared_index(
         progress=progress,
     )
     if captioner is not None and prepared.caption is not None:
-        leftover = replace(prepared.caption, uri_prefix=prepared.source.root)
+        # the source's older rows: rows this run wrote were captioned (or failed) a moment ago
+        leftover = replace(prepared.caption, uri_prefix=prepared.source.root, indexed_before=started)
         reader = UriReader(job.settings())
         report.absorb_captions(
             run_caption(prepared.store, captioner, embedder, leftover, reader=reader, steps=caption_steps)

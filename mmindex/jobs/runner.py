@@ -42,6 +42,11 @@ def runner_named(name: str | None = None) -> Runner:
     found = [entry for entry in entry_points(group=RUNNER_PLUGINS) if entry.name == chosen]
     if not found:
         known = sorted({"inprocess", *(entry.name for entry in entry_points(group=RUNNER_PLUGINS))})
+        if chosen == DEFAULT_ORCHESTRATOR:
+            raise ConfigError(
+                f"the {chosen} runner is not registered ({RUNNER_PLUGINS} entry points missing): reinstall "
+                "mmindex, or set MMINDEX_ORCHESTRATOR=inprocess"
+            )
         raise ConfigError(f"MMINDEX_ORCHESTRATOR={chosen!r} is not one of {', '.join(known)}")
     runner: Runner = found[0].load()()
     return runner

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mmindex.errors import ConfigError, TableError, first_line
+from mmindex.errors import ConfigError, DecodeError, TableError, first_line
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
 from mmindex.query.results import Hit, LabelScore, hit_from_row
@@ -147,7 +147,12 @@ class Searcher:
             pil = image
         else:
             data = image if isinstance(image, bytes) else _read_query_image(Path(image))
-            pil = decode(data, min_side=self.embedder.preprocess.min_side).image
+            try:
+                pil = decode(data, min_side=self.embedder.preprocess.min_side).image
+            except DecodeError:
+                raise
+            except Exception as exc:  # not known to mean a bad file, but a query needs one clear line
+                raise DecodeError(f"cannot decode the query image: {type(exc).__name__}: {exc}") from exc
         vector: np.ndarray = self.embedder.embed_images([pil])[0]
         return vector
 

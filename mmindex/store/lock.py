@@ -143,11 +143,31 @@ def write_guard(db_uri: str, table: str, timeout: float | None = None) -> Iterat
 
 
 def _orchestrator_slot(db_uri: str, table: str, timeout: float | None) -> AbstractContextManager[None] | None:
-    if not (os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules):
+    if not prefect_configured():
         return None  # Prefect is neither configured nor in use: do not import it just to find out
-    for entry in entry_points(group=SLOT_PLUGINS):
+    providers = list(entry_points(group=SLOT_PLUGINS))
+    if not providers:
+        log.warning("no write-slot provider is registered (%s); reinstall mmindex", SLOT_PLUGINS)
+    for entry in providers:
         provider: Callable[[str, str, float | None], AbstractContextManager[None] | None] = entry.load()
         slot = provider(db_uri, table, timeout)
         if slot is not None:
             return slot
     return None
+
+
+def prefect_configured() -> bool:
+    """Whether a Prefect API may be configured: PREFECT_API_URL in the environment or in the active
+    profile of PREFECT_HOME/profiles.toml (what `prefect cloud login` writes), or Prefect in use."""
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    try:
+        import tomllib
+
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (ImportError, OSError, ValueError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    settings = profiles.get("profiles", {}).get(active, {})
+    return isinstance(settings, dict) and bool(settings.get("PREFECT_API_URL"))

@@ -55,6 +55,7 @@ class IndexedState:
         permanent_failures: dict[str, int | None] | None = None,
         scan_problems: dict[str, str] | None = None,
         recheck: set[str] | None = None,
+        retried: set[str] | None = None,
     ):
         order = np.argsort(keys, kind="stable")
         self._keys = keys[order]
@@ -62,6 +63,7 @@ class IndexedState:
         self._failures = permanent_failures or {}
         self._scan_problems = scan_problems or {}
         self._recheck = recheck or set()
+        self.retried: frozenset[str] = frozenset(retried or ())  # items with a failure that is retried
 
     @classmethod
     def empty(cls) -> IndexedState:
@@ -79,6 +81,7 @@ class IndexedState:
         permanent: dict[str, int | None] = {}
         scan_problems: dict[str, str] = {}
         recheck: set[str] = set()
+        retried: set[str] = set()
         for batch in failures:
             for row in batch.to_pylist():
                 if row["stage"] == "scan":
@@ -89,12 +92,15 @@ class IndexedState:
                     row["stage"] in ITEM_STAGES and row["severity"] == SEVERITY_ERROR and not row["retryable"]
                 ):
                     permanent[row["id"]] = row["fingerprint"]
+                elif row["retryable"]:
+                    retried.add(row["id"])
         return cls(
             np.concatenate(keys) if keys else np.zeros(0, np.uint64),
             np.concatenate(fingerprints) if fingerprints else np.zeros(0, np.int64),
             permanent,
             scan_problems,
             recheck,
+            retried,
         )
 
     def __len__(self) -> int:

@@ -255,6 +255,8 @@ def test_a_killed_backfill_resumes_without_redoing_finished_chunks(tmp_path: Pat
     process.wait()
     before = {k: r["captioned_at"] for k, r in rows(db).items() if r["caption"] is not None}
     assert 0 < len(before) < 120
+    # images the killed run already failed for good (an empty caption) are not retried by the rerun
+    given_up = [f for f in Store(str(db)).failure_rows() if not f["retryable"]]
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -262,9 +264,9 @@ def test_a_killed_backfill_resumes_without_redoing_finished_chunks(tmp_path: Pat
 
     counts = json.loads(resumed.stdout.strip().splitlines()[-1])
     after = rows(db)
-    assert counts["captioned"] + counts["failed"] == 120 - len(before)
+    assert counts["captioned"] + counts["failed"] == 120 - len(before) - len(given_up)
     assert all(after[k]["captioned_at"] == when for k, when in before.items())
-    assert sum(r["caption"] is not None for r in after.values()) + counts["failed"] == 120
+    assert sum(r["caption"] is not None for r in after.values()) + counts["failed"] + len(given_up) == 120
 
 
 def test_model_errors_before_any_work(tiny_clip: str, tmp_path: Path) -> None:
@@ -338,3 +340,27 @@ def test_a_transient_caption_error_is_retryable_and_a_backfill_retries_it(
     backfill = run_caption(Store(str(db)), toy_captioner, embedder, CaptionOptions(batch_size=4))
     assert (backfill.captioned, backfill.failed) == (12, 0)
     assert Store(str(db)).failure_rows() == []
+
+
+def test_index_with_caption_missing_does_not_caption_its_own_failures_twice(
+    tmp_path: Path, toy_captioner: Captioner
+) -> None:
+    """The leftover pass of `index --caption-missing` captions the source's older rows only: the
+    images this run just failed to caption wait for the next run (not the same run's second pass)."""
+    from mmindex.jobs.run import RunHooks, run_job
+    from mmindex.jobs.spec import IndexJob
+    from mmindex.report import RunReport
+
+    write_corpus(tmp_path / "corpus", 12, seed=10, captioned_fraction=0.0)
+    job = IndexJob(source=str(tmp_path / "corpus"), db=str(tmp_path / "db"), model="toy-clip",
+                   caption_missing=True, caption_model="toy-captioner", batch_size=4)  # fmt: skip
+    calls = []
+
+    def broken_captioner(models: object) -> OutOfMemory:
+        calls.append(models)
+        return OutOfMemory(toy_captioner)
+
+    report = run_job(job, hooks=RunHooks(load_captioner=broken_captioner))
+    assert isinstance(report, RunReport)
+    assert (report.indexed, report.captioned, report.caption_failed) == (12, 0, 12)
+    assert len(Store(str(tmp_path / "db")).failure_rows()) == 12 and len(calls) == 1

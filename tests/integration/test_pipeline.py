@@ -381,8 +381,35 @@ def test_a_run_where_most_items_fail_the_same_unexpected_way_stops_without_a_row
     from mmindex.errors import RunStopped
     from mmindex.toy.shapes import write_corpus
 
-    write_corpus(tmp_path / "many", 80, seed=4, size_range=(40, 64))
+    write_corpus(tmp_path / "many", 200, seed=4, size_range=(40, 64))
     db = tmp_path / "db"
-    with pytest.raises(RunStopped, match=r"failed at decode with the same unexpected TypeError"):
-        index(tmp_path / "many", db, BrokenPreprocessing(embedder, every=1))  # type: ignore[arg-type]
-    assert Store(str(db)).failure_rows() == []  # stopped before writing 80 failure rows
+    broken = BrokenPreprocessing(embedder, every=1)
+    with pytest.raises(
+        RunStopped, match=r"64 of 64 items failed at decode with the same unexpected TypeError"
+    ):
+        index(tmp_path / "many", db, broken, chunk_size=32)  # type: ignore[arg-type]
+    assert len(Store(str(db)).failure_rows()) == 64  # two finished chunks, not a row for each of 200
+
+
+def test_chunks_read_ahead_are_not_judged_before_they_are_done(
+    tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    """The next chunk loads while the current one is embedded; its failures must not count against
+    the current one (a clean first chunk and a broken second one are half and half: no stop)."""
+    from mmindex.toy.shapes import write_corpus
+
+    write_corpus(tmp_path / "many", 128, seed=6, size_range=(40, 64))
+    broken = BrokenPreprocessing(embedder, every=1)
+    failing, calls = broken.preprocess, [0]
+
+    class SecondHalfBreaks:
+        min_side = embedder.preprocess.min_side
+
+        def __call__(self, image: Image.Image) -> np.ndarray:
+            calls[0] += 1
+            return embedder.preprocess(image) if calls[0] <= 64 else failing(image)
+
+    broken.preprocess = SecondHalfBreaks()
+    db = tmp_path / "db"
+    report = index(tmp_path / "many", db, broken, chunk_size=64)  # type: ignore[arg-type]
+    assert report.indexed == 64 and len(Store(str(db)).failure_rows()) == 64
