@@ -2,7 +2,7 @@
 
     import mmindex
     report = mmindex.index("photos/", db="./mmindex.lancedb")          # embed, store, index
-    hits = mmindex.open_searcher("./mmindex.lancedb").text("a red bicycle", k=5)
+    mmindex.connect("./mmindex.lancedb").search("a red bicycle", k=5)   # a thumbnail grid in Jupyter
 
 The names below are the public surface: the jobs as functions (index, caption, maintain) and as
 typed specs (IndexJob, ... run by run_job), and the parts for callers who want to swap one (sources,
@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "connect": "mmindex.query.handle",
+    "ImageIndex": "mmindex.query.handle",
+    "Results": "mmindex.query.results",
+    "Duplicates": "mmindex.query.results",
     "index": "mmindex.api",
     "open_searcher": "mmindex.api",
     "caption": "mmindex.api",
@@ -46,6 +50,10 @@ _EXPORTS = {
 
 __all__ = [
     "__version__",
+    "connect",
+    "ImageIndex",
+    "Results",
+    "Duplicates",
     "index",
     "caption",
     "maintain",
@@ -82,7 +90,8 @@ if TYPE_CHECKING:
     from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob
     from mmindex.models.captioner import Captioner
     from mmindex.models.clip import ClipEmbedder
-    from mmindex.query.results import Hit, LabelScore
+    from mmindex.query.handle import ImageIndex, connect
+    from mmindex.query.results import Duplicates, Hit, LabelScore, Results
     from mmindex.query.search import Searcher
     from mmindex.report import RunReport
     from mmindex.store.reader import Store

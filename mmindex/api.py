@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS, RETENTION
+from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS, RETENTION, THUMBNAIL_FORMAT, THUMBNAIL_SIZE
 from mmindex.jobs.run import run_job
 from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob
 from mmindex.progress import TerminalProgress
@@ -45,6 +45,9 @@ def index(
     num_beams: int = NUM_BEAMS,
     prompt: str | None = None,
     new_table: str | None = None,
+    thumbnails: bool = True,
+    thumbnail_size: int = THUMBNAIL_SIZE,
+    thumbnail_format: str = THUMBNAIL_FORMAT,
     lock_timeout: float | None = None,
     progress: bool | None = None,
 ) -> RunReport:
@@ -53,8 +56,9 @@ def index(
     The keywords are `mmindex index`'s options (see `mmindex index --help`): `db`/`table` say where
     (default ./mmindex.lancedb, table images), `model` which CLIP (default: the table's), `include`,
     `exclude`, `prefix`, `since` and `until` select part of the source, `caption_missing` captions
-    images without one, `prune` drops rows of deleted files. `progress`: a progress bar on stderr
-    (default: when stderr is a terminal). Returns the run's report (`.to_dict()` is the CLI's JSON).
+    images without one, `prune` drops rows of deleted files, `thumbnails=False` stores no previews.
+    `progress`: a progress bar on stderr (default: when stderr is a terminal). Returns the run's
+    report (`.to_dict()` is the CLI's JSON).
     """
     job = IndexJob(
         source=source,
@@ -82,6 +86,9 @@ def index(
         num_beams=num_beams,
         prompt=prompt,
         new_table=new_table,
+        thumbnails=thumbnails,
+        thumbnail_size=thumbnail_size,
+        thumbnail_format=thumbnail_format,
         lock_timeout=lock_timeout,
     )
     with TerminalProgress("indexing", enabled=progress) as bar:

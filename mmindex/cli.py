@@ -97,7 +97,9 @@ def cli_parameters(job_class: type[Job]) -> list[inspect.Parameter]:
             default = inspect.Parameter.empty if default is MISSING else default
             target = arguments
         else:
-            bounds: dict[str, Any] = {"min": option.min} if option.min is not None else {}
+            bounds: dict[str, Any] = {
+                name: value for name, value in (("min", option.min), ("max", option.max)) if value is not None
+            }
             marker = typer.Option(*option.flags(spec_field.name), help=option.help, **bounds)
             target = options
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD

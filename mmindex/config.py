@@ -32,6 +32,9 @@ WRITE_ROWS = 4096  # a run's writer commits after this many rows ...
 CAPTION_WRITE_ROWS = 512  # ... (partial caption rows: sooner, so a killed backfill keeps more)
 WRITE_SECONDS = 5.0  # ... or after this many seconds
 RETENTION = "7d"  # maintenance keeps table versions younger than this
+THUMBNAIL_SIZE = 256  # long side of the stored previews, in pixels
+THUMBNAIL_FORMAT = "webp"  # ~1 KB each at quality 75; jpeg is ~4x larger and a little faster
+THUMBNAIL_QUALITY = 75
 
 _ENV = {
     "db": "MMINDEX_DB",

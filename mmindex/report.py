@@ -71,7 +71,7 @@ class FailureLike(Protocol):
     def error(self) -> str: ...
 
 
-STAGES = ("list", "read", "decode", "caption", "embed", "write")
+STAGES = ("list", "read", "decode", "thumbnail", "caption", "embed", "write")
 
 
 @dataclass

@@ -16,6 +16,7 @@ Table `<name>` (default `images`), one row per image uri:
     caption_source   string     `human` (sidecar or manifest), `generated`, or null
     caption_model    string     the captioning model of a generated caption, else null
     captioned_at     timestamp  when a generated caption was written, else null
+    thumbnail        binary     a small WebP/JPEG preview (long side ~256 px), or null (schema v2)
     image_embedding  float32[d] L2-normalised CLIP image embedding
     text_embedding   float32[d] L2-normalised CLIP embedding of the caption; null without caption
     embed_model      string     the CLIP model id (or absolute directory) that made the embeddings
@@ -24,7 +25,7 @@ Table `<name>` (default `images`), one row per image uri:
 Table `<name>_failures`, one row per (id, stage) problem:
 
     id, uri, key     as above
-    stage            scan | fetch | sidecar | decode | embed | caption
+    stage            scan | fetch | sidecar | decode | thumbnail | embed | caption
     severity         `error` (the item or its caption is missing) or `warning` (indexed, but degraded)
     error            one line saying what went wrong
     retryable        whether the next run tries the item again without being asked
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 META_MODEL = b"mmindex.embed_model"
 META_DIM = b"mmindex.embedding_dim"
 META_SCHEMA_VERSION = b"mmindex.schema_version"
@@ -59,6 +60,7 @@ SEVERITY_ERROR = "error"
 SEVERITY_WARNING = "warning"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
+THUMBNAIL_FIELD = pa.field("thumbnail", pa.binary())
 
 
 def images_schema(dim: int, model: str) -> pa.Schema:
@@ -80,6 +82,7 @@ def images_schema(dim: int, model: str) -> pa.Schema:
             pa.field("caption_source", pa.string()),
             pa.field("caption_model", pa.string()),
             pa.field("captioned_at", _TIMESTAMP),
+            THUMBNAIL_FIELD,
             pa.field("image_embedding", vector, nullable=False),
             pa.field("text_embedding", vector),
             pa.field("embed_model", pa.string()),

@@ -131,6 +131,31 @@ def corpus(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def shapes_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A table of 96 generated shapes (60% captioned) plus two exact copies of one red square, indexed
+    with the toy CLIP, with thumbnails. Shared by the retrieval tests: read only."""
+    import shutil
+
+    from mmindex.ingest.pipeline import IndexOptions, run_index
+    from mmindex.ingest.sources import open_source
+    from mmindex.models.clip import ClipEmbedder
+    from mmindex.store.reader import Store
+    from mmindex.toy.shapes import write_corpus
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_corpus(root / "corpus", 96, seed=21, captioned_fraction=0.6)
+    original = sorted((root / "corpus").rglob("*-red-square.*"))[0]
+    (root / "corpus" / "copies").mkdir()
+    for n in (1, 2):
+        shutil.copy(original, root / "corpus" / "copies" / f"{900 + n}-red-square{original.suffix}")
+    embedder = ClipEmbedder.load("toy-clip")
+    run_index(
+        open_source(str(root / "corpus")), embedder, Store(str(root / "db")), IndexOptions(batch_size=32)
+    )
+    return root / "db"
+
+
 CliRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import pyarrow as pa
@@ -39,6 +39,7 @@ from mmindex.ingest.steps import (
     embed_batch,
     load_batch,
 )
+from mmindex.ingest.thumbnail import THUMBNAIL_ROLE, Thumbnailer
 from mmindex.report import RunReport, UnexpectedErrors
 from mmindex.schema import SEVERITY_ERROR, FailureRecord
 from mmindex.store.reader import Store
@@ -72,6 +73,7 @@ class IndexOptions:
     write_rows: int = WRITE_ROWS
     write_seconds: float = WRITE_SECONDS
     lock_timeout: float | None = None  # wait this long for another run writing the table; None: no limit
+    thumbnails: Thumbnailer | None = field(default_factory=Thumbnailer)  # None: store no previews
 
 
 def write_batch(writer: Writer, batch: EmbeddedBatch, report: RunReport) -> None:
@@ -140,6 +142,8 @@ def run_index(
         preprocessors: dict[str, Preprocessor] = {"embed": embedder.preprocess}
         if captioner is not None:
             preprocessors["caption"] = captioner.preprocess
+        if options.thumbnails is not None:
+            preprocessors[THUMBNAIL_ROLE] = options.thumbnails
         done = 0
         with (
             ReadAhead(planned, options.lookahead) as listing,

@@ -19,6 +19,7 @@ from mmindex.errors import ItemError
 from mmindex.ingest.decode import decode
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.sidecar import parse_sidecar
+from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
 from mmindex.report import RunReport
 from mmindex.schema import CAPTION_GENERATED, CAPTION_HUMAN, SEVERITY_WARNING, FailureRecord
 
@@ -82,6 +83,7 @@ class LoadedItem:
     format: str
     sha256: str
     caption: str | None
+    thumbnail: bytes | None = None
     caption_source: str | None = None
     caption_model: str | None = None
     captioned_at: datetime | None = None
@@ -136,8 +138,13 @@ def load_item(
             fetched = fetch_item(source, item) if fetched is None else fetched
         stage = "decode"
         with report.timed("decode", 1):
+            # the models' needs alone choose the decode scale, so embeddings do not depend on thumbnails
             decoded = decode(fetched.data, min_side=max(p.min_side for p in preprocessors.values()))
-            pixels = {role: preprocess(decoded.image) for role, preprocess in preprocessors.items()}
+            pixels = {
+                role: preprocess(decoded.image)
+                for role, preprocess in preprocessors.items()
+                if role != THUMBNAIL_ROLE
+            }
     except ItemError as exc:
         return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
     except Exception as exc:  # not known to describe the item: recorded as retryable, with its cause logged
@@ -145,6 +152,7 @@ def load_item(
             item, stage, report.record_unexpected(item.key, stage, exc), retryable=True
         )
     caption, problems = _caption_of(item, fetched)
+    thumbnail = _thumbnail_of(item, decoded.image, preprocessors.get(THUMBNAIL_ROLE), report, problems)
     return LoadedItem(
         item=item,
         pixels=pixels,
@@ -153,9 +161,29 @@ def load_item(
         format=decoded.format,
         sha256=hashlib.sha256(fetched.data).hexdigest(),
         caption=caption,
+        thumbnail=thumbnail,
         caption_source=CAPTION_HUMAN if caption else None,
         problems=problems,
     )
+
+
+def _thumbnail_of(
+    item: SourceItem,
+    image: object,
+    thumbnailer: Preprocessor | None,
+    report: RunReport,
+    problems: list[FailureRecord],
+) -> bytes | None:
+    """The encoded thumbnail, or None (with a warning: the image is indexed without one)."""
+    if thumbnailer is None:
+        return None
+    try:
+        with report.timed("thumbnail", 1):
+            return thumbnailer(image).tobytes()
+    except Exception as exc:  # an encoder problem costs the preview, never the image
+        error = f"cannot make a thumbnail: {type(exc).__name__}: {exc}"
+        problems.append(FailureRecord.from_item(item, "thumbnail", error, severity=SEVERITY_WARNING))
+        return None
 
 
 def _caption_of(item: SourceItem, fetched: Fetched) -> tuple[str | None, list[FailureRecord]]:
@@ -340,6 +368,7 @@ def build_rows(
             "caption_source": pa.array([x.caption_source for x in items], pa.string()),
             "caption_model": pa.array([x.caption_model for x in items], pa.string()),
             "captioned_at": pa.array([x.captioned_at for x in items], _TIMESTAMP),
+            "thumbnail": pa.array([x.thumbnail for x in items], pa.binary()),
             "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
             "text_embedding": vector_column(text_vectors, dim),
             "embed_model": [model_id] * len(items),

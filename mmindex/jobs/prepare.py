@@ -28,6 +28,7 @@ from mmindex.ingest.backfill import CaptionOptions
 from mmindex.ingest.pipeline import IndexOptions
 from mmindex.ingest.sources import ScanFilter, Source, open_source
 from mmindex.ingest.sources.uri import UriReader
+from mmindex.ingest.thumbnail import Thumbnailer
 from mmindex.jobs.spec import CaptionJob, CaptionSpec, IndexJob, MaintainJob
 from mmindex.models.captioner import GenerationSettings, check_caption_config
 from mmindex.models.clip import check_embedding_config
@@ -136,6 +137,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
         write_rows=settings.write_rows,
         write_seconds=settings.write_seconds,
         lock_timeout=job.lock_timeout,
+        thumbnails=Thumbnailer(job.thumbnail_size, job.thumbnail_format) if job.thumbnails else None,
     )
     return PreparedIndex(source, store, models, options, caption, donor)
 

@@ -24,6 +24,8 @@ from mmindex.config import (
     MAX_NEW_TOKENS,
     NUM_BEAMS,
     RETENTION,
+    THUMBNAIL_FORMAT,
+    THUMBNAIL_SIZE,
     Settings,
 )
 
@@ -39,6 +41,7 @@ class Option:
     flag: str | None = None
     short: str | None = None
     min: float | None = None
+    max: float | None = None
     argument: bool = False
 
     def flags(self, name: str) -> list[str]:
@@ -160,6 +163,13 @@ class IndexJob(CaptionSpec, Job):
     new_table: str | None = option(
         None, help="build this table with --model NEW; the current table stays as it is"
     )
+    thumbnails: bool = option(
+        True, flag="--thumbnails/--no-thumbnails", help="store a small preview of each image in the table"
+    )
+    thumbnail_size: int = option(
+        THUMBNAIL_SIZE, min=16, max=2048, help="long side of the previews, in pixels"
+    )
+    thumbnail_format: str = option(THUMBNAIL_FORMAT, help="webp (smaller) or jpeg (faster)")
 
 
 @dataclass(kw_only=True)

@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from mmindex.errors import ConfigError, DecodeError, TableError, first_line
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
-from mmindex.query.results import Hit, LabelScore, hit_from_row
+from mmindex.query.results import LabelScore, Results
 from mmindex.store.reader import Store
 
-RESULT_COLUMNS = ["id", "uri", "key", "caption", "caption_source", "width", "height", "format"]
+VECTOR_COLUMNS = ("image_embedding", "text_embedding")
 DEFAULT_LABEL_TEMPLATE = "a photo of a {}"
 REFINE_FACTOR = 10
+MAX_K = 10_000  # results per query
+MAX_OFFSET = 100_000  # deepest page start
 
 
 ImageQuery = str | Path | bytes | Any  # a path, encoded bytes, or a PIL image
@@ -47,22 +50,23 @@ class Searcher:
 
     # -- vector queries --------------------------------------------------------------------------
 
-    def text(self, query: str, k: int = 10, where: str | None = None) -> list[Hit]:
+    def text(self, query: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
         """Images whose embedding is closest to the text's."""
-        return self.vector(self.embedder.embed_texts([query])[0], k, where)
+        return self.vector(self.embedder.embed_texts([query])[0], k, where, offset=offset, query=query)
 
-    def image(self, image: ImageQuery, k: int = 10, where: str | None = None) -> list[Hit]:
+    def image(self, image: ImageQuery, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
         """Images most similar to an image (path, bytes or PIL image)."""
-        return self.vector(self.embed_image(image), k, where)
+        return self.vector(self.embed_image(image), k, where, offset=offset, query="image")
 
-    def captions(self, image: ImageQuery, k: int = 10, where: str | None = None) -> list[Hit]:
+    def captions(self, image: ImageQuery, k: int = 10, where: str | None = None) -> Results:
         """The stored captions closest to an image, one hit per distinct caption."""
-        hits = self.vector(self.embed_image(image), k * 5, where, column="text_embedding")
-        distinct: dict[str, Hit] = {}
-        for hit in hits:
-            if hit.caption is not None and hit.caption not in distinct:
-                distinct[hit.caption] = hit
-        return list(distinct.values())[:k]
+        found = self.vector(self.embed_image(image), k * 5, where, column="text_embedding", query="image")
+        table = found.to_arrow()
+        first: dict[str, int] = {}
+        for row, caption in enumerate(table.column("caption").to_pylist()):
+            if caption is not None and caption not in first and len(first) < k:
+                first[caption] = row
+        return Results(table.take(list(first.values())), query="image")
 
     def labels(
         self, image: ImageQuery, labels: Sequence[str], template: str = DEFAULT_LABEL_TEMPLATE
@@ -81,62 +85,85 @@ class Searcher:
         return [LabelScore(label, float(score), float(p)) for label, score, p in ranked]
 
     def vector(
-        self, vector: np.ndarray, k: int = 10, where: str | None = None, column: str = "image_embedding"
-    ) -> list[Hit]:
-        """Nearest rows to a query vector in `column`, scored by exact cosine similarity."""
-        _check_k(k)
+        self,
+        vector: np.ndarray | Sequence[float],
+        k: int = 10,
+        where: str | None = None,
+        column: str = "image_embedding",
+        *,
+        offset: int = 0,
+        query: str = "vector",
+    ) -> Results:
+        """Nearest rows to a query vector in `column`, scored by exact cosine similarity; `offset`
+        skips the first rows (paging)."""
+        _check_k(k, offset)
+        query_vector = self.check_vector(vector)
         table = self.store.lancedb_table()
-        query = table.search(np.asarray(vector, dtype=np.float32), vector_column_name=column)
-        query = query.distance_type("cosine").select([*RESULT_COLUMNS, column, "_distance"]).limit(k)
+        search = table.search(query_vector, vector_column_name=column).distance_type("cosine")
+        search = search.select([*self._columns(table), column]).limit(offset + k)
         if self._indexed(column):
-            query = query.refine_factor(REFINE_FACTOR)
-        if where:
-            query = query.where(where, prefilter=True)
-        result = _run(query, where)
-        if result.num_rows == 0:
-            return []
-        vectors = np.asarray(result.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))
-        scores = vectors.reshape(result.num_rows, -1) @ np.asarray(vector, dtype=np.float32)
-        hits = [
-            hit_from_row(row, float(score))
-            for row, score in zip(result.select(RESULT_COLUMNS).to_pylist(), scores, strict=True)
-        ]
-        return sorted(hits, key=lambda hit: -hit.score)
-
-    # -- text queries ----------------------------------------------------------------------------
-
-    def fulltext(self, query: str, k: int = 10, where: str | None = None) -> list[Hit]:
-        """BM25 full-text search over captions (human and generated). Scores are BM25, not cosine."""
-        _check_k(k)
-        self._require_fts()
-        search = self.store.lancedb_table().search(query, query_type="fts", fts_columns="caption")
-        search = search.select([*RESULT_COLUMNS, "_score"]).limit(k)
+            search = search.refine_factor(REFINE_FACTOR)
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
-        return [hit_from_row(row, float(row["_score"])) for row in result.to_pylist()]
+        if result.num_rows == 0:
+            return Results.empty(query=query)
+        vectors = np.asarray(result.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))
+        scores = vectors.reshape(result.num_rows, -1) @ query_vector
+        ranked = result.drop_columns([column, "_distance"]).append_column(
+            "score", pa.array(scores, pa.float32())
+        )
+        ranked = ranked.sort_by([("score", "descending")]).slice(offset, k)
+        return Results(ranked, query=query)
 
-    def hybrid(self, query: str, k: int = 10, where: str | None = None) -> list[Hit]:
+    def check_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
+        """The query vector as float32, refused if its dimension is not the table's."""
+        array = np.asarray(vector, dtype=np.float32).reshape(-1)
+        dim = self.store.info().dim
+        if dim is not None and array.shape[0] != dim:
+            raise ConfigError(
+                f"the query vector has {array.shape[0]} dimensions, but table {self.store.describe()} "
+                f"holds {dim}-d embeddings of {self.store.info().model}: embed the query with that model"
+            )
+        if not np.all(np.isfinite(array)) or not np.any(array):
+            raise ConfigError("the query vector must be finite and not all zeros")
+        return array / np.linalg.norm(array)
+
+    # -- text queries ----------------------------------------------------------------------------
+
+    def fulltext(self, query: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
+        """BM25 full-text search over captions (human and generated). Scores are BM25, not cosine."""
+        _check_k(k, offset)
+        self._require_fts()
+        table = self.store.lancedb_table()
+        search = table.search(query, query_type="fts", fts_columns="caption")
+        search = search.select([*self._columns(table), "_score"]).limit(offset + k)
+        if where:
+            search = search.where(where, prefilter=True)
+        result = _run(search, where)
+        return Results(_scored(result, "_score").slice(offset, k), score_kind="bm25", query=query)
+
+    def hybrid(self, query: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
         """Vector (text -> image) and full-text results fused by reciprocal rank; score is the RRF score."""
         from lancedb.rerankers import RRFReranker
 
-        _check_k(k)
+        _check_k(k, offset)
         self._require_fts()
         vector = self.embedder.embed_texts([query])[0]
+        table = self.store.lancedb_table()
         search = (
-            self.store.lancedb_table()
-            .search(query_type="hybrid", vector_column_name="image_embedding", fts_columns="caption")
+            table.search(query_type="hybrid", vector_column_name="image_embedding", fts_columns="caption")
             .vector(vector)
             .text(query)
             .distance_type("cosine")
             .rerank(RRFReranker())
-            .select(RESULT_COLUMNS)
-            .limit(k)
+            .select(self._columns(table))
+            .limit(offset + k)
         )
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
-        return [hit_from_row(row, float(row["_relevance_score"])) for row in result.to_pylist()]
+        return Results(_scored(result, "_relevance_score").slice(offset, k), score_kind="rrf", query=query)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -156,6 +183,10 @@ class Searcher:
         vector: np.ndarray = self.embedder.embed_images([pil])[0]
         return vector
 
+    def _columns(self, table: Any) -> list[str]:
+        """What results carry: every stored column except the embeddings."""
+        return [name for name in table.schema.names if name not in VECTOR_COLUMNS]
+
     def _indexed(self, column: str) -> bool:
         return any(index.columns[0] == column for index in self.store.lancedb_table().list_indices())
 
@@ -173,9 +204,18 @@ def _read_query_image(path: Path) -> bytes:
         raise ConfigError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
 
 
-def _check_k(k: int) -> None:
-    if k < 1:
-        raise ConfigError(f"k must be at least 1, got {k}")
+def _check_k(k: int, offset: int = 0) -> None:
+    if not 1 <= k <= MAX_K:
+        raise ConfigError(f"k must be between 1 and {MAX_K}, got {k}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ConfigError(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
+
+
+def _scored(result: pa.Table, column: str) -> pa.Table:
+    """A result with its engine's score column renamed to `score` (other internal columns dropped)."""
+    scores = result.column(column).cast(pa.float32())
+    internal = [name for name in result.column_names if name.startswith("_")]
+    return result.drop_columns(internal).append_column("score", scores)
 
 
 def _run(query: Any, where: str | None) -> Any:

@@ -14,13 +14,11 @@ from typing import Any
 import pyarrow as pa
 
 from mmindex.errors import TableError
-from mmindex.schema import META_SCHEMA_VERSION, SCHEMA_VERSION
+from mmindex.schema import META_SCHEMA_VERSION, SCHEMA_VERSION, THUMBNAIL_FIELD
 
 Migration = Callable[[Any], None]
 
 CURRENT_VERSION = int(SCHEMA_VERSION)
-# version N -> the step that brings a version N - 1 table to N (none yet: version 1 is the first)
-MIGRATIONS: dict[int, Migration] = {}
 
 
 def table_version(schema: pa.Schema) -> int:
@@ -66,3 +64,9 @@ def add_columns(*fields: pa.Field) -> Migration:
             table.add_columns(missing)
 
     return step
+
+
+# version N -> the step that brings a version N - 1 table to N
+MIGRATIONS: dict[int, Migration] = {
+    2: add_columns(THUMBNAIL_FIELD),  # previews; filled by new runs and `mmindex thumbnails`
+}

@@ -7,12 +7,9 @@ from pathlib import Path
 import pytest
 
 from mmindex.errors import ConfigError, TableError
-from mmindex.ingest.pipeline import IndexOptions, run_index
-from mmindex.ingest.sources import open_source
 from mmindex.models.clip import ClipEmbedder
 from mmindex.query.search import Searcher
 from mmindex.store.reader import Store
-from mmindex.toy.shapes import write_corpus
 
 
 def shape_of(key: str) -> tuple[str, str]:
@@ -26,13 +23,8 @@ def indexed_image(searcher: Searcher, colour: str, shape: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def searcher(tmp_path_factory: pytest.TempPathFactory) -> Searcher:
-    root = tmp_path_factory.mktemp("shapes")
-    write_corpus(root / "corpus", 96, seed=21, captioned_fraction=0.6)
-    store = Store(str(root / "db"))
-    embedder = ClipEmbedder.load("toy-clip")
-    run_index(open_source(str(root / "corpus")), embedder, store, IndexOptions(batch_size=32))
-    return Searcher(store, embedder)
+def searcher(shapes_db: Path) -> Searcher:
+    return Searcher(Store(str(shapes_db)), ClipEmbedder.load("toy-clip"))
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from conftest import CliRunner
 
@@ -52,13 +51,13 @@ def test_a_table_written_by_a_newer_mmindex_is_refused(indexed: Path, cli: CliRu
 
 
 def test_an_older_table_is_migrated_by_its_writer_and_its_rows_keep_working(
-    indexed: Path, corpus: Path, tiny_clip: str, monkeypatch: pytest.MonkeyPatch
+    indexed: Path, corpus: Path, tiny_clip: str
 ) -> None:
-    """A version 2 that adds a column (as the thumbnail column will): old rows read it as null, and
-    runs after the migration write whole rows again."""
-    thumbnail = pa.field("thumbnail", pa.binary())
-    monkeypatch.setattr(migrate, "CURRENT_VERSION", 2)
-    monkeypatch.setattr(migrate, "MIGRATIONS", {2: migrate.add_columns(thumbnail)})
+    """A version 1 table (no thumbnail column) gets the column from its first writer: old rows read
+    it as null, and runs after the migration write whole rows again."""
+    old = Store(str(indexed)).lancedb_table()
+    old.drop_columns(["thumbnail"])
+    old.update_field_metadata({"path": "id", "metadata": {META_SCHEMA_VERSION.decode(): "1"}})
     store = Store(str(indexed))
     assert migrate.table_version(store.lancedb_table().schema) == 1
     with store.open_writer() as writer:
@@ -71,6 +70,14 @@ def test_an_older_table_is_migrated_by_its_writer_and_its_rows_keep_working(
     (corpus / "set-a" / "new.png").write_bytes(next(corpus.glob("set-a/*.png")).read_bytes())
     report = run_index(open_source(str(corpus)), ClipEmbedder.load(tiny_clip), Store(str(indexed)))
     assert report.indexed == 1 and Store(str(indexed)).info().rows == 25
+    assert Store(str(indexed)).lancedb_table().to_arrow().column("thumbnail").null_count == 24
     with Store(str(indexed)).open_writer() as writer:
         writer.prepare(store.info().model or "", store.info().dim or 0)
         assert writer.migrations == []  # already current
+
+
+def test_thumbnails_can_be_left_out(corpus: Path, tmp_path: Path, tiny_clip: str) -> None:
+    store = Store(str(tmp_path / "plain"))
+    options = IndexOptions(batch_size=8, thumbnails=None)
+    run_index(open_source(str(corpus)), ClipEmbedder.load(tiny_clip), store, options)
+    assert store.lancedb_table().to_arrow().column("thumbnail").null_count == store.info().rows == 24

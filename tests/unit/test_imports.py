@@ -15,6 +15,10 @@ import mmindex
 
 PUBLIC = {
     "__version__",
+    "connect",
+    "ImageIndex",
+    "Results",
+    "Duplicates",
     "index",
     "caption",
     "maintain",
@@ -104,6 +108,10 @@ def test_the_public_names_work(tmp_path: Path) -> None:
     assert mmindex.Hit("i", "u", "k", None, 0.5).to_dict()["score"] == 0.5
     assert mmindex.LabelScore("cat", 0.3, 0.9).to_dict()["label"] == "cat"
     assert issubclass(mmindex.ConfigError, mmindex.MMIndexError)
+    assert len(mmindex.Results.empty()) == 0 and len(mmindex.Duplicates([], {})) == 0
+    with pytest.raises(mmindex.MMIndexError, match="no table"):
+        mmindex.connect(str(tmp_path / "db"))
+    assert mmindex.ImageIndex.search.__doc__
     with pytest.raises(mmindex.ConfigError, match="no table"):
         mmindex.maintain(db=str(tmp_path / "db"))  # run_job refuses a table that does not exist
     with pytest.raises(mmindex.ConfigError, match="does not exist"):

@@ -1,0 +1,252 @@
+"""`mmindex.connect()`: one handle on an images table for notebooks and the search server.
+
+    idx = mmindex.connect("./mmindex.lancedb", table="images")
+    idx.search("a red bicycle", k=20, where="width > 500")     # a grid of thumbnails in Jupyter
+    idx.search(image="query.jpg"); idx.similar(row_id); idx.duplicates(threshold=0.97)
+
+The table's embedding model loads on the first query that needs it; reads always see the rows that
+index runs have committed since.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from mmindex.config import Settings
+from mmindex.errors import ConfigError, TableError
+from mmindex.models.clip import ClipEmbedder
+from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Results
+from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher
+from mmindex.store.reader import Store
+from mmindex.store.sql import sql_in, sql_string
+
+SEARCH_MODES = ("vector", "text", "hybrid")
+DUPLICATE_TILE = 4096  # rows per side of one similarity tile (64 MB of float32 scores)
+
+
+class ImageIndex:
+    """Search, look at and inspect one images table."""
+
+    def __init__(self, store: Store, *, device: str = "auto", embedder: ClipEmbedder | None = None) -> None:
+        self.store = store
+        self.searcher = Searcher(store, embedder, device=device)
+        store.lancedb_table()  # a missing table is one clear error now, not at the first query
+
+    def __repr__(self) -> str:
+        info = self.store.info()
+        return f"<ImageIndex {self.store.describe()}: {info.rows} rows, {info.model} ({info.dim}-d)>"
+
+    def __len__(self) -> int:
+        return int(self.store.info().rows)
+
+    @property
+    def table(self) -> Any:
+        """The raw LanceDB table, for queries mmindex does not wrap (read only)."""
+        return self.store.lancedb_table()
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.stats()
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: ImageQuery | None = None,
+        vector: np.ndarray | Sequence[float] | None = None,
+        k: int = 10,
+        where: str | None = None,
+        mode: str = "vector",
+        offset: int = 0,
+    ) -> Results:
+        """Images for one query: `text`, `image` (path, bytes or PIL image) or a `vector` from the
+        table's model. `mode`: "vector" (CLIP similarity, the default), "text" (BM25 over captions)
+        or "hybrid" (both, fused by reciprocal rank). `where` is an SQL filter over the columns;
+        `offset` skips that many results (paging)."""
+        given = [
+            name
+            for name, value in (("text", text), ("image", image), ("vector", vector))
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ConfigError(f"give exactly one of text, image or vector (got {', '.join(given) or 'none'})")
+        if mode not in SEARCH_MODES:
+            raise ConfigError(f"mode {mode!r} is not one of: {', '.join(SEARCH_MODES)}")
+        if mode != "vector" and text is None:
+            raise ConfigError(f"mode {mode!r} searches caption text: give a text query")
+        if text is not None and not text.strip():
+            raise ConfigError("the text query is empty")
+        if vector is not None:
+            return self.searcher.vector(vector, k, where, offset=offset)
+        if image is not None:
+            return self.searcher.image(image, k, where, offset=offset)
+        assert text is not None
+        if mode == "text":
+            return self.searcher.fulltext(text, k, where, offset=offset)
+        if mode == "hybrid":
+            return self.searcher.hybrid(text, k, where, offset=offset)
+        return self.searcher.text(text, k, where, offset=offset)
+
+    def similar(self, row_id: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
+        """ "More like this": the images closest to an indexed one (itself left out)."""
+        vector = self.embedding(row_id)
+        found = self.searcher.vector(vector, k + 1, where, offset=offset, query=f"like {row_id}")
+        table = found.to_arrow()
+        keep = [i for i, found_id in enumerate(table.column("id").to_pylist()) if found_id != row_id][:k]
+        return Results(table.take(keep), query=found.query)
+
+    def captions_for(self, image: ImageQuery, k: int = 5, where: str | None = None) -> Results:
+        """The stored captions closest to an image (image -> text), one hit per distinct caption."""
+        return self.searcher.captions(image, k, where)
+
+    def labels(
+        self, image: ImageQuery, labels: Sequence[str], template: str = DEFAULT_LABEL_TEMPLATE
+    ) -> list[LabelScore]:
+        """Zero-shot labels for an image, best first (cosine score and softmax probability)."""
+        return self.searcher.labels(image, labels, template)
+
+    def embedding(self, row_id: str, column: str = "image_embedding") -> np.ndarray:
+        """A row's stored embedding."""
+        rows = self._rows([row_id], [column])
+        if not rows or rows[0][column] is None:
+            raise TableError(f"no row with id {row_id!r} in table {self.store.describe()}")
+        return np.asarray(rows[0][column], dtype=np.float32)
+
+    def thumbnail(self, row_id: str) -> bytes | None:
+        """A row's stored thumbnail (WebP or JPEG bytes), or None if it has none."""
+        if "thumbnail" not in self.table.schema.names:
+            return None
+        rows = self._rows([row_id], ["thumbnail"])
+        if not rows:
+            raise TableError(f"no row with id {row_id!r} in table {self.store.describe()}")
+        value: bytes | None = rows[0]["thumbnail"]
+        return value
+
+    def duplicates(self, threshold: float = 0.97, where: str | None = None) -> Duplicates:
+        """Exact duplicates (same SHA-256 of the file) and near-duplicate groups: images whose
+        embeddings have a cosine of at least `threshold`, linked transitively. Exact copies count once
+        in the near groups. Exact pairwise search in tiles: O(rows^2) work, O(rows) memory; restrict a
+        large table with `where`."""
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"threshold must be in (0, 1], got {threshold}")
+        ids, keys, digests, vectors = self._embeddings(where)
+        groups = _exact_groups(ids, keys, digests)
+        first_copies = _first_of_each_digest(digests)
+        groups += _near_groups(
+            [ids[i] for i in first_copies], [keys[i] for i in first_copies], vectors[first_copies], threshold
+        )
+        shown = [row_id for group in groups[:50] for row_id in group.ids]
+        return Duplicates(groups, self.thumbnail_map(shown))
+
+    def thumbnail_map(self, ids: Sequence[str]) -> dict[str, bytes | None]:
+        if "thumbnail" not in self.table.schema.names or not ids:
+            return {}
+        return {row["id"]: row["thumbnail"] for row in self._rows(list(ids), ["id", "thumbnail"])}
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _rows(self, ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
+        where = f"id = {sql_string(ids[0])}" if len(ids) == 1 else sql_in("id", ids)
+        query = self.table.search().where(where).select(list(dict.fromkeys(["id", *columns]))).limit(None)
+        rows: list[dict[str, Any]] = query.to_arrow().to_pylist()
+        return rows
+
+    def _embeddings(self, where: str | None) -> tuple[list[str], list[str], list[str | None], np.ndarray]:
+        query = self.table.search().select(["id", "key", "sha256", "image_embedding"]).limit(None)
+        if where:
+            query = query.where(where)
+        ids: list[str] = []
+        keys: list[str] = []
+        digests: list[str | None] = []
+        parts: list[np.ndarray] = []
+        for batch in _batches(query, where):
+            ids += batch.column("id").to_pylist()
+            keys += batch.column("key").to_pylist()
+            digests += batch.column("sha256").to_pylist()
+            flat = batch.column("image_embedding").flatten().to_numpy(zero_copy_only=False)
+            parts.append(np.asarray(flat, dtype=np.float32).reshape(batch.num_rows, -1))
+        dim = self.store.info().dim or 0
+        return ids, keys, digests, np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def connect(db: str | None = None, table: str | None = None, *, device: str = "auto") -> ImageIndex:
+    """Open a table for searching (default ./mmindex.lancedb, table images; or MMINDEX_DB/MMINDEX_TABLE).
+    An `s3://` database is reached with the MMINDEX_S3_* settings."""
+    settings = Settings.from_env(db=db, table=table)
+    return ImageIndex(Store.from_settings(settings), device=device)
+
+
+def _batches(query: Any, where: str | None) -> Iterator[Any]:
+    try:
+        yield from query.to_batches(65536)
+    except (ValueError, RuntimeError) as exc:
+        if where:
+            raise TableError(f"check the where filter {where!r}: {exc}") from exc
+        raise
+
+
+def _exact_groups(ids: list[str], keys: list[str], digests: list[str | None]) -> list[DuplicateGroup]:
+    members: dict[str, list[int]] = {}
+    for row, digest in enumerate(digests):
+        if digest:
+            members.setdefault(digest, []).append(row)
+    groups = [
+        DuplicateGroup("exact", [ids[i] for i in rows], [keys[i] for i in rows], 1.0)
+        for rows in members.values()
+        if len(rows) > 1
+    ]
+    return sorted(groups, key=lambda group: (-len(group.ids), group.keys[0]))
+
+
+def _first_of_each_digest(digests: list[str | None]) -> list[int]:
+    seen: set[str] = set()
+    keep = []
+    for row, digest in enumerate(digests):
+        if digest is None or digest not in seen:
+            keep.append(row)
+            if digest is not None:
+                seen.add(digest)
+    return keep
+
+
+def _near_groups(
+    ids: list[str], keys: list[str], vectors: np.ndarray, threshold: float
+) -> list[DuplicateGroup]:
+    """Connected components of the pairs with cosine >= threshold, by tiled exact search."""
+    parent = list(range(len(ids)))
+    weakest: dict[int, float] = {}
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    n = len(ids)
+    for start in range(0, n, DUPLICATE_TILE):
+        block = vectors[start : start + DUPLICATE_TILE]
+        for other in range(start, n, DUPLICATE_TILE):
+            scores = block @ vectors[other : other + DUPLICATE_TILE].T
+            rows, cols = np.nonzero(scores >= threshold)
+            for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
+                a, b = start + row, other + col
+                if a >= b:
+                    continue
+                score = float(scores[row, col])
+                ra, rb = root(a), root(b)
+                if ra != rb:
+                    parent[rb] = ra
+                    weakest[ra] = min(weakest.get(ra, 1.0), weakest.get(rb, 1.0), score)
+    members: dict[int, list[int]] = {}
+    for node in range(n):
+        members.setdefault(root(node), []).append(node)
+    groups = [
+        DuplicateGroup(
+            "near", [ids[i] for i in rows], [keys[i] for i in rows], round(weakest.get(top, 1.0), 4)
+        )
+        for top, rows in members.items()
+        if len(rows) > 1
+    ]
+    return sorted(groups, key=lambda group: (-len(group.ids), group.keys[0]))

@@ -1,0 +1,116 @@
+"""`mmindex.connect()`: the notebook handle on a real table built by the pipeline with the toy CLIP."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mmindex
+from mmindex.errors import ConfigError, TableError
+from mmindex.query.handle import ImageIndex
+
+
+@pytest.fixture(scope="module")
+def idx(shapes_db: Path) -> ImageIndex:
+    return mmindex.connect(str(shapes_db))
+
+
+def kind_of(key: str) -> str:
+    return "-".join(Path(key).stem.split("-")[1:])
+
+
+def row_of(idx: ImageIndex, kind: str) -> dict[str, object]:
+    rows = idx.table.search().select(["id", "uri", "key"]).limit(None).to_arrow().to_pylist()
+    return next(row for row in sorted(rows, key=lambda r: r["key"]) if kind_of(str(row["key"])) == kind)
+
+
+def test_text_search_returns_a_result_set_that_converts(idx: ImageIndex) -> None:
+    results = idx.search("a blue star", k=3)
+    assert [kind_of(hit.key) for hit in results] == ["blue-star"] * 3
+    frame = results.to_pandas()
+    assert list(frame["key"]) == [hit.key for hit in results]
+    assert frame["score"].is_monotonic_decreasing
+    arrow = results.to_arrow()
+    assert "thumbnail" in arrow.column_names and "image_embedding" not in arrow.column_names
+    assert results.to_list()[0] == results[0].to_dict() and set(results.to_list()[0]) >= {"id", "score"}
+    assert "blue-star" in repr(results)
+
+
+def test_results_render_as_a_grid_of_stored_thumbnails(idx: ImageIndex) -> None:
+    results = idx.search("a green circle", k=4)
+    page = results._repr_html_()
+    images = re.findall(r'<img src="data:image/webp;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 4
+    import base64
+
+    thumbnail = Image.open(io.BytesIO(base64.b64decode(images[0])))
+    assert thumbnail.format == "WEBP" and max(thumbnail.size) <= 256
+    assert results[0].key in page and f"{results[0].score:.3f}" in page
+
+
+def test_paging_with_offset_continues_the_ranking(idx: ImageIndex) -> None:
+    first = idx.search("a red circle", k=6)
+    second = idx.search("a red circle", k=3, offset=3)
+    assert [hit.id for hit in second] == [hit.id for hit in first][3:]
+
+
+def test_image_vector_and_similar_queries(idx: ImageIndex) -> None:
+    probe = row_of(idx, "orange-triangle")
+    by_image = idx.search(image=str(probe["uri"]), k=3)
+    assert by_image[0].id == probe["id"] and by_image[0].score == pytest.approx(1.0, abs=1e-3)
+    by_vector = idx.search(vector=idx.embedding(str(probe["id"])), k=3)
+    assert [hit.id for hit in by_vector] == [hit.id for hit in by_image]
+    similar = idx.similar(str(probe["id"]), k=3)
+    assert probe["id"] not in [hit.id for hit in similar] and len(similar) == 3
+    assert kind_of(similar[0].key) == "orange-triangle"
+
+
+def test_full_text_hybrid_captions_and_labels(idx: ImageIndex) -> None:
+    text = idx.search("yellow", mode="text", k=3)
+    assert text.score_kind == "bm25" and all("yellow" in (hit.caption or "") for hit in text)
+    hybrid = idx.search("a yellow square", mode="hybrid", k=3)
+    assert hybrid.score_kind == "rrf" and kind_of(hybrid[0].key) == "yellow-square"
+    probe = row_of(idx, "purple-star")
+    assert idx.captions_for(str(probe["uri"]), k=2)[0].caption == "a purple star"
+    assert idx.labels(str(probe["uri"]), ["circle", "star"])[0].label == "star"
+
+
+def test_a_where_filter_applies(idx: ImageIndex) -> None:
+    results = idx.search("a red circle", k=5, where="format = 'PNG'")
+    assert len(results) == 5 and {hit.format for hit in results} == {"PNG"}
+
+
+def test_bad_queries_get_clear_errors(idx: ImageIndex) -> None:
+    with pytest.raises(ConfigError, match="768 dimensions.*holds 64-d|768 dimensions"):
+        idx.search(vector=np.ones(768, dtype=np.float32))
+    with pytest.raises(ConfigError, match="exactly one"):
+        idx.search("a", image="x.jpg")
+    with pytest.raises(ConfigError, match="mode"):
+        idx.search("a red circle", mode="fuzzy")
+    with pytest.raises(ConfigError, match="k must be"):
+        idx.search("a red circle", k=10**9)
+    with pytest.raises(TableError, match="no row"):
+        idx.similar("0" * 32)
+
+
+def test_duplicates_finds_exact_copies_and_near_groups(idx: ImageIndex) -> None:
+    found = idx.duplicates(threshold=0.97)
+    exact = [group for group in found if group.kind == "exact"]
+    assert len(exact) == 1 and len(exact[0].ids) == 3
+    assert sum(key.startswith("copies/") for key in exact[0].keys) == 2
+    near = [group for group in found if group.kind == "near"]
+    vectors = {row_id: idx.embedding(row_id) for group in near for row_id in group.ids}
+    for group in near:  # every member is linked to another member above the threshold
+        for row_id in group.ids:
+            best = max(float(vectors[row_id] @ vectors[other]) for other in group.ids if other != row_id)
+            assert best >= 0.97 - 1e-5
+    in_near = [row_id for group in near for row_id in group.ids if row_id in exact[0].ids]
+    assert len(in_near) <= 1  # exact copies count once
+    assert found.to_pandas().groupby("group").size().min() >= 2
+    assert "<img" in found._repr_html_()
+    assert len(idx.duplicates(threshold=1.0)) >= 1  # exact groups at least
