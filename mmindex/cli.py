@@ -200,12 +200,16 @@ def search(
         str, typer.Option("--template", help="prompt template for --labels")
     ] = "a photo of a {}",
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip the first N results (paging)")] = 0,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", envvar="MMINDEX_SERVER", help="ask a running `mmindex serve` at this URL instead"
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Search: TEXT -> images, --image -> similar images, --captions, --labels, --text-only, --hybrid."""
-    from mmindex.query.search import Searcher
-    from mmindex.store.reader import Store
-
     _check_device(device)
     if text is None and image is None:
         raise ConfigError("give a TEXT query or --image PATH")
@@ -215,6 +219,18 @@ def search(
         raise ConfigError("--text-only and --hybrid need a TEXT query")
     if text is not None and image is not None:
         raise ConfigError("give either a TEXT query or --image, not both")
+    if server:
+        if labels or captions:
+            raise ConfigError("--labels and --captions run locally: leave out --server")
+        from mmindex.server.client import search_remote
+
+        mode = "text" if text_only else "hybrid" if hybrid else "vector"
+        hits = search_remote(server, text=text, image=image, k=k, offset=offset, where=where, mode=mode)
+        print_hits(hits, json_output)
+        return
+    from mmindex.query.search import Searcher
+    from mmindex.store.reader import Store
+
     settings = _settings(db, table)
     searcher = Searcher(Store.from_settings(settings), device=device or settings.device)
     searcher.store.lancedb_table()  # noqa: B018 - a missing table is a configuration error, before any model loads
@@ -226,22 +242,64 @@ def search(
             for s in scores:
                 typer.echo(f"{s.score:7.4f}  {s.probability:6.1%}  {s.label}")
         return
-    if image is not None:
-        hits = searcher.captions(image, k, where) if captions else searcher.image(image, k, where)
+    if image is not None and captions:
+        results = searcher.captions(image, k, where)
+    elif image is not None:
+        results = searcher.image(image, k, where, offset=offset)
     elif text_only:
-        hits = searcher.fulltext(text or "", k, where)
+        results = searcher.fulltext(text or "", k, where, offset=offset)
     elif hybrid:
-        hits = searcher.hybrid(text or "", k, where)
+        results = searcher.hybrid(text or "", k, where, offset=offset)
     else:
-        hits = searcher.text(text or "", k, where)
+        results = searcher.text(text or "", k, where, offset=offset)
+    print_hits(results.to_list(), json_output, first_rank=offset + 1)
+
+
+def print_hits(hits: list[dict[str, Any]], json_output: bool, first_rank: int = 1) -> None:
+    """The search command's output: the hits as JSON (its contract), or one line each."""
     if json_output:
-        emit_json([hit.to_dict() for hit in hits])
+        emit_json(hits)
         return
     if not hits:
         typer.echo("no results", err=True)
-    for rank, hit in enumerate(hits, 1):
-        caption = f"  “{hit.caption}”" if hit.caption else ""
-        typer.echo(f"{rank:3d}. {hit.score:7.4f}  {hit.key}{caption}")
+    for rank, hit in enumerate(hits, first_rank):
+        caption = f"  “{hit['caption']}”" if hit.get("caption") else ""
+        typer.echo(f"{rank:3d}. {hit['score']:7.4f}  {hit['key']}{caption}")
+
+
+@app.command()
+@handles_errors
+def serve(
+    db: DbOption = None,
+    table: TableOption = None,
+    host: Annotated[str, typer.Option("--host", help="address to bind (127.0.0.1: this machine only)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port to listen on")] = 8000,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.01, help="largest query image upload, in MB")
+    ] = 20.0,
+) -> None:
+    """Serve a search page and a JSON API over a table (read only; docs at /docs)."""
+    _check_device(device)
+    try:
+        import uvicorn
+
+        from mmindex.server.app import create_app
+    except ImportError as exc:
+        raise ConfigError(
+            f'mmindex serve needs the serve extra: pip install "mmindex[serve]" ({exc})'
+        ) from exc
+    from mmindex.query.handle import ImageIndex
+    from mmindex.store.reader import Store
+
+    settings = _settings(db, table)
+    index = ImageIndex(Store.from_settings(settings), device=device or settings.device)
+    typer.echo(f"loading {index.store.info().model} for {index.store.describe()} ...", err=True)
+    asgi = create_app(index, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    typer.echo(f"serving http://{host}:{port}/  (API docs: http://{host}:{port}/docs)", err=True)
+    uvicorn.run(asgi, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -1,0 +1,278 @@
+"""The search server's app: a page, and a JSON API over one table, read only.
+
+The table's model is loaded once, at start-up; model calls are serialised (one forward pass at a time
+uses the cores best) and repeated text queries (paging) reuse their embedding. Every read goes to the
+table's newest version, so rows an index run commits while the server is up are searched at once.
+Inputs from the network are checked: the body size is counted as it arrives (`limits.BodyLimit`),
+filters must pass the grammar in `mmindex.query.filters`, query images are decoded with the
+decompression-bomb guard and a pixel cap, and no endpoint reads anything but the table.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections import OrderedDict
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, Path, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mmindex.errors import ConfigError, DecodeError, MMIndexError, TableError
+from mmindex.query.filters import check_filter
+from mmindex.query.handle import SEARCH_MODES, ImageIndex
+from mmindex.query.results import Results
+from mmindex.server.limits import BodyLimit
+
+MAX_K = 200
+MAX_OFFSET = 10_000
+MAX_QUERY_LENGTH = 1000
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_QUERY_PIXELS = 50_000_000
+TEXT_CACHE_SIZE = 256
+ROW_ID = re.compile(r"^[0-9a-f]{32}$")
+HIDDEN_COLUMNS = ("image_embedding", "text_embedding", "thumbnail")
+
+K = Annotated[int, Query(ge=1, le=MAX_K, description="results per page")]
+OFFSET = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip (paging)")]
+WHERE = Annotated[
+    str | None,
+    Query(max_length=2000, description="filter: comparisons of columns with values, AND/OR/NOT"),
+]
+DISTINCT = Annotated[bool, Query(description="hide exact duplicates (same file content) of better hits")]
+
+
+class SearchService:
+    """The model, the table and the caches behind the routes."""
+
+    def __init__(self, index: ImageIndex) -> None:
+        self.index = index
+        self._model_lock = threading.Lock()
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.filter_columns = [name for name in index.table.schema.names if name not in HIDDEN_COLUMNS]
+
+    def warm(self) -> None:
+        self.text_vector("warm-up")
+
+    def text_vector(self, text: str) -> np.ndarray:
+        with self._model_lock:
+            if text in self._vectors:
+                self._vectors.move_to_end(text)
+                return self._vectors[text]
+            vector: np.ndarray = self.index.searcher.embedder.embed_texts([text])[0]
+            self._vectors[text] = vector
+            if len(self._vectors) > TEXT_CACHE_SIZE:
+                self._vectors.popitem(last=False)
+            return vector
+
+    def image_vector(self, data: bytes) -> np.ndarray:
+        check_query_image(data)
+        with self._model_lock:
+            return self.index.searcher.embed_image(data)
+
+    def where(self, where: str | None) -> str | None:
+        if where is None or not where.strip():
+            return None
+        return check_filter(where, self.filter_columns)
+
+    def search(
+        self,
+        *,
+        vector: np.ndarray | None = None,
+        text: str | None = None,
+        mode: str = "vector",
+        k: int,
+        offset: int,
+        where: str | None,
+        distinct: bool,
+    ) -> Results:
+        checked = self.where(where)
+        fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if distinct else (k, offset)
+        if vector is not None:
+            found = self.index.search(vector=vector, k=fetch_k, where=checked, offset=fetch_offset)
+        elif mode == "vector":
+            assert text is not None
+            found = self.index.search(
+                vector=self.text_vector(text), k=fetch_k, where=checked, offset=fetch_offset
+            )
+        elif mode == "hybrid":  # embeds the text itself
+            with self._model_lock:
+                found = self.index.search(text, mode=mode, k=fetch_k, where=checked, offset=fetch_offset)
+        else:
+            found = self.index.search(text, mode=mode, k=fetch_k, where=checked, offset=fetch_offset)
+        if not distinct:
+            return found
+        return _without_exact_duplicates(found, offset, k)
+
+
+def _without_exact_duplicates(found: Results, offset: int, k: int) -> Results:
+    table = found.to_arrow()
+    digests = table.column("sha256").to_pylist() if "sha256" in table.column_names else [None] * len(found)
+    seen: set[str] = set()
+    keep = []
+    for row, digest in enumerate(digests):
+        if digest is not None and digest in seen:
+            continue
+        if digest is not None:
+            seen.add(digest)
+        keep.append(row)
+    return Results(table.take(keep[offset : offset + k]), score_kind=found.score_kind, query=found.query)
+
+
+def check_query_image(data: bytes) -> None:
+    """Refuse images whose header announces more pixels than a query needs (before decoding them)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception as exc:  # any failure to read a header is the upload's fault
+        raise DecodeError(f"not a readable image: {type(exc).__name__}") from exc
+    if width * height > MAX_QUERY_PIXELS:
+        raise DecodeError(
+            f"the image is {width}x{height} pixels; query images are limited to {MAX_QUERY_PIXELS}"
+        )
+
+
+def hit_json(results: Results) -> list[dict[str, Any]]:
+    table = results.to_arrow()
+    has_thumbnail = (
+        table.column("thumbnail").is_valid().to_pylist()
+        if "thumbnail" in table.column_names
+        else [False] * len(results)
+    )
+    return [
+        {**hit.to_dict(), "thumbnail": f"/api/thumbnail/{hit.id}" if present else None}
+        for hit, present in zip(results, has_thumbnail, strict=True)
+    ]
+
+
+def page_json(results: Results, *, mode: str, k: int, offset: int, query: str) -> dict[str, Any]:
+    return {
+        "query": query,
+        "mode": mode,
+        "score_kind": results.score_kind,
+        "k": k,
+        "offset": offset,
+        "hits": hit_json(results),
+    }
+
+
+def create_app(index: ImageIndex, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, warm: bool = True) -> Any:
+    """The ASGI app serving `index` (the FastAPI app wrapped in the body-size limit)."""
+    service = SearchService(index)
+    if warm:
+        service.warm()
+    app = FastAPIOffline(
+        title="mmindex search",
+        version="1",
+        description=f"Read-only search over the table {index.store.describe()}.",
+    )
+    _add_error_handlers(app)
+    page = resources.files("mmindex.server").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz", summary="liveness: the table is readable")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "rows": len(index)}
+
+    @app.get("/api/stats", summary="rows, captions by source, model, indices")
+    def stats() -> dict[str, Any]:
+        return index.stats()
+
+    @app.get("/api/search", summary="text query: CLIP (mode=vector), BM25 (text) or both (hybrid)")
+    def search_text(
+        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_LENGTH)],
+        k: K = 20,
+        offset: OFFSET = 0,
+        where: WHERE = None,
+        mode: Annotated[str, Query(pattern="^(" + "|".join(SEARCH_MODES) + ")$")] = "vector",
+        distinct: DISTINCT = False,
+    ) -> dict[str, Any]:
+        if not q.strip():
+            raise ConfigError("the query is empty")
+        found = service.search(text=q, mode=mode, k=k, offset=offset, where=where, distinct=distinct)
+        return page_json(found, mode=mode, k=k, offset=offset, query=q)
+
+    @app.post("/api/search", summary="image query: the image as multipart field `image`")
+    async def search_image(
+        image: Annotated[UploadFile, File(description="the query image (JPEG, PNG, WebP, ...)")],
+        k: K = 20,
+        offset: OFFSET = 0,
+        where: WHERE = None,
+        distinct: DISTINCT = False,
+    ) -> dict[str, Any]:
+        data = await image.read()
+        if not data:
+            raise DecodeError("the uploaded image is empty")
+        vector = service.image_vector(data)
+        found = service.search(vector=vector, k=k, offset=offset, where=where, distinct=distinct)
+        return page_json(found, mode="image", k=k, offset=offset, query=image.filename or "image")
+
+    @app.get("/api/similar/{row_id}", summary='"more like this": the images nearest an indexed one')
+    def similar(
+        row_id: Annotated[str, Path(max_length=64)],
+        k: K = 20,
+        offset: OFFSET = 0,
+        where: WHERE = None,
+        distinct: DISTINCT = False,
+    ) -> dict[str, Any]:
+        vector = index.embedding(_checked_id(row_id))
+        found = service.search(vector=vector, k=k + 1, offset=offset, where=where, distinct=distinct)
+        table = found.to_arrow()
+        keep = [i for i, other in enumerate(table.column("id").to_pylist()) if other != row_id][:k]
+        kept = Results(table.take(keep), score_kind=found.score_kind)
+        return page_json(kept, mode="similar", k=k, offset=offset, query=row_id)
+
+    @app.get("/api/thumbnail/{row_id}", summary="the stored thumbnail of a row (WebP or JPEG)")
+    def thumbnail(row_id: Annotated[str, Path(max_length=64)]) -> Response:
+        data = index.thumbnail(_checked_id(row_id))
+        if data is None:
+            return JSONResponse({"error": "this row has no thumbnail"}, status_code=404)
+        mime = "image/webp" if data[8:12] == b"WEBP" else "image/jpeg"
+        return Response(data, media_type=mime, headers={"Cache-Control": "max-age=300"})
+
+    return BodyLimit(app, max_upload_bytes)
+
+
+def _checked_id(row_id: str) -> str:
+    if not ROW_ID.match(row_id):
+        raise TableError(f"no row with id {row_id!r}")
+    return row_id
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(DecodeError)
+    async def bad_image(request: Request, exc: DecodeError) -> JSONResponse:
+        return error(422, str(exc))
+
+    @app.exception_handler(TableError)
+    async def bad_table_request(request: Request, exc: TableError) -> JSONResponse:
+        return error(404 if str(exc).startswith("no row") else 400, str(exc))
+
+    @app.exception_handler(MMIndexError)
+    async def bad_request(request: Request, exc: MMIndexError) -> JSONResponse:
+        return error(400 if isinstance(exc, ConfigError) else 500, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem.get('loc', ())[1:]) or 'request'}: {problem.get('msg')}"
+            for problem in exc.errors()
+        )
+        return error(422, problems or "invalid request")

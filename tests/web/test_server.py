@@ -1,0 +1,246 @@
+"""`mmindex serve` as a client sees it: a real uvicorn process, a real HTTP client, bad inputs too."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import CliRunner, free_port, wait_for_http
+from PIL import Image
+
+UPLOAD_CAP = 1024 * 1024  # the server under test takes uploads up to 1 MB
+
+
+@pytest.fixture(scope="module")
+def served(shapes_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(base URL, database) of a server over a copy of the shapes table (the last test adds rows)."""
+    db = tmp_path_factory.mktemp("served") / "db"
+    shutil.copytree(shapes_db, db)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mmindex.cli",
+            "serve",
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--max-upload-mb",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MMINDEX_DEVICE": "cpu"},
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
+        yield f"http://127.0.0.1:{port}", db
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+        assert "Traceback" not in output, output
+
+
+@pytest.fixture(scope="module")
+def client(served: tuple[str, Path]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served[0], timeout=60) as http:
+        yield http
+
+
+def kind_of(key: str) -> str:
+    return "-".join(Path(key).stem.split("-")[1:])
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels, with almost no data: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_health_stats_and_local_api_docs(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "rows": 98}
+    stats = client.get("/api/stats").json()
+    assert stats["rows"] == 98 and stats["embed_model"] == "toy-clip"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {
+        "/api/search",
+        "/api/similar/{row_id}",
+        "/api/thumbnail/{row_id}",
+        "/api/stats",
+        "/healthz",
+    } <= set(paths)
+    docs = client.get("/docs").text
+    assets = [part.split('"')[0] for part in docs.split('src="')[1:]] + [
+        part.split('"')[0] for part in docs.split('href="')[1:]
+    ]
+    assert assets and all(asset.startswith("/") for asset in assets), assets  # nothing from a CDN
+    assert all(client.get(asset).status_code == 200 for asset in assets)
+    assert 'id="q"' in client.get("/").text
+
+
+def test_text_search_pages_and_thumbnails(client: httpx.Client) -> None:
+    page = client.get("/api/search", params={"q": "a blue star", "k": 4}).json()
+    assert (
+        page["score_kind"] == "cosine"
+        and [kind_of(hit["key"]) for hit in page["hits"]][:3] == ["blue-star"] * 3
+    )
+    thumbnail = client.get(page["hits"][0]["thumbnail"])
+    assert thumbnail.headers["content-type"] == "image/webp"
+    assert max(Image.open(io.BytesIO(thumbnail.content)).size) <= 256
+    second = client.get("/api/search", params={"q": "a blue star", "k": 2, "offset": 2}).json()
+    assert [hit["id"] for hit in second["hits"]] == [hit["id"] for hit in page["hits"]][2:]
+    words = client.get("/api/search", params={"q": "yellow", "mode": "text", "k": 3}).json()
+    assert words["score_kind"] == "bm25" and all("yellow" in hit["caption"] for hit in words["hits"])
+    assert (
+        client.get("/api/search", params={"q": "a green square", "mode": "hybrid"}).json()["score_kind"]
+        == "rrf"
+    )
+
+
+def test_hide_duplicates_drops_exact_copies(client: httpx.Client) -> None:
+    probe = client.get("/api/search", params={"q": "a red square", "k": 40}).json()["hits"]
+    copy_id = next(hit["id"] for hit in probe if hit["key"].startswith("copies/"))
+    similar = client.get(f"/api/similar/{copy_id}", params={"k": 5}).json()["hits"]
+    assert copy_id not in [hit["id"] for hit in similar]
+    assert sum(hit["score"] > 0.9999 for hit in similar) == 2  # the original and the other copy
+    distinct = client.get(f"/api/similar/{copy_id}", params={"k": 5, "distinct": "true"}).json()["hits"]
+    assert sum(hit["score"] > 0.9999 for hit in distinct) == 0  # copies of the probe itself are hidden
+    assert len(distinct) == 5 and len({hit["id"] for hit in distinct}) == 5
+
+
+def test_image_upload_finds_the_image(client: httpx.Client, served: tuple[str, Path]) -> None:
+    hit = client.get("/api/search", params={"q": "an orange circle", "k": 1}).json()["hits"][0]
+    data = Path(hit["uri"]).read_bytes()
+    found = client.post("/api/search", params={"k": 3}, files={"image": ("q.jpg", data, "image/jpeg")}).json()
+    assert found["hits"][0]["id"] == hit["id"] and found["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status"),
+    [
+        ({"method": "GET", "url": "/api/search", "params": {"q": "x", "k": 100000}}, 422),
+        (
+            {
+                "method": "GET",
+                "url": "/api/search",
+                "params": {"q": "x", "where": "width > 1; DROP TABLE images"},
+            },
+            400,
+        ),
+        ({"method": "GET", "url": "/api/search", "params": {"q": "x", "where": "lower(key) = 'a'"}}, 400),
+        ({"method": "GET", "url": "/api/search", "params": {"q": "x", "where": "nosuch = 1"}}, 400),
+        ({"method": "GET", "url": "/api/search", "params": {"q": "x", "mode": "sql"}}, 422),
+        ({"method": "GET", "url": "/api/search", "params": {"q": ""}}, 422),
+        ({"method": "GET", "url": "/api/similar/" + "0" * 32}, 404),
+        ({"method": "GET", "url": "/api/similar/..%2F..%2Fetc%2Fpasswd"}, 404),
+        ({"method": "GET", "url": "/api/thumbnail/not-an-id"}, 404),
+        (
+            {
+                "method": "POST",
+                "url": "/api/search",
+                "files": {"image": ("x.jpg", b"garbage" * 100, "image/jpeg")},
+            },
+            422,
+        ),
+        (
+            {
+                "method": "POST",
+                "url": "/api/search",
+                "files": {"image": ("b.png", png_header_only(60000, 60000))},
+            },
+            422,
+        ),
+        ({"method": "POST", "url": "/api/search", "files": {"image": ("e.png", b"")}}, 422),
+        (
+            {
+                "method": "POST",
+                "url": "/api/search",
+                "files": {"image": ("big.jpg", b"\xff" * (2 * UPLOAD_CAP))},
+            },
+            413,
+        ),
+    ],
+)
+def test_bad_requests_get_a_json_4xx(
+    client: httpx.Client, request_args: dict[str, object], status: int
+) -> None:
+    response = client.request(**request_args)  # type: ignore[arg-type]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json" and response.json()["error"]
+
+
+def test_uploads_are_capped_without_content_length(client: httpx.Client) -> None:
+    """A chunked body (no Content-Length) is counted as it arrives, and refused past the cap."""
+    boundary = "b0undary"
+
+    def chunks() -> Iterator[bytes]:  # a well-formed multipart upload whose image part never ends
+        disposition = 'Content-Disposition: form-data; name="image"; filename="a.jpg"'
+        yield f"--{boundary}\r\n{disposition}\r\n\r\n".encode()
+        for _ in range(64):  # 4 MB in 64 KB pieces, 4x the cap
+            yield b"\0" * 65536
+
+    response = client.post(
+        "/api/search",
+        content=chunks(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Transfer-Encoding": "chunked"},
+    )
+    assert response.status_code == 413 and "larger than" in response.json()["error"]
+
+
+def test_a_query_that_is_not_utf8_is_not_a_server_error(served: tuple[str, Path]) -> None:
+    response = httpx.get(served[0] + "/api/search?q=%FF%FE%FA&k=2", timeout=60)
+    assert response.status_code < 500 and response.headers["content-type"] == "application/json"
+
+
+def test_cli_search_through_the_server_prints_the_local_json(
+    served: tuple[str, Path], cli: CliRunner
+) -> None:
+    remote = cli("search", "a purple triangle", "-k", "4", "--json", env={"MMINDEX_SERVER": served[0]})
+    local = cli("search", "a purple triangle", "-k", "4", "--json", "--db", str(served[1]))
+    assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
+    remote_hits, local_hits = json.loads(remote.stdout), json.loads(local.stdout)
+    assert [hit["id"] for hit in remote_hits] == [hit["id"] for hit in local_hits]
+    assert set(remote_hits[0]) == set(local_hits[0])
+    assert remote_hits[0]["score"] == pytest.approx(local_hits[0]["score"], abs=1e-4)
+    refused = cli("search", "x", "--where", "1=1", "--server", served[0])
+    assert refused.returncode == 2 and "refused" in refused.stderr
+    unreachable = cli("search", "x", "--server", f"http://127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+
+def test_rows_committed_while_the_server_runs_are_searched(
+    client: httpx.Client, served: tuple[str, Path]
+) -> None:
+    from mmindex.ingest.pipeline import run_index
+    from mmindex.ingest.sources import open_source
+    from mmindex.models.clip import ClipEmbedder
+    from mmindex.store.reader import Store
+    from mmindex.toy.shapes import write_corpus
+
+    extra = served[1].parent / "extra"
+    write_corpus(extra, 4, seed=99)
+    run_index(open_source(str(extra)), ClipEmbedder.load("toy-clip"), Store(str(served[1])))
+    assert client.get("/healthz").json()["rows"] == 102
+    keys = {hit["uri"] for hit in client.get("/api/search", params={"q": "a shape", "k": 102}).json()["hits"]}
+    assert any(uri.startswith(str(extra)) for uri in keys)
