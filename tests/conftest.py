@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -154,6 +154,41 @@ def shapes_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         open_source(str(root / "corpus")), embedder, Store(str(root / "db")), IndexOptions(batch_size=32)
     )
     return root / "db"
+
+
+@pytest.fixture(scope="session")
+def served(shapes_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(base URL, database) of a running `mmindex serve` over a copy of the shapes table (the web
+    tests; the last server test adds rows)."""
+    db = tmp_path_factory.mktemp("served") / "db"
+    shutil.copytree(shapes_db, db)
+    port = free_port()
+    log = db.parent / "server.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mmindex.cli",
+            "serve",
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--max-upload-mb",
+            "1",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MMINDEX_DEVICE": "cpu"},
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
+        yield f"http://127.0.0.1:{port}", db
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        output = log.read_text(errors="replace")
+        assert "Traceback" not in output, output
 
 
 CliRunner = Callable[..., "subprocess.CompletedProcess[str]"]

@@ -4,53 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CliRunner, free_port, wait_for_http
+from conftest import CliRunner, free_port
 from PIL import Image
 
 UPLOAD_CAP = 1024 * 1024  # the server under test takes uploads up to 1 MB
-
-
-@pytest.fixture(scope="module")
-def served(shapes_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """(base URL, database) of a server over a copy of the shapes table (the last test adds rows)."""
-    db = tmp_path_factory.mktemp("served") / "db"
-    shutil.copytree(shapes_db, db)
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mmindex.cli",
-            "serve",
-            "--db",
-            str(db),
-            "--port",
-            str(port),
-            "--max-upload-mb",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MMINDEX_DEVICE": "cpu"},
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
-        yield f"http://127.0.0.1:{port}", db
-    finally:
-        process.terminate()
-        output = process.communicate(timeout=30)[0].decode(errors="replace")
-        assert "Traceback" not in output, output
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,81 @@
+"""The search page in headless Chromium (Debian's chromium and chromium-driver, driven by Selenium):
+type a query, see the grid, click "more like this", upload an image, save a screenshot."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,900",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, "install Debian's chromium and chromium-driver (.ci/run does)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(browser: webdriver.Chrome, status_part: str) -> list[str]:
+    """Wait until the status line says `status_part` and every thumbnail has loaded; the hit keys."""
+    WebDriverWait(browser, 60).until(lambda b: status_part in b.find_element(By.ID, "status").text)
+    WebDriverWait(browser, 30).until(
+        lambda b: b.execute_script(
+            "return [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+    )
+    return [element.text for element in browser.find_elements(By.CSS_SELECTOR, "#grid .hit .key")]
+
+
+def test_search_more_like_this_and_upload(
+    browser: webdriver.Chrome, served: tuple[str, Path], tmp_path: Path
+) -> None:
+    browser.get(served[0] + "/")
+    box = browser.find_element(By.ID, "q")
+    box.send_keys("a yellow circle")
+    browser.find_element(By.ID, "go").click()
+    keys = wait_for(browser, "(vector)")
+    assert len(keys) == 20 and Path(keys[0]).stem.endswith("-yellow-circle")
+    assert browser.execute_script("return document.querySelectorAll('#grid img').length") == 20
+
+    browser.find_elements(By.CSS_SELECTOR, "#grid .hit .more")[1].click()
+    similar = wait_for(browser, "(similar)")
+    assert keys[1] not in similar and "yellow-circle" in similar[0]
+
+    first = browser.find_element(By.CSS_SELECTOR, "#grid .hit").get_attribute("data-id")
+    star = httpx.get(served[0] + "/api/search", params={"q": "a blue star", "k": 1}, timeout=60).json()
+    upload = Path(star["hits"][0]["uri"])
+    browser.find_element(By.ID, "image").send_keys(str(upload))
+    by_image = wait_for(browser, "(image)")
+    assert by_image[0].endswith(upload.name)
+    assert browser.find_element(By.CSS_SELECTOR, "#grid .hit").get_attribute("data-id") != first
+
+    shot = tmp_path / "search-page.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
