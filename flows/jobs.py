@@ -79,7 +79,7 @@ def job_flow(job_class: type[Job], name: str) -> Callable[[JobBody], Flow[..., d
 
 
 def run_in_flow(job: Job, *, progress_bar: bool = False) -> dict[str, Any]:
-    with TerminalProgress(job.kind + "ing", enabled=progress_bar) as terminal:
+    with TerminalProgress(job.doing, enabled=progress_bar) as terminal:
         progress = FlowProgress(terminal if progress_bar else None) if job.kind != "maintain" else None
         report = run_job(job, hooks=PREFECT_HOOKS, progress=progress)
     publish_report(report, job.kind)

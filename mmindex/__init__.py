@@ -26,6 +26,8 @@ _EXPORTS = {
     "open_searcher": "mmindex.api",
     "caption": "mmindex.api",
     "maintain": "mmindex.api",
+    "thumbnails": "mmindex.api",
+    "ThumbnailJob": "mmindex.jobs.spec",
     "IndexJob": "mmindex.jobs.spec",
     "CaptionJob": "mmindex.jobs.spec",
     "MaintainJob": "mmindex.jobs.spec",
@@ -57,6 +59,8 @@ __all__ = [
     "index",
     "caption",
     "maintain",
+    "thumbnails",
+    "ThumbnailJob",
     "IndexJob",
     "CaptionJob",
     "MaintainJob",
@@ -81,13 +85,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mmindex.api import caption, index, maintain, open_searcher
+    from mmindex.api import caption, index, maintain, open_searcher, thumbnails
     from mmindex.config import Settings
     from mmindex.errors import ConfigError, MMIndexError
     from mmindex.ingest.pipeline import IndexOptions, run_index
     from mmindex.ingest.sources import ScanFilter, SourceItem, open_source
     from mmindex.jobs.run import run_job
-    from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob
+    from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob, ThumbnailJob
     from mmindex.models.captioner import Captioner
     from mmindex.models.clip import ClipEmbedder
     from mmindex.query.handle import ImageIndex, connect

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS, RETENTION, THUMBNAIL_FORMAT, THUMBNAIL_SIZE
 from mmindex.jobs.run import run_job
-from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob
+from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob, ThumbnailJob
 from mmindex.progress import TerminalProgress
 from mmindex.query.search import Searcher
 from mmindex.report import RunReport
@@ -153,6 +153,38 @@ def maintain(
     `retention` ("7d", "12h", "30m"), in this process (see `mmindex maintain --help`)."""
     report = run_job(MaintainJob(db=db, table=table, retention=retention, lock_timeout=lock_timeout))
     assert isinstance(report, MaintenanceReport)
+    return report
+
+
+def thumbnails(
+    *,
+    db: str | None = None,
+    table: str | None = None,
+    limit: int | None = None,
+    where: str | None = None,
+    retry_failed: bool = False,
+    workers: int | None = None,
+    thumbnail_size: int = THUMBNAIL_SIZE,
+    thumbnail_format: str = THUMBNAIL_FORMAT,
+    lock_timeout: float | None = None,
+    progress: bool | None = None,
+) -> RunReport:
+    """Make the thumbnails a table's rows lack (rows indexed before thumbnails existed or with
+    `thumbnails=False`), in this process; resumable (see `mmindex thumbnails --help`)."""
+    job = ThumbnailJob(
+        db=db,
+        table=table,
+        limit=limit,
+        where=where,
+        retry_failed=retry_failed,
+        workers=workers,
+        thumbnail_size=thumbnail_size,
+        thumbnail_format=thumbnail_format,
+        lock_timeout=lock_timeout,
+    )
+    with TerminalProgress(job.doing, enabled=progress) as bar:
+        report = run_job(job, progress=bar)
+    assert isinstance(report, RunReport)
     return report
 
 

@@ -23,7 +23,15 @@ import typer
 
 from mmindex.config import DEVICES, Settings
 from mmindex.errors import ConfigError, MMIndexError
-from mmindex.jobs.spec import CaptionJob, IndexJob, Job, MaintainJob, option_of, ordered_fields
+from mmindex.jobs.spec import (
+    CaptionJob,
+    IndexJob,
+    Job,
+    MaintainJob,
+    ThumbnailJob,
+    option_of,
+    ordered_fields,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -169,6 +177,12 @@ def caption(job: CaptionJob, json_output: JsonOption = False, progress: Progress
 def maintain(job: MaintainJob, json_output: JsonOption = False) -> None:
     """Compact a table, fold new rows into its indices (or build them) and delete old versions."""
     run_job_command(job, json_output=json_output, progress=False)
+
+
+@job_command(ThumbnailJob)
+def thumbnails(job: ThumbnailJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
+    """Make the thumbnails a table's rows lack (indexed before thumbnails or with --no-thumbnails)."""
+    run_job_command(job, json_output=json_output, progress=progress)
 
 
 def _summary(report: dict[str, Any]) -> list[str]:

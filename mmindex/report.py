@@ -101,6 +101,7 @@ class RunReport:
     pruned: int = 0
     captioned: int = 0
     caption_failed: int = 0
+    thumbnails: int = 0  # thumbnails made by a thumbnail backfill
     listing_incomplete: bool = False
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -165,7 +166,7 @@ class RunReport:
 
     @property
     def items_per_second(self) -> float:
-        done = self.indexed if self.kind == "index" else self.captioned
+        done = {"index": self.indexed, "thumbnails": self.thumbnails}.get(self.kind, self.captioned)
         return done / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +183,7 @@ class RunReport:
             "pruned": self.pruned,
             "captioned": self.captioned,
             "caption_failed": self.caption_failed,
+            "thumbnails": self.thumbnails,
             "unexpected_failures": sum(self.unexpected.values()),
             "seconds": round(self.seconds, 3),
             "items_per_second": round(self.items_per_second, 2),
@@ -223,6 +225,11 @@ class RunReport:
                 f"caption {self.table}",
                 f"  rows {self.scanned}  captioned {self.captioned}  failed {self.failed}",
             ]
+        elif self.kind == "thumbnails":
+            lines = [
+                f"thumbnails {self.table}",
+                f"  rows {self.scanned}  thumbnails made {self.thumbnails}  failed {self.failed}",
+            ]
         else:
             lines = [
                 f"{self.kind} {self.source} -> {self.table}",
@@ -255,6 +262,7 @@ class RunReport:
             f"Source: `{self.source}`",
             "",
             *([f"Models: {self.models}", ""] if self.models else []),
+            *([f"Thumbnails made: {self.thumbnails}", ""] if self.kind == "thumbnails" else []),
             "| scanned | new | changed | unchanged | failed | known failures | pruned | captioned | s |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {self.scanned} | {self.new} | {self.changed} | {self.unchanged} | {self.failed} "

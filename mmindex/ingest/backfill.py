@@ -75,19 +75,35 @@ def target_filter(model_id: str, options: CaptionOptions) -> str:
 
 
 def caption_targets(store: Store, model_id: str, options: CaptionOptions) -> Iterator[list[SourceItem]]:
-    """Batches of items to caption, streamed. Permanent caption failures of unchanged images are skipped
-    unless `retry_failed`; rows that failed before for a passing reason are retried last, so they
-    cannot crowd out the rest under `limit`."""
-    permanent, earlier = _caption_failures(store)
-    if options.retry_failed:
-        permanent = {}
-    query = (
-        store.lancedb_table()
-        .search()
-        .where(target_filter(model_id, options))
-        .select(_TARGET_COLUMNS)
-        .limit(None)
+    """Batches of items to caption, streamed (see `backfill_targets`)."""
+    return backfill_targets(
+        store,
+        target_filter(model_id, options),
+        "caption",
+        batch_size=options.batch_size,
+        limit=options.limit,
+        where=options.where,
+        retry_failed=options.retry_failed,
     )
+
+
+def backfill_targets(
+    store: Store,
+    condition: str,
+    stage: str,
+    *,
+    batch_size: int,
+    limit: int | None = None,
+    where: str | None = None,
+    retry_failed: bool = False,
+) -> Iterator[list[SourceItem]]:
+    """Batches of the rows matching `condition`, as items to read again, streamed. Permanent `stage`
+    failures of unchanged images are skipped unless `retry_failed`; rows that failed before for a
+    passing reason come last, so they cannot crowd out the rest under `limit`."""
+    permanent, earlier = stage_failures(store, stage)
+    if retry_failed:
+        permanent = {}
+    query = store.lancedb_table().search().where(condition).select(_TARGET_COLUMNS).limit(None)
     later: list[SourceItem] = []
 
     def candidates() -> Iterator[SourceItem]:
@@ -108,30 +124,30 @@ def caption_targets(store: Store, model_id: str, options: CaptionOptions) -> Ite
                     else:
                         yield item
         except (ValueError, RuntimeError) as exc:
-            if options.where:
-                raise TableError(f"check the --where filter {options.where!r}: {first_line(exc)}") from exc
+            if where:
+                raise TableError(f"check the --where filter {where!r}: {first_line(exc)}") from exc
             raise
         yield from later
 
     batch: list[SourceItem] = []
     for taken, item in enumerate(candidates(), start=1):
         batch.append(item)
-        if len(batch) >= options.batch_size or taken == options.limit:
+        if len(batch) >= batch_size or taken == limit:
             yield batch
             batch = []
-        if taken == options.limit:
+        if taken == limit:
             return
     if batch:
         yield batch
 
 
-def _caption_failures(store: Store) -> tuple[dict[str, int | None], set[str]]:
-    """(permanent caption failures: id -> fingerprint, ids with any other caption failure)."""
+def stage_failures(store: Store, stage: str) -> tuple[dict[str, int | None], set[str]]:
+    """(permanent failures at `stage`: id -> fingerprint, ids with any other failure at `stage`)."""
     permanent: dict[str, int | None] = {}
     earlier: set[str] = set()
     for batch in store.load_failures():
         for row in batch.to_pylist():
-            if row["stage"] != "caption":
+            if row["stage"] != stage:
                 continue
             if row["severity"] == SEVERITY_ERROR and not row["retryable"]:
                 permanent[row["id"]] = row["fingerprint"]
@@ -236,13 +252,13 @@ def run_caption(
         preprocessors = {"caption": captioner.preprocess}
         done = 0
         targets = caption_targets(store, captioner.model_id, options)
-        guard = UnexpectedErrors(_caption_failures(store)[1])
+        guard = UnexpectedErrors(stage_failures(store, "caption")[1])
         with (
             writer.buffer(
                 flush_rows=options.write_rows,
                 flush_seconds=options.write_seconds,
                 stages=CAPTION_STAGES,
-                partial=True,
+                partial="captions",
             ) as rows,
             load_pools(options.workers, getattr(reader, "fetch_concurrency", 1)) as pools,
         ):

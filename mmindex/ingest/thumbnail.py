@@ -30,6 +30,7 @@ class Thumbnailer:
     size: int = THUMBNAIL_SIZE
     format: str = THUMBNAIL_FORMAT
     quality: int = THUMBNAIL_QUALITY
+    draft_side: int = 0  # what the decode may scale a JPEG down to (0: the models decide)
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 2048:
@@ -45,9 +46,10 @@ class Thumbnailer:
 
     @property
     def min_side(self) -> int:
-        # Asks nothing of the decode: a JPEG decoded at reduced scale for the model (short side still
-        # >= the model's, e.g. 224) may give a square image a thumbnail a little under `size`.
-        return 0
+        # By default asks nothing of the decode, so embeddings never depend on thumbnails: a JPEG decoded
+        # at reduced scale for the model (short side still >= the model's, e.g. 224) may give a square
+        # image a thumbnail a little under `size`. A backfill, with no model, sets draft_side = size.
+        return self.draft_side
 
     def __call__(self, image: object) -> np.ndarray:
         assert isinstance(image, Image.Image)

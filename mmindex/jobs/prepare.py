@@ -29,7 +29,8 @@ from mmindex.ingest.pipeline import IndexOptions
 from mmindex.ingest.sources import ScanFilter, Source, open_source
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.ingest.thumbnail import Thumbnailer
-from mmindex.jobs.spec import CaptionJob, CaptionSpec, IndexJob, MaintainJob
+from mmindex.ingest.thumbnail_backfill import ThumbnailOptions
+from mmindex.jobs.spec import CaptionJob, CaptionSpec, IndexJob, MaintainJob, ThumbnailJob
 from mmindex.models.captioner import GenerationSettings, check_caption_config
 from mmindex.models.clip import check_embedding_config
 from mmindex.models.precision import check_precision
@@ -75,6 +76,13 @@ class PreparedCaption:
 class PreparedMaintain:
     store: Store
     retention: timedelta
+
+
+@dataclass
+class PreparedThumbnails:
+    store: Store
+    options: ThumbnailOptions
+    reader: UriReader
 
 
 def generation_of(job: CaptionSpec) -> GenerationSettings:
@@ -179,6 +187,24 @@ def prepare_maintain(job: MaintainJob) -> PreparedMaintain:
     store = Store.from_settings(job.settings())
     store.lancedb_table()  # TableError (exit 2) for a missing table, before any lock is taken
     return PreparedMaintain(store, retention)
+
+
+def prepare_thumbnails(job: ThumbnailJob) -> PreparedThumbnails:
+    """Validate a thumbnail backfill: a table that exists, a size and format that can be made."""
+    settings = job.settings()
+    store = Store.from_settings(settings)
+    store.lancedb_table()  # TableError (exit 2) for a missing table
+    options = ThumbnailOptions(
+        thumbnailer=Thumbnailer(job.thumbnail_size, job.thumbnail_format),
+        limit=job.limit,
+        where=job.where,
+        retry_failed=job.retry_failed,
+        workers=settings.workers or 1,
+        write_rows=min(settings.write_rows, CAPTION_WRITE_ROWS),
+        write_seconds=settings.write_seconds,
+        lock_timeout=job.lock_timeout,
+    )
+    return PreparedThumbnails(store, options, UriReader(settings))
 
 
 def _s3_config(settings: Settings) -> Any:

@@ -17,14 +17,16 @@ from mmindex.errors import ModelError
 from mmindex.ingest.backfill import CaptionSteps, inherit_captions, run_caption
 from mmindex.ingest.pipeline import ProgressUpdate, Steps, run_index
 from mmindex.ingest.sources.uri import UriReader
+from mmindex.ingest.thumbnail_backfill import run_thumbnails
 from mmindex.jobs.prepare import (
     ModelChoice,
     PreparedIndex,
     prepare_caption,
     prepare_index,
     prepare_maintain,
+    prepare_thumbnails,
 )
-from mmindex.jobs.spec import CaptionJob, IndexJob, Job, MaintainJob
+from mmindex.jobs.spec import CaptionJob, IndexJob, Job, MaintainJob, ThumbnailJob
 from mmindex.models.captioner import Captioner
 from mmindex.models.clip import ClipEmbedder
 from mmindex.report import RunReport
@@ -71,6 +73,9 @@ def run_job(job: Job, *, hooks: RunHooks | None = None, progress: Progress | Non
     if isinstance(job, MaintainJob):
         prepared = prepare_maintain(job)
         return hooks.maintain(prepared.store, prepared.retention, lock_timeout=job.lock_timeout)
+    if isinstance(job, ThumbnailJob):
+        made = prepare_thumbnails(job)
+        return run_thumbnails(made.store, made.options, reader=made.reader, progress=progress)
     raise TypeError(f"not an mmindex job: {job!r}")
 
 
@@ -112,6 +117,8 @@ def validate(job: Job) -> Any:
         return prepare_caption(job)
     if isinstance(job, MaintainJob):
         return prepare_maintain(job)
+    if isinstance(job, ThumbnailJob):
+        return prepare_thumbnails(job)
     raise TypeError(f"not an mmindex job: {job!r}")
 
 

@@ -30,7 +30,7 @@ class InProcessRunner:
     """Runs the job here, with a terminal progress bar; no orchestrator involved."""
 
     def run(self, job: Job, *, progress_bar: bool = False) -> dict[str, Any]:
-        with TerminalProgress(job.kind + "ing", enabled=progress_bar) as bar:
+        with TerminalProgress(job.doing, enabled=progress_bar) as bar:
             return run_job(job, progress=bar).to_dict()
 
 

@@ -82,6 +82,7 @@ class Job:
     """Fields every job has: which table, and how long to wait for another run writing it."""
 
     kind: ClassVar[str]
+    doing: ClassVar[str]  # what a progress bar says, e.g. "indexing"
 
     db: str | None = option(None, help=f"LanceDB URI [env MMINDEX_DB, default {DEFAULT_DB}]")
     table: str | None = option(None, help=f"table name [env MMINDEX_TABLE, default {DEFAULT_TABLE}]")
@@ -126,15 +127,26 @@ class CaptionSpec:
     prompt: str | None = option(None, help='caption prefix that steers the model, e.g. "a photograph of"')
 
 
+@dataclass(kw_only=True)
+class ThumbnailSpec:
+    """How thumbnails are made (shared by `index` and `thumbnails`)."""
+
+    thumbnail_size: int = option(
+        THUMBNAIL_SIZE, min=16, max=2048, help="long side of the previews, in pixels"
+    )
+    thumbnail_format: str = option(THUMBNAIL_FORMAT, help="webp (smaller) or jpeg (faster)")
+
+
 PRECISION_HELP = "auto (bf16/fp16 on CUDA, bf16 on a CPU with fast native bf16, else fp32), fp32, bf16, fp16"
 DEVICE_HELP = "auto, cpu, cuda or mps"
 
 
 @dataclass(kw_only=True)
-class IndexJob(CaptionSpec, Job):
+class IndexJob(CaptionSpec, ThumbnailSpec, Job):
     """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
 
     kind: ClassVar[str] = "index"
+    doing: ClassVar[str] = "indexing"
 
     source: str = option(
         help="directory, manifest (.csv/.jsonl/.parquet) or s3://bucket/prefix", argument=True
@@ -166,10 +178,6 @@ class IndexJob(CaptionSpec, Job):
     thumbnails: bool = option(
         True, flag="--thumbnails/--no-thumbnails", help="store a small preview of each image in the table"
     )
-    thumbnail_size: int = option(
-        THUMBNAIL_SIZE, min=16, max=2048, help="long side of the previews, in pixels"
-    )
-    thumbnail_format: str = option(THUMBNAIL_FORMAT, help="webp (smaller) or jpeg (faster)")
 
 
 @dataclass(kw_only=True)
@@ -177,6 +185,7 @@ class CaptionJob(CaptionSpec, Job):
     """Generate captions for indexed images that have none; resumable; human captions are never touched."""
 
     kind: ClassVar[str] = "caption"
+    doing: ClassVar[str] = "captioning"
 
     limit: int | None = option(None, min=1, help="caption at most N rows")
     where: str | None = option(None, help="SQL filter choosing rows, e.g. \"key LIKE 'a/%'\"")
@@ -196,10 +205,25 @@ class MaintainJob(Job):
     """Compact a table, fold new rows into its indices (or build them) and delete old versions."""
 
     kind: ClassVar[str] = "maintain"
+    doing: ClassVar[str] = "maintaining"
 
     retention: str = option(
         RETENTION, help=f"keep table versions younger than this: 7d, 12h, 30m [{RETENTION}]"
     )
 
 
-JOBS: dict[str, type[Job]] = {job.kind: job for job in (IndexJob, CaptionJob, MaintainJob)}
+@dataclass(kw_only=True)
+class ThumbnailJob(ThumbnailSpec, Job):
+    """Make the thumbnails a table's rows lack (rows indexed before thumbnails or with --no-thumbnails);
+    resumable."""
+
+    kind: ClassVar[str] = "thumbnails"
+    doing: ClassVar[str] = "making thumbnails"
+
+    limit: int | None = option(None, min=1, help="make at most N thumbnails")
+    where: str | None = option(None, help="SQL filter choosing rows, e.g. \"key LIKE 'a/%'\"")
+    retry_failed: bool = option(False, help="retry images that could not be read or decoded before")
+    workers: int | None = option(None, min=1, help="decode threads [1]")
+
+
+JOBS: dict[str, type[Job]] = {job.kind: job for job in (IndexJob, CaptionJob, MaintainJob, ThumbnailJob)}

@@ -112,7 +112,7 @@ class TableWriter:
         flush_rows: int = FLUSH_ROWS,
         flush_seconds: float = FLUSH_SECONDS,
         stages: Sequence[str] | None = None,
-        partial: bool = False,
+        partial: str | None = None,
     ) -> Iterator[RowBuffer]:
         """A run's row buffer; whatever it still holds is flushed on exit, even on an error."""
         buffer = RowBuffer(
@@ -138,11 +138,15 @@ class TableWriter:
     def update_captions(self, rows: pa.Table) -> None:
         """Write generated captions into existing rows (matched by id). Rows whose caption is human are
         never updated, whatever selected them; ids no longer in the table are ignored."""
+        not_human = f"target.caption_source IS NULL OR target.caption_source <> '{CAPTION_HUMAN}'"
+        self.update_columns(rows, where=not_human)
+
+    def update_columns(self, rows: pa.Table, where: str | None = None) -> None:
+        """Write some columns of existing rows (matched by id; ids no longer in the table are ignored)."""
         schema = self.images.schema
         ordered = rows.select([n for n in schema.names if n in rows.column_names])
         ordered = ordered.cast(pa.schema([schema.field(n) for n in ordered.column_names]))
-        not_human = f"target.caption_source IS NULL OR target.caption_source <> '{CAPTION_HUMAN}'"
-        builder = self.images.merge_insert("id").when_matched_update_all(where=not_human)
+        builder = self.images.merge_insert("id").when_matched_update_all(where=where)
         builder.execute(ordered, on_bad_vectors="null")
         self.wrote = True
 
@@ -207,7 +211,8 @@ class RowBuffer:
 
     `stages`: which earlier failure rows of the processed items a flush replaces (None: all of them,
     for items processed from scratch). `partial`: rows carry only some columns and update existing
-    rows (a caption backfill) instead of upserting whole rows.
+    rows instead of upserting whole rows: "captions" (a caption backfill: human captions are never
+    overwritten) or "columns" (any other backfill, e.g. thumbnails).
     """
 
     def __init__(
@@ -217,8 +222,10 @@ class RowBuffer:
         flush_rows: int = FLUSH_ROWS,
         flush_seconds: float = FLUSH_SECONDS,
         stages: Sequence[str] | None = None,
-        partial: bool = False,
+        partial: str | None = None,
     ):
+        if partial not in (None, "captions", "columns"):
+            raise ValueError(f"partial must be None, 'captions' or 'columns', not {partial!r}")
         self.writer = writer
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
@@ -258,7 +265,12 @@ class RowBuffer:
             self.writer.replace_failures(self._done, self.stages, failures)
         if self._rows:
             rows = pa.concat_tables(self._rows, promote_options="permissive")
-            self.writer.update_captions(rows) if self.partial else self.writer.upsert_rows(rows)
+            if self.partial == "captions":
+                self.writer.update_captions(rows)
+            elif self.partial == "columns":
+                self.writer.update_columns(rows)
+            else:
+                self.writer.upsert_rows(rows)
         self._rows, self._row_count, self._failures, self._done = [], 0, [], []
         self._last_flush = time.monotonic()
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
 from conftest import CliRunner
+from PIL import Image
 
+import mmindex
 from mmindex.errors import TableError
 from mmindex.ingest.pipeline import IndexOptions, run_index
 from mmindex.ingest.sources import open_source
@@ -81,3 +85,32 @@ def test_thumbnails_can_be_left_out(corpus: Path, tmp_path: Path, tiny_clip: str
     options = IndexOptions(batch_size=8, thumbnails=None)
     run_index(open_source(str(corpus)), ClipEmbedder.load(tiny_clip), store, options)
     assert store.lancedb_table().to_arrow().column("thumbnail").null_count == store.info().rows == 24
+
+
+def test_the_thumbnail_backfill_fills_old_rows_resumably(indexed: Path, cli: CliRunner) -> None:
+    """An old table's rows get thumbnails from `thumbnails`: in parts (as a killed run would leave
+    them), skipping an unreadable image for good unless asked, and through the CLI's flow."""
+    old = Store(str(indexed)).lancedb_table()
+    old.drop_columns(["thumbnail"])
+    old.update_field_metadata({"path": "id", "metadata": {META_SCHEMA_VERSION.decode(): "1"}})
+    broken = sorted(indexed.parent.glob("corpus/**/*.jpg"))[0]
+    broken.write_bytes(b"not an image any more")
+
+    first = mmindex.thumbnails(db=str(indexed), limit=10)
+    assert first.scanned == 10 and first.thumbnails + first.failed == 10
+    table = Store(str(indexed)).lancedb_table()
+    assert table.count_rows("thumbnail IS NULL") == 24 - first.thumbnails
+
+    result = cli("thumbnails", "--db", str(indexed), "--json")
+    assert result.returncode == 0, result.stderr
+    rest = json.loads(result.stdout.strip().splitlines()[-1])
+    assert rest["kind"] == "thumbnails" and rest["scanned"] == 14
+    assert first.thumbnails + rest["thumbnails"] == 23 and first.failed + rest["failed"] == 1
+    assert table.count_rows("thumbnail IS NULL") == 1 and table.count_rows() == 24  # the row stays
+    failure = Store(str(indexed)).failure_rows("stage = 'thumbnail'")
+    assert len(failure) == 1 and failure[0]["key"].endswith(broken.name)
+
+    assert mmindex.thumbnails(db=str(indexed)).scanned == 0  # nothing left but a known failure
+    assert mmindex.thumbnails(db=str(indexed), retry_failed=True).failed == 1
+    data = table.search().where("thumbnail IS NOT NULL").select(["thumbnail"]).limit(1).to_arrow()
+    assert Image.open(io.BytesIO(data["thumbnail"][0].as_py())).format == "WEBP"

@@ -22,6 +22,8 @@ PUBLIC = {
     "index",
     "caption",
     "maintain",
+    "thumbnails",
+    "ThumbnailJob",
     "IndexJob",
     "CaptionJob",
     "MaintainJob",

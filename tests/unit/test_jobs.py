@@ -33,8 +33,14 @@ CONTRACT = {
         "--lock-timeout", "--json", "--progress", "--no-progress",
     },
     "maintain": {"--db", "--table", "--retention", "--lock-timeout", "--json"},
+    "thumbnails": {"--db", "--table", "--limit", "--where", "--retry-failed", "--json"},
 }  # fmt: skip
-API = {"index": mmindex.index, "caption": mmindex.caption, "maintain": mmindex.maintain}
+API = {
+    "index": mmindex.index,
+    "caption": mmindex.caption,
+    "maintain": mmindex.maintain,
+    "thumbnails": mmindex.thumbnails,
+}
 
 
 def command(name: str) -> Any:
