@@ -246,9 +246,9 @@ def test_vector_index_is_built_past_the_threshold_and_scores_stay_exact_cosines(
     store = Store(str(tmp_path / "db"))
     store.vector_index_min_rows = 256
     report = run_index(open_source(str(root)), embedder, store, IndexOptions(batch_size=64))
-    assert any("IVF_HNSW_SQ index on image_embedding" in note for note in report.notes)
+    assert any("created IVF_RQ index on image_embedding (300 rows" in note for note in report.notes)
     indexed = {index.columns[0]: index.index_type for index in store.lancedb_table().list_indices()}
-    assert indexed["image_embedding"] == "IvfHnswSq" and indexed["caption"] == "FTS"
+    assert indexed["image_embedding"] == "IvfRq" and indexed["caption"] == "FTS"
 
     query = embedder.embed_texts(["a red circle"])[0]
     hits = Searcher(store, embedder).vector(query, k=10)
@@ -260,6 +260,32 @@ def test_vector_index_is_built_past_the_threshold_and_scores_stay_exact_cosines(
     assert (
         len({round(h.score, 4) for h in hits} & {round(float(s), 4) for s in best}) >= 9
     )  # recall@10 >= 0.9
+
+
+def test_rows_after_an_index_build_are_searched_and_growth_rebuilds_the_index(
+    tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    from mmindex.store.upkeep import trained_rows
+    from mmindex.toy.shapes import write_corpus
+
+    store = Store(str(tmp_path / "db"))
+    store.vector_index_min_rows = 200
+    options = IndexOptions(batch_size=64, thumbnails=None)
+    for part, count in (("a", 200), ("b", 100)):
+        write_corpus(tmp_path / "src" / part, count, seed=len(part) + count, size_range=(40, 60))
+        report = run_index(open_source(str(tmp_path / "src")), embedder, store, options)
+    assert any("folded" in note for note in report.notes) and not any("rebuilt" in n for n in report.notes)
+    assert trained_rows(store.lancedb_table().schema, "image_embedding") == 200
+    table = store.lancedb_table()
+    late = table.search().where("key LIKE 'b/%'").select(["id", "image_embedding"]).limit(5).to_arrow()
+    searcher = Searcher(store, embedder)
+    for row_id, vector in zip(late["id"].to_pylist(), late["image_embedding"].to_pylist(), strict=True):
+        assert searcher.vector(np.asarray(vector), k=1)[0].id == row_id  # a row written after the build
+
+    write_corpus(tmp_path / "src" / "c", 120, seed=5, size_range=(40, 60))
+    report = run_index(open_source(str(tmp_path / "src")), embedder, store, options)
+    assert any("rebuilt IVF_RQ index on image_embedding (420 rows" in note for note in report.notes)
+    assert trained_rows(store.lancedb_table().schema, "image_embedding") == 420
 
 
 def versions(db: Path) -> tuple[int, int]:
