@@ -20,6 +20,7 @@ from mmindex.errors import ConfigError, DecodeError, TableError, first_line
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
 from mmindex.query.results import LabelScore, Results
+from mmindex.schema import META_DIM, META_MODEL
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import trained_partitions
 
@@ -122,11 +123,13 @@ class Searcher:
     def check_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
         """The query vector as float32, refused if its dimension is not the table's."""
         array = np.asarray(vector, dtype=np.float32).reshape(-1)
-        dim = self.store.info().dim
+        metadata = self.store.lancedb_table().schema.metadata or {}
+        dim = int(metadata[META_DIM]) if META_DIM in metadata else None
         if dim is not None and array.shape[0] != dim:
+            model = metadata.get(META_MODEL, b"?").decode()
             raise ConfigError(
                 f"the query vector has {array.shape[0]} dimensions, but table {self.store.describe()} "
-                f"holds {dim}-d embeddings of {self.store.info().model}: embed the query with that model"
+                f"holds {dim}-d embeddings of {model}: embed the query with that model"
             )
         if not np.all(np.isfinite(array)) or not np.any(array):
             raise ConfigError("the query vector must be finite and not all zeros")

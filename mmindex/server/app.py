@@ -1,7 +1,8 @@
 """The search server's app: a page, and a JSON API over one table, read only.
 
 The table's model is loaded once, at start-up; model calls are serialised (one forward pass at a time
-uses the cores best) and repeated text queries (paging) reuse their embedding. Every read goes to the
+uses the cores best), concurrent text queries share one forward pass, and repeated text queries
+(paging) reuse their embedding. Every read goes to the
 table's newest version, so rows an index run commits while the server is up are searched at once.
 Inputs from the network are checked: the body size is counted as it arrives (`limits.BodyLimit`),
 filters must pass the grammar in `mmindex.query.filters`, query images are decoded with the
@@ -14,6 +15,7 @@ import io
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from importlib import resources
 from typing import Annotated, Any
 
@@ -55,6 +57,8 @@ class SearchService:
     def __init__(self, index: ImageIndex) -> None:
         self.index = index
         self._model_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[tuple[str, Future[np.ndarray]]] = []
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self.filter_columns = [name for name in index.table.schema.names if name not in HIDDEN_COLUMNS]
 
@@ -62,15 +66,33 @@ class SearchService:
         self.text_vector("warm-up")
 
     def text_vector(self, text: str) -> np.ndarray:
-        with self._model_lock:
-            if text in self._vectors:
+        """The text's embedding. Concurrent queries are embedded together: whoever takes the model
+        embeds every text waiting at that moment in one forward pass (8 at once cost little more
+        than one), so waiting clients do not queue one forward pass each."""
+        with self._pending_lock:
+            cached = self._vectors.get(text)
+            if cached is not None:
                 self._vectors.move_to_end(text)
-                return self._vectors[text]
-            vector: np.ndarray = self.index.searcher.embedder.embed_texts([text])[0]
-            self._vectors[text] = vector
-            if len(self._vectors) > TEXT_CACHE_SIZE:
-                self._vectors.popitem(last=False)
-            return vector
+                return cached
+            waiting: Future[np.ndarray] = Future()
+            self._pending.append((text, waiting))
+        with self._model_lock:
+            if not waiting.done():
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                try:
+                    vectors = self.index.searcher.embedder.embed_texts([item for item, _ in batch])
+                except BaseException as exc:
+                    for _, future in batch:
+                        future.set_exception(exc)
+                    raise
+                with self._pending_lock:
+                    for (item, future), vector in zip(batch, vectors, strict=True):
+                        future.set_result(vector)
+                        self._vectors[item] = vector
+                    while len(self._vectors) > TEXT_CACHE_SIZE:
+                        self._vectors.popitem(last=False)
+        return waiting.result()
 
     def image_vector(self, data: bytes) -> np.ndarray:
         check_query_image(data)

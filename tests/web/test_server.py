@@ -82,6 +82,21 @@ def test_text_search_pages_and_thumbnails(client: httpx.Client) -> None:
     )
 
 
+def test_concurrent_text_queries_each_get_their_own_answer(client: httpx.Client) -> None:
+    """Concurrent queries share forward passes; each must still get the results for its own text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kinds = [f"{c}-{s}" for c in ("red", "green", "blue", "purple") for s in ("circle", "star")]
+
+    def top(kind: str) -> str:
+        colour, shape = kind.split("-")
+        hits = client.get("/api/search", params={"q": f"a {colour} {shape}", "k": 1}).json()["hits"]
+        return str(kind_of(hits[0]["key"]))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(top, kinds)) == kinds
+
+
 def test_hide_duplicates_drops_exact_copies(client: httpx.Client) -> None:
     probe = client.get("/api/search", params={"q": "a red square", "k": 40}).json()["hits"]
     copy_id = next(hit["id"] for hit in probe if hit["key"].startswith("copies/"))
