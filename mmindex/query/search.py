@@ -104,12 +104,20 @@ class Searcher:
         _check_k(k, offset)
         query_vector = self.check_vector(vector)
         table = self.store.lancedb_table()
-        search = table.search(query_vector, vector_column_name=column).distance_type("cosine")
-        search = search.select([*self._columns(table), column]).limit(offset + k)
-        search = self._tuned(search, column)
-        if where:
-            search = search.where(where, prefilter=True)
-        result = _run(search, where)
+        columns = [*self._columns(table), column]
+
+        def search(exact: bool) -> Any:  # a fresh builder each time: its methods modify it
+            built = table.search(query_vector, vector_column_name=column).distance_type("cosine")
+            built = built.select(columns).limit(offset + k)
+            built = built.bypass_vector_index() if exact else self._tuned(built, column)
+            return built.where(where, prefilter=True) if where else built
+
+        indexed = self._indexed(column)
+        result = _run(search(exact=not indexed), where)
+        if indexed and where and result.num_rows < offset + k:
+            # an IVF index only searches the partitions it probes: a selective filter can leave fewer
+            # rows there than exist. Then the filter is selective, and exact search over it is cheap.
+            result = _run(search(exact=True), where)
         if result.num_rows == 0:
             return Results.empty(query=query)
         vectors = np.asarray(result.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))

@@ -439,3 +439,28 @@ def test_chunks_read_ahead_are_not_judged_before_they_are_done(
     db = tmp_path / "db"
     report = index(tmp_path / "many", db, broken, chunk_size=64)  # type: ignore[arg-type]
     assert report.indexed == 64 and len(Store(str(db)).failure_rows()) == 64
+
+
+def test_a_selective_filter_on_an_indexed_table_still_gets_k_rows(
+    tmp_path: Path, embedder: ClipEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IVF probes only some partitions; a filter that keeps a few rows must not lose them."""
+    from mmindex.query import search
+    from mmindex.store import upkeep
+    from mmindex.toy.shapes import write_corpus
+
+    monkeypatch.setattr(upkeep, "ROWS_PER_PARTITION", 16)  # 300 rows -> 18 partitions ...
+    monkeypatch.setattr(search, "MIN_NPROBES", 1)  # ... of which each query probes one
+    monkeypatch.setattr(search, "NPROBE_SHARE", 0.0)
+    write_corpus(tmp_path / "src", 300, seed=4, size_range=(40, 60))
+    store = Store(str(tmp_path / "db"))
+    store.vector_index_min_rows = 256
+    run_index(
+        open_source(str(tmp_path / "src")), embedder, store, IndexOptions(batch_size=64, thumbnails=None)
+    )
+    where = "key LIKE '%-red-circle.%'"
+    matching = store.lancedb_table().count_rows(where)
+    assert 10 <= matching < 30
+    query = embedder.embed_texts(["a blue star"])[0]  # far from the filtered rows
+    hits = Searcher(store, embedder).vector(query, k=10, where=where)
+    assert len(hits) == 10 and all("-red-circle." in hit.key for hit in hits)
