@@ -425,6 +425,7 @@ def demo(
     show_queries(searcher, corpus, echo=typer.echo)
     typer.echo(f'\nexplore: mmindex search "a red circle" --db {db} --table {table}')
     typer.echo(f'         mmindex search --text-only "blue star" --db {db} --table {table}')
+    typer.echo(f"         mmindex serve --db {db} --table {table}   # a search page on 127.0.0.1:8000")
 
 
 def main() -> None:
