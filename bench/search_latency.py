@@ -88,6 +88,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--quantize", default=None, help="passed to mmindex serve (int8)")
     args = parser.parse_args()
     model = str(model_dir())
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +139,8 @@ def main() -> None:
         port = free_port()
         env = {**os.environ, "MMINDEX_DEVICE": "cpu"}
         server = subprocess.Popen(
-            [sys.executable, "-m", "mmindex.cli", "serve", "--db", store.db_uri, "--port", str(port)],
+            [sys.executable, "-m", "mmindex.cli", "serve", "--db", store.db_uri, "--port", str(port)]
+            + (["--quantize", args.quantize] if args.quantize else []),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

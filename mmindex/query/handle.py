@@ -30,9 +30,17 @@ DUPLICATE_TILE = 4096  # rows per side of one similarity tile (64 MB of float32 
 class ImageIndex:
     """Search, look at and inspect one images table."""
 
-    def __init__(self, store: Store, *, device: str = "auto", embedder: ClipEmbedder | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        quantize: str | None = None,
+        embedder: ClipEmbedder | None = None,
+    ) -> None:
         self.store = store
-        self.searcher = Searcher(store, embedder, device=device)
+        self.searcher = Searcher(store, embedder, device=device, precision=precision, quantize=quantize)
         store.lancedb_table()  # a missing table is one clear error now, not at the first query
 
     def __repr__(self) -> str:
@@ -171,11 +179,20 @@ class ImageIndex:
         return ids, keys, digests, np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
 
 
-def connect(db: str | None = None, table: str | None = None, *, device: str = "auto") -> ImageIndex:
+def connect(
+    db: str | None = None,
+    table: str | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    quantize: str | None = None,
+) -> ImageIndex:
     """Open a table for searching (default ./mmindex.lancedb, table images; or MMINDEX_DB/MMINDEX_TABLE).
-    An `s3://` database is reached with the MMINDEX_S3_* settings."""
+    An `s3://` database is reached with the MMINDEX_S3_* settings. `precision` and `quantize` say how
+    the table's model computes query embeddings (as for indexing; `quantize="int8"` makes text queries
+    on a CPU about 2.5x faster, within cosine 0.99 of fp32)."""
     settings = Settings.from_env(db=db, table=table)
-    return ImageIndex(Store.from_settings(settings), device=device)
+    return ImageIndex(Store.from_settings(settings), device=device, precision=precision, quantize=quantize)
 
 
 def _batches(query: Any, where: str | None) -> Iterator[Any]:

@@ -19,6 +19,7 @@ import pyarrow as pa
 from mmindex.errors import ConfigError, DecodeError, TableError, first_line
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
+from mmindex.models.precision import check_precision
 from mmindex.query.results import LabelScore, Results
 from mmindex.schema import META_DIM, META_MODEL
 from mmindex.store.reader import Store
@@ -39,9 +40,20 @@ ImageQuery = str | Path | bytes | Any  # a path, encoded bytes, or a PIL image
 class Searcher:
     """Runs queries against one table, loading the table's embedding model on first use."""
 
-    def __init__(self, store: Store, embedder: ClipEmbedder | None = None, *, device: str = "auto") -> None:
+    def __init__(
+        self,
+        store: Store,
+        embedder: ClipEmbedder | None = None,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        quantize: str | None = None,
+    ) -> None:
+        check_precision(precision, quantize)
         self.store = store
         self.device = device
+        self.precision = precision
+        self.quantize = quantize
         self._embedder = embedder
 
     @property
@@ -50,7 +62,9 @@ class Searcher:
             model = self.store.info().model
             if model is None:
                 raise TableError(f"table {self.store.describe()} records no embedding model")
-            self._embedder = ClipEmbedder.load(model, device=self.device)
+            self._embedder = ClipEmbedder.load(
+                model, device=self.device, precision=self.precision, quantize=self.quantize
+            )
         return self._embedder
 
     # -- vector queries --------------------------------------------------------------------------

@@ -114,3 +114,11 @@ def test_duplicates_finds_exact_copies_and_near_groups(idx: ImageIndex) -> None:
     assert found.to_pandas().groupby("group").size().min() >= 2
     assert "<img" in found._repr_html_()
     assert len(idx.duplicates(threshold=1.0)) >= 1  # exact groups at least
+
+
+def test_queries_can_run_an_int8_model_and_bad_settings_are_refused(shapes_db: Path) -> None:
+    fast = mmindex.connect(str(shapes_db), quantize="int8")
+    assert [kind_of(hit.key) for hit in fast.search("a green star", k=2)] == ["green-star"] * 2
+    assert "int8" in fast.searcher.embedder.compute
+    with pytest.raises(ConfigError, match="quantize"):
+        mmindex.connect(str(shapes_db), quantize="int4")
