@@ -7,6 +7,7 @@ Builds a table of clustered synthetic 512-d rows (written with mmindex's schema,
 own upkeep, so the index type and query settings are the defaults), records the embedding model as a
 randomly initialised CLIP with the ViT-B/32 configuration (the text tower's real cost), and reports:
 
+- the text tower alone (`ClipEmbedder.embed_texts`): one query, eight at once, one with int8;
 - index build seconds (`refresh_indices`: IVF_RQ by default);
 - vector search p50/p95 in this process (`Searcher.vector`, k=10, exact cosine re-ranking) and its
   recall@10 against exact search;
@@ -75,6 +76,25 @@ def query_text(n: int) -> str:
     return " ".join(rng.choice(WORDS, size=6)) + f" {n}"
 
 
+def text_tower_ms(model: str) -> str:
+    """Median ms of `embed_texts` alone: one short query, eight at once, and one with int8."""
+    from mmindex.models.clip import ClipEmbedder
+
+    figures = []
+    for quantize, batch in ((None, 1), (None, 8), ("int8", 1)):
+        embedder = ClipEmbedder.load(model, device="cpu", quantize=quantize)
+        embedder.embed_texts(["warm up"] * batch)
+        times = []
+        for n in range(20):
+            started = time.perf_counter()
+            embedder.embed_texts([query_text(n * 8 + i) for i in range(batch)])
+            times.append((time.perf_counter() - started) * 1000)
+        figures.append(
+            f"{batch} text{'s' if batch > 1 else ''} {quantize or 'fp32'} {statistics.median(times):.0f} ms"
+        )
+    return ", ".join(figures)
+
+
 def timed_get(url: str) -> float:
     started = time.perf_counter()
     with urllib.request.urlopen(url, timeout=60) as response:
@@ -91,6 +111,7 @@ def main() -> None:
     parser.add_argument("--quantize", default=None, help="passed to mmindex serve (int8)")
     args = parser.parse_args()
     model = str(model_dir())
+    print(f"text tower alone: {text_tower_ms(model)}")
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(str(Path(tmp) / "db"))
         with store.open_writer() as writer:

@@ -61,7 +61,8 @@ def run_thumbnails(
     preprocessors = {THUMBNAIL_ROLE: thumbnailer}
     with store.open_writer(options.lock_timeout) as writer:
         started = time.perf_counter()
-        writer.prepare(store.info().model or "", store.info().dim or 0)  # migrates an older table
+        info = store.info()
+        writer.prepare(info.model or "", info.dim or 0)  # migrates an older table
         if "thumbnail" not in writer.images.schema.names:
             raise TableError(f"table {store.describe()} has no thumbnail column")
         condition = "thumbnail IS NULL" + (f" AND ({options.where})" if options.where else "")

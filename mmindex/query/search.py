@@ -116,17 +116,18 @@ class Searcher:
         """Nearest rows to a query vector in `column`, scored by exact cosine similarity; `offset`
         skips the first rows (paging)."""
         _check_k(k, offset)
-        query_vector = self.check_vector(vector)
         table = self.store.lancedb_table()
-        columns = [*self._columns(table), column]
+        schema = table.schema  # read once: every read of a table handle checks for a newer version
+        query_vector = self.check_vector(vector, schema)
+        columns = [*self._columns(schema), column]
+        indexed = self._indexed(column)
 
         def search(exact: bool) -> Any:  # a fresh builder each time: its methods modify it
             built = table.search(query_vector, vector_column_name=column).distance_type("cosine")
             built = built.select(columns).limit(offset + k)
-            built = built.bypass_vector_index() if exact else self._tuned(built, column)
+            built = built.bypass_vector_index() if exact else self._tuned(built, column, schema)
             return built.where(where, prefilter=True) if where else built
 
-        indexed = self._indexed(column)
         result = _run(search(exact=not indexed), where)
         if indexed and where and result.num_rows < offset + k:
             # an IVF index only searches the partitions it probes: a selective filter can leave fewer
@@ -142,10 +143,10 @@ class Searcher:
         ranked = ranked.sort_by([("score", "descending")]).slice(offset, k)
         return Results(ranked, query=query)
 
-    def check_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
+    def check_vector(self, vector: np.ndarray | Sequence[float], schema: Any | None = None) -> np.ndarray:
         """The query vector as float32, refused if its dimension is not the table's."""
         array = np.asarray(vector, dtype=np.float32).reshape(-1)
-        metadata = self.store.lancedb_table().schema.metadata or {}
+        metadata = (schema if schema is not None else self.store.lancedb_table().schema).metadata or {}
         dim = int(metadata[META_DIM]) if META_DIM in metadata else None
         if dim is not None and array.shape[0] != dim:
             model = metadata.get(META_MODEL, b"?").decode()
@@ -165,7 +166,7 @@ class Searcher:
         self._require_fts()
         table = self.store.lancedb_table()
         search = table.search(query, query_type="fts", fts_columns="caption")
-        search = search.select([*self._columns(table), "_score"]).limit(offset + k)
+        search = search.select([*self._columns(table.schema), "_score"]).limit(offset + k)
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
@@ -185,10 +186,11 @@ class Searcher:
             .text(query)
             .distance_type("cosine")
             .rerank(RRFReranker())
-            .select(self._columns(table))
+            .select(self._columns(table.schema))
             .limit(offset + k)
         )
-        search = self._tuned(search, "image_embedding")
+        if self._indexed("image_embedding"):
+            search = self._tuned(search, "image_embedding", table.schema)
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
@@ -212,17 +214,15 @@ class Searcher:
         vector: np.ndarray = self.embedder.embed_images([pil])[0]
         return vector
 
-    def _columns(self, table: Any) -> list[str]:
+    def _columns(self, schema: Any) -> list[str]:
         """What results carry: every stored column except the embeddings."""
-        return [name for name in table.schema.names if name not in VECTOR_COLUMNS]
+        return [name for name in schema.names if name not in VECTOR_COLUMNS]
 
-    def _tuned(self, search: Any, column: str) -> Any:
+    def _tuned(self, search: Any, column: str, schema: Any) -> Any:
         """Query settings for an indexed column: enough partitions probed, and exact re-ranking of
         REFINE_FACTOR x k candidates (quantised distances alone lose ~10% recall; see bench/ann.py)."""
-        if not self._indexed(column):
-            return search
         search = search.refine_factor(REFINE_FACTOR)
-        partitions = trained_partitions(self.store.lancedb_table().schema, column)
+        partitions = trained_partitions(schema, column)
         if partitions:
             search = search.nprobes(max(MIN_NPROBES, math.ceil(partitions * NPROBE_SHARE)))
         return search
