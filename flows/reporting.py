@@ -14,6 +14,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from mmindex.finetuning.report import FinetuneReport
 from mmindex.ingest.pipeline import ProgressUpdate
 from mmindex.progress import TerminalProgress
 from mmindex.report import RunReport
@@ -50,11 +51,20 @@ class FlowProgress:
             self._last_log = now
 
 
-def publish_report(report: RunReport | MaintenanceReport, key_prefix: str) -> None:
+def publish_report(report: RunReport | MaintenanceReport | FinetuneReport, key_prefix: str) -> None:
     """The run summary (markdown) and this run's failures (table) as artifacts, and a log line."""
     logger = get_run_logger()
     for line in report.summary_lines():
         logger.info(line)
+    if isinstance(report, FinetuneReport):
+        key = artifact_key(f"{key_prefix}-{report.table}")
+        create_markdown_artifact(report.to_markdown(), key=key, description="mmindex fine-tune")
+        create_table_artifact(
+            report.metric_rows("holdout"),
+            key=f"{key}-holdout",
+            description="held-out retrieval, before and after",
+        )
+        return
     if isinstance(report, MaintenanceReport):
         key = artifact_key(f"{key_prefix}-{report.table}")
         create_markdown_artifact(report.to_markdown(), key=key, description="mmindex maintenance")

@@ -19,6 +19,10 @@ def flow_for(job: Job) -> Flow[..., dict[str, Any]]:
         from mmindex.flows.caption import caption_missing
 
         return caption_missing
+    if job.kind == "finetune":
+        from mmindex.flows.finetune import finetune
+
+        return finetune
     if job.kind == "thumbnails":
         from mmindex.flows.thumbnails import thumbnails
 

@@ -27,6 +27,9 @@ _EXPORTS = {
     "caption": "mmindex.api",
     "maintain": "mmindex.api",
     "thumbnails": "mmindex.api",
+    "finetune": "mmindex.api",
+    "FinetuneJob": "mmindex.jobs.spec",
+    "FinetuneReport": "mmindex.finetuning.report",
     "ThumbnailJob": "mmindex.jobs.spec",
     "IndexJob": "mmindex.jobs.spec",
     "CaptionJob": "mmindex.jobs.spec",
@@ -61,6 +64,9 @@ __all__ = [
     "maintain",
     "thumbnails",
     "ThumbnailJob",
+    "finetune",
+    "FinetuneJob",
+    "FinetuneReport",
     "IndexJob",
     "CaptionJob",
     "MaintainJob",
@@ -85,13 +91,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mmindex.api import caption, index, maintain, open_searcher, thumbnails
+    from mmindex.api import caption, finetune, index, maintain, open_searcher, thumbnails
     from mmindex.config import Settings
     from mmindex.errors import ConfigError, MMIndexError
+    from mmindex.finetuning.report import FinetuneReport
     from mmindex.ingest.pipeline import IndexOptions, run_index
     from mmindex.ingest.sources import ScanFilter, SourceItem, open_source
     from mmindex.jobs.run import run_job
-    from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob, ThumbnailJob
+    from mmindex.jobs.spec import CaptionJob, FinetuneJob, IndexJob, MaintainJob, ThumbnailJob
     from mmindex.models.captioner import Captioner
     from mmindex.models.clip import ClipEmbedder
     from mmindex.query.handle import ImageIndex, connect

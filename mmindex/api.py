@@ -8,9 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS, RETENTION, THUMBNAIL_FORMAT, THUMBNAIL_SIZE
+from mmindex.config import (
+    FINETUNE_EPOCHS,
+    MAX_NEW_TOKENS,
+    NUM_BEAMS,
+    RETENTION,
+    THUMBNAIL_FORMAT,
+    THUMBNAIL_SIZE,
+)
+from mmindex.finetuning.report import FinetuneReport
 from mmindex.jobs.run import run_job
-from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob, ThumbnailJob
+from mmindex.jobs.spec import CaptionJob, FinetuneJob, IndexJob, MaintainJob, ThumbnailJob
 from mmindex.progress import TerminalProgress
 from mmindex.query.search import Searcher
 from mmindex.report import RunReport
@@ -185,6 +193,62 @@ def thumbnails(
     with TerminalProgress(job.doing, enabled=progress) as bar:
         report = run_job(job, progress=bar)
     assert isinstance(report, RunReport)
+    return report
+
+
+def finetune(
+    *,
+    out: str,
+    db: str | None = None,
+    table: str | None = None,
+    base: str | None = None,
+    epochs: int = FINETUNE_EPOCHS,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    train_part: str = "full",
+    holdout: float = 0.1,
+    where: str | None = None,
+    include_generated: bool = False,
+    wise_alpha: float | None = None,
+    control: str | None = None,
+    weight_decay: float = 0.1,
+    seed: int = 0,
+    eval_pairs: int = 5000,
+    workers: int | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    lock_timeout: float | None = None,
+    progress: bool | None = None,
+) -> FinetuneReport:
+    """Fine-tune the table's CLIP model on its human-captioned rows and save it to `out`, in this
+    process (see `mmindex finetune --help`). The report holds held-out recall for the base and the
+    fine-tuned model (`report.metric_rows()`); `out` loads with from_pretrained and
+    `mmindex.index(source, model=out, new_table=...)`. A killed run resumes when called again."""
+    job = FinetuneJob(
+        out=out,
+        db=db,
+        table=table,
+        base=base,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        train_part=train_part,
+        holdout=holdout,
+        where=where,
+        include_generated=include_generated,
+        wise_alpha=wise_alpha,
+        control=control,
+        weight_decay=weight_decay,
+        seed=seed,
+        eval_pairs=eval_pairs,
+        workers=workers,
+        device=device,
+        precision=precision,
+        lock_timeout=lock_timeout,
+    )
+    with TerminalProgress(job.doing, enabled=progress) as bar:
+        report = run_job(job, progress=bar)
+    assert isinstance(report, FinetuneReport)
     return report
 
 

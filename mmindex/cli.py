@@ -26,6 +26,7 @@ from mmindex.errors import ConfigError, MMIndexError
 from mmindex.jobs.spec import (
     PRECISION_HELP,
     CaptionJob,
+    FinetuneJob,
     IndexJob,
     Job,
     MaintainJob,
@@ -110,6 +111,7 @@ def cli_parameters(job_class: type[Job]) -> list[inspect.Parameter]:
                 name: value for name, value in (("min", option.min), ("max", option.max)) if value is not None
             }
             marker = typer.Option(*option.flags(spec_field.name), help=option.help, **bounds)
+            default = inspect.Parameter.empty if default is MISSING else default  # a required option
             target = options
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         target.append(
@@ -156,7 +158,7 @@ def run_job_command(job: Job, *, json_output: bool, progress: bool) -> None:
     result = runner.run(job, progress_bar=progress and not json_output and sys.stderr.isatty())
     if json_output:
         emit_json(result)
-    elif job.kind == "maintain":
+    elif job.kind in ("maintain", "finetune"):
         typer.echo("\n".join(result["summary"]))
     else:
         typer.echo("\n".join(_summary(result)))
@@ -183,6 +185,13 @@ def maintain(job: MaintainJob, json_output: JsonOption = False) -> None:
 @job_command(ThumbnailJob)
 def thumbnails(job: ThumbnailJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
     """Make the thumbnails a table's rows lack (indexed before thumbnails or with --no-thumbnails)."""
+    run_job_command(job, json_output=json_output, progress=progress)
+
+
+@job_command(FinetuneJob)
+def finetune(job: FinetuneJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
+    """Fine-tune the table's CLIP model on its own captioned rows, report held-out recall before and
+    after, and save a model directory (use it with `mmindex index SOURCE --model DIR --new-table NAME`)."""
     run_job_command(job, json_output=json_output, progress=progress)
 
 

@@ -45,6 +45,7 @@ class TerminalProgress:
         task = self._progress.tasks[0]
         elapsed = task.elapsed or 0.0
         rate = f"{update.done / elapsed:.1f} items/s" if elapsed > 0 else ""
+        rate = f"{rate}  {update.note}" if update.note else rate
         suffix = "" if update.listing_done else " (listing…)"
         self._progress.update(
             self._task,

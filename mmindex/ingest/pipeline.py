@@ -101,6 +101,7 @@ class ProgressUpdate:
     planned: int
     scanned: int
     listing_done: bool
+    note: str = ""  # shown beside the rate, e.g. a training run's epoch and loss
 
 
 def run_index(

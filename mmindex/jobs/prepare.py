@@ -18,6 +18,8 @@ from mmindex.config import (
     CPU_CAPTION_BATCH_SIZE,
     DEFAULT_CAPTION_MODEL,
     DEFAULT_MODEL,
+    FINETUNE_CPU_BATCH,
+    FINETUNE_GPU_BATCH,
     GPU_BATCH_SIZE,
     GPU_CAPTION_BATCH_SIZE,
     MIN_CHUNK_SIZE,
@@ -30,7 +32,7 @@ from mmindex.ingest.sources import ScanFilter, Source, open_source
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.ingest.thumbnail import Thumbnailer
 from mmindex.ingest.thumbnail_backfill import ThumbnailOptions
-from mmindex.jobs.spec import CaptionJob, CaptionSpec, IndexJob, MaintainJob, ThumbnailJob
+from mmindex.jobs.spec import CaptionJob, CaptionSpec, FinetuneJob, IndexJob, MaintainJob, ThumbnailJob
 from mmindex.models.captioner import GenerationSettings, check_caption_config
 from mmindex.models.clip import check_embedding_config
 from mmindex.models.precision import check_precision
@@ -205,6 +207,90 @@ def prepare_thumbnails(job: ThumbnailJob) -> PreparedThumbnails:
         lock_timeout=job.lock_timeout,
     )
     return PreparedThumbnails(store, options, UriReader(settings))
+
+
+@dataclass
+class PreparedFinetune:
+    model: Any  # ModelRef of the base model
+    query: Any  # mmindex.finetuning.data.PairQuery
+    split: Any  # mmindex.finetuning.data.Split
+    counts: dict[str, int]
+    settings: Any  # mmindex.finetuning.trainer.FinetuneSettings
+    reader: UriReader
+    control: Source | None
+    db: str
+
+
+def prepare_finetune(job: FinetuneJob) -> PreparedFinetune:
+    """Validate a fine-tune: a table with captioned rows on both sides of the split, a CLIP-like base
+    model, a train part that exists, and an output directory that holds no finished model."""
+    from pathlib import Path
+
+    from mmindex.finetuning.data import HOLDOUT, TRAIN, PairQuery, Split
+    from mmindex.finetuning.objective import TrainPart
+    from mmindex.finetuning.trainer import CHECKPOINT, FinetuneSettings
+
+    settings = job.settings()
+    part = TrainPart.parse(job.train_part)
+    check_precision(job.precision, None)
+    if not 0 < job.holdout < 1:
+        raise ConfigError(f"--holdout must be between 0 and 1 (a share of the images), got {job.holdout}")
+    out = Path(job.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {job.out} is a file; give a directory for the model")
+    if (out / "metrics.json").is_file() and not (out / CHECKPOINT).is_dir():
+        raise ConfigError(f"--out {job.out} already holds a fine-tuned model; choose another directory")
+    store = Store.from_settings(settings)
+    recorded = store.info().model  # TableError if the table is missing
+    base = job.base or recorded
+    if base is None:
+        raise ConfigError(f"table {store.describe()} records no embedding model; name one with --base")
+    ref = resolve_model(base)
+    config = check_embedding_config(ref)
+    if part.kind == "last":
+        for tower in ("vision_config", "text_config"):
+            layers = getattr(getattr(config, tower), "num_hidden_layers", None)
+            if layers is not None and part.layers > layers:
+                name = tower.split("_")[0]
+                raise ConfigError(
+                    f"--train-part {part}: the {name} tower of {ref.name} has only {layers} layers"
+                )
+    query = PairQuery(store, job.where, job.include_generated)
+    split = Split(job.holdout, job.seed)
+    counts = query.count(split)
+    kind = "captioned" if job.include_generated else "human-captioned"
+    where = f" matching --where {job.where!r}" if job.where else ""
+    if not counts[TRAIN] + counts[HOLDOUT]:
+        hint = "" if job.include_generated else " (add --include-generated to use generated captions)"
+        raise ConfigError(f"table {store.describe()} has no {kind} rows{where} to train on{hint}")
+    for side, name in ((TRAIN, "training"), (HOLDOUT, "held-out")):
+        if counts[side] < 2:
+            raise ConfigError(
+                f"--holdout {job.holdout} leaves {counts[side]} {name} pairs of {sum(counts.values())}; "
+                "a fine-tune needs at least two on each side"
+            )
+    control = None
+    if job.control:
+        control = open_source(
+            job.control, s3_config=_s3_config(settings) if job.control.startswith("s3://") else None
+        )
+        control.check()
+    gpu = _cuda_requested(settings.device)
+    train = FinetuneSettings(
+        out=out,
+        epochs=job.epochs,
+        lr=job.lr,
+        batch_size=job.batch_size or (FINETUNE_GPU_BATCH if gpu else FINETUNE_CPU_BATCH),
+        part=part,
+        weight_decay=job.weight_decay,
+        wise_alpha=job.wise_alpha,
+        device=settings.device,
+        precision=job.precision,
+        seed=job.seed,
+        eval_pairs=job.eval_pairs,
+        workers=settings.workers or default_workers(gpu),
+    )
+    return PreparedFinetune(ref, query, split, counts, train, UriReader(settings), control, settings.db)
 
 
 def _s3_config(settings: Settings) -> Any:

@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from mmindex.errors import ModelError
+from mmindex.finetuning.report import FinetuneReport
 from mmindex.ingest.backfill import CaptionSteps, inherit_captions, run_caption
 from mmindex.ingest.pipeline import ProgressUpdate, Steps, run_index
 from mmindex.ingest.sources.uri import UriReader
@@ -22,11 +23,12 @@ from mmindex.jobs.prepare import (
     ModelChoice,
     PreparedIndex,
     prepare_caption,
+    prepare_finetune,
     prepare_index,
     prepare_maintain,
     prepare_thumbnails,
 )
-from mmindex.jobs.spec import CaptionJob, IndexJob, Job, MaintainJob, ThumbnailJob
+from mmindex.jobs.spec import CaptionJob, FinetuneJob, IndexJob, Job, MaintainJob, ThumbnailJob
 from mmindex.models.captioner import Captioner
 from mmindex.models.clip import ClipEmbedder
 from mmindex.report import RunReport
@@ -60,7 +62,7 @@ class RunHooks:
     maintain: Callable[..., MaintenanceReport] = maintain
 
 
-Report = RunReport | MaintenanceReport
+Report = RunReport | MaintenanceReport | FinetuneReport
 
 
 def run_job(job: Job, *, hooks: RunHooks | None = None, progress: Progress | None = None) -> Report:
@@ -76,6 +78,8 @@ def run_job(job: Job, *, hooks: RunHooks | None = None, progress: Progress | Non
     if isinstance(job, ThumbnailJob):
         made = prepare_thumbnails(job)
         return run_thumbnails(made.store, made.options, reader=made.reader, progress=progress)
+    if isinstance(job, FinetuneJob):
+        return _finetune(job, progress)
     raise TypeError(f"not an mmindex job: {job!r}")
 
 
@@ -109,6 +113,28 @@ def _caption(job: CaptionJob, hooks: RunHooks, progress: Progress | None) -> Run
     )
 
 
+def _finetune(job: FinetuneJob, progress: Progress | None) -> FinetuneReport:
+    from mmindex.finetuning.card import write_card
+    from mmindex.finetuning.data import source_pairs
+    from mmindex.finetuning.trainer import EvalSet, Finetune
+
+    prepared = prepare_finetune(job)
+    control = prepared.control
+    control_set = EvalSet("control", lambda: source_pairs(control), control) if control is not None else None
+    report = Finetune(
+        prepared.model,
+        prepared.query,
+        prepared.split,
+        prepared.settings,
+        prepared.reader,
+        counts=prepared.counts,
+        control=control_set,
+        progress=progress,
+    ).run()
+    write_card(report, prepared.settings.out, db=prepared.db)
+    return report
+
+
 def validate(job: Job) -> Any:
     """Check a job without running it: what the CLI does before it starts a flow."""
     if isinstance(job, IndexJob):
@@ -119,6 +145,8 @@ def validate(job: Job) -> Any:
         return prepare_maintain(job)
     if isinstance(job, ThumbnailJob):
         return prepare_thumbnails(job)
+    if isinstance(job, FinetuneJob):
+        return prepare_finetune(job)
     raise TypeError(f"not an mmindex job: {job!r}")
 
 

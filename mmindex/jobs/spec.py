@@ -19,6 +19,9 @@ from mmindex.config import (
     DEFAULT_DB,
     DEFAULT_MODEL,
     DEFAULT_TABLE,
+    FINETUNE_CPU_BATCH,
+    FINETUNE_EPOCHS,
+    FINETUNE_GPU_BATCH,
     GPU_BATCH_SIZE,
     GPU_CAPTION_BATCH_SIZE,
     MAX_NEW_TOKENS,
@@ -226,4 +229,50 @@ class ThumbnailJob(ThumbnailSpec, Job):
     workers: int | None = option(None, min=1, help="decode threads [1]")
 
 
-JOBS: dict[str, type[Job]] = {job.kind: job for job in (IndexJob, CaptionJob, MaintainJob, ThumbnailJob)}
+@dataclass(kw_only=True)
+class FinetuneJob(Job):
+    """Fine-tune the table's CLIP model on its own captioned rows; report held-out recall before and after."""
+
+    kind: ClassVar[str] = "finetune"
+    doing: ClassVar[str] = "fine-tuning"
+
+    out: str = option(help="directory for the fine-tuned model (must not hold a finished one)")
+    base: str | None = option(None, help="model to start from [the table's model]")
+    epochs: int = option(FINETUNE_EPOCHS, min=1, help="passes over the training pairs")
+    lr: float | None = option(
+        None, min=0, help="peak learning rate [1e-5; 1e-4 for lora]: low, so pretrained knowledge survives"
+    )
+    batch_size: int | None = option(
+        None,
+        min=2,
+        help=f"pairs per step [{FINETUNE_CPU_BATCH} on CPU, {FINETUNE_GPU_BATCH} on CUDA]; "
+        "larger batches give the contrastive loss more negatives",
+    )
+    train_part: str = option(
+        "full", help="what trains: full, text, vision, last:N (layers per tower) or lora"
+    )
+    holdout: float = option(0.1, min=0, max=1, help="share of images held out to measure retrieval on")
+    where: str | None = option(None, help="SQL filter choosing rows, e.g. \"key LIKE 'shop/%'\"")
+    include_generated: bool = option(
+        False, help="also train on generated captions (teaches the model its captioner's words)"
+    )
+    wise_alpha: float | None = option(
+        None,
+        min=0,
+        max=1,
+        help="save (1-A)*base + A*fine-tuned (WiSE-FT), which forgets less; both are scored",
+    )
+    control: str | None = option(
+        None, help="manifest of other captioned images, scored before and after to show forgetting"
+    )
+    weight_decay: float = option(0.1, min=0, help="AdamW weight decay on weight matrices")
+    seed: int = option(0, help="seed of the split, the order and the initial adapters")
+    eval_pairs: int = option(5000, min=1, help="held-out (and control) pairs scored at most")
+    workers: int | None = option(None, min=1, help="decode threads [1 on CPU, cores-1 on GPU]")
+    device: str | None = option(None, help=DEVICE_HELP)
+    precision: str = option("auto", help=PRECISION_HELP)
+
+
+JOBS: dict[str, type[Job]] = {
+    job.kind: job for job in (IndexJob, CaptionJob, MaintainJob, ThumbnailJob, FinetuneJob)
+}

@@ -65,21 +65,7 @@ class ClipEmbedder:
         ref = resolve_model(reference)
         check_embedding_config(ref)
         torch_device = pick_device(device)
-        quiet_transformers()
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
-        try:
-            model = AutoModel.from_pretrained(ref.location, local_files_only=ref.local)
-            tokenizer = AutoTokenizer.from_pretrained(ref.location, local_files_only=ref.local)
-            image_processor = AutoImageProcessor.from_pretrained(
-                ref.location, local_files_only=ref.local, backend="pil"
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load model {ref.name!r}: {first_line(exc)}") from exc
-        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ModelError(
-                f"{ref.name} ({type(model).__name__}) has no image and text towers to embed with"
-            )
+        model, tokenizer, image_processor = load_parts(ref)
         model.eval()
         if quantize == "int8":
             if torch_device.type != "cpu":
@@ -147,6 +133,24 @@ class ClipEmbedder:
             output = self.model.get_text_features(**inputs)
             vectors: np.ndarray = _normalise(_pooled(output)).float().cpu().numpy()
             return vectors
+
+
+def load_parts(ref: ModelRef) -> tuple[Any, Any, Any]:
+    """A dual encoder's model, tokenizer and (PIL) image processor; ModelError with one line."""
+    quiet_transformers()
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    try:
+        model = AutoModel.from_pretrained(ref.location, local_files_only=ref.local)
+        tokenizer = AutoTokenizer.from_pretrained(ref.location, local_files_only=ref.local)
+        image_processor = AutoImageProcessor.from_pretrained(
+            ref.location, local_files_only=ref.local, backend="pil"
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load model {ref.name!r}: {first_line(exc)}") from exc
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise ModelError(f"{ref.name} ({type(model).__name__}) has no image and text towers to embed with")
+    return model, tokenizer, image_processor
 
 
 def check_embedding_config(ref: ModelRef) -> Any:

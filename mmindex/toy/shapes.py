@@ -24,6 +24,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 25),
 }
 SHAPES = ("circle", "square", "triangle", "star")
+# Colours the toy CLIP never saw (their names are not even in its vocabulary): what the fine-tuning
+# demo and tests teach it.
+NEW_COLOURS: dict[str, tuple[int, int, int]] = {
+    "pink": (250, 140, 200),
+    "teal": (20, 140, 140),
+    "brown": (120, 72, 30),
+}
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,8 @@ class Shape:
         return f"a {self.colour} {self.shape}"
 
 
-def all_shapes() -> list[Shape]:
-    return [Shape(colour, shape) for shape in SHAPES for colour in COLOURS]
+def all_shapes(colours: tuple[str, ...] | None = None) -> list[Shape]:
+    return [Shape(colour, shape) for shape in SHAPES for colour in (colours or tuple(COLOURS))]
 
 
 def render(spec: Shape, size: tuple[int, int], rng: random.Random) -> Image.Image:
@@ -51,7 +58,8 @@ def render(spec: Shape, size: tuple[int, int], rng: random.Random) -> Image.Imag
     radius = rng.uniform(0.22, 0.4) * min(width, height)
     cx = rng.uniform(radius, width - radius)
     cy = rng.uniform(radius, height - radius)
-    colour = tuple(max(0, min(255, c + rng.randint(-18, 18))) for c in COLOURS[spec.colour])
+    rgb = COLOURS.get(spec.colour) or NEW_COLOURS[spec.colour]
+    colour = tuple(max(0, min(255, c + rng.randint(-18, 18))) for c in rgb)
     angle = rng.uniform(0, 2 * math.pi)
     if spec.shape == "circle":
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
@@ -79,11 +87,15 @@ def _polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> l
 
 
 def samples(
-    count: int, seed: int = 0, size_range: tuple[int, int] = (96, 320)
+    count: int,
+    seed: int = 0,
+    size_range: tuple[int, int] = (96, 320),
+    colours: tuple[str, ...] | None = None,
 ) -> Iterator[tuple[Shape, Image.Image]]:
-    """`count` (shape, image) pairs cycling through every colour and shape; widths within `size_range`."""
+    """`count` (shape, image) pairs cycling through every colour (default: the toy CLIP's six) and
+    shape; widths within `size_range`."""
     rng = random.Random(seed)
-    specs = all_shapes()
+    specs = all_shapes(colours)
     for index in range(count):
         spec = specs[index % len(specs)] if index < len(specs) else rng.choice(specs)
         width = rng.randint(*size_range)
@@ -100,13 +112,14 @@ def write_corpus(
     seed: int = 0,
     captioned_fraction: float = 0.75,
     size_range: tuple[int, int] = (96, 320),
+    colours: tuple[str, ...] | None = None,
 ) -> list[tuple[Path, Shape, bool]]:
     """Write a corpus of JPEG/PNG shapes into `root`, in two sub-folders, with `.txt` sidecar captions
     for about `captioned_fraction` of them. Returns (path, shape, has_sidecar) for each image."""
     root = Path(root)
     written: list[tuple[Path, Shape, bool]] = []
     rng = random.Random(seed + 1)
-    for index, (spec, image) in enumerate(samples(count, seed, size_range)):
+    for index, (spec, image) in enumerate(samples(count, seed, size_range, colours)):
         folder = root / ("set-a" if index % 2 == 0 else "set-b")
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".png" if index % 5 == 4 else ".jpg"

@@ -34,12 +34,18 @@ CONTRACT = {
     },
     "maintain": {"--db", "--table", "--retention", "--lock-timeout", "--json"},
     "thumbnails": {"--db", "--table", "--limit", "--where", "--retry-failed", "--json"},
+    "finetune": {
+        "--db", "--table", "--out", "--base", "--epochs", "--lr", "--batch-size", "--train-part",
+        "--holdout", "--where", "--include-generated", "--wise-alpha", "--device", "--precision",
+        "--json", "--control",
+    },
 }  # fmt: skip
 API = {
     "index": mmindex.index,
     "caption": mmindex.caption,
     "maintain": mmindex.maintain,
     "thumbnails": mmindex.thumbnails,
+    "finetune": mmindex.finetune,
 }
 
 
@@ -72,7 +78,7 @@ def test_flow_parameters_are_the_job_fields(kind: str) -> None:
     from mmindex.flows.runner import flow_for
 
     job_class = JOBS[kind]
-    flow = flow_for(job_class.from_values({"source": "x"}))
+    flow = flow_for(job_class.from_values({"source": "x", "out": "x"}))
     parameters = inspect.signature(flow.fn).parameters
     assert set(parameters) == {f.name for f in fields(job_class)} | {"progress_bar"}
     schema = flow.parameters.properties

@@ -1,0 +1,1 @@
+"""Fine-tuning a table's CLIP model on the table's own captioned rows (see `run_finetune`)."""

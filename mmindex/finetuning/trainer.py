@@ -1,0 +1,492 @@
+"""The fine-tuning loop: evaluate the base model, train epoch by epoch on streamed pairs, keep the
+epoch with the best held-out recall, optionally interpolate it with the base (WiSE-FT), and save a
+model directory that `from_pretrained` and `mmindex index --model DIR` load.
+
+After every epoch the full training state (weights, optimiser, schedule, figures so far) is written
+atomically to `OUT/.checkpoint/`, so a killed run started again with the same options continues
+from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmindex.errors import ConfigError, ModelError
+from mmindex.finetuning.data import (
+    HOLDOUT,
+    TRAIN,
+    Pair,
+    PairQuery,
+    PixelBatch,
+    Split,
+    batched,
+    load_pairs,
+    shuffled,
+)
+from mmindex.finetuning.metrics import retrieval_metrics, unique_captions
+from mmindex.finetuning.objective import (
+    TrainPart,
+    clamp_logit_scale,
+    contrastive_loss,
+    decay_groups,
+    interpolate,
+    plain_state,
+    select_trainable,
+    trainable_count,
+)
+from mmindex.finetuning.report import EpochRecord, FinetuneReport
+from mmindex.ingest.pipeline import ProgressUpdate, overlapped
+from mmindex.ingest.steps import Reader
+from mmindex.models.clip import ClipEmbedder, load_parts
+from mmindex.models.precision import autocast_dtype, compute_label
+from mmindex.models.resolve import ModelRef, pick_device, quiet_transformers
+from mmindex.report import RunReport
+
+CHECKPOINT = ".checkpoint"
+EVAL_CACHE_BYTES = 256 << 20  # held-out pixels kept in memory between evaluations, at most
+Progress = Callable[[ProgressUpdate], None]
+
+
+@dataclass
+class FinetuneSettings:
+    """Hyperparameters and where the result goes (see FinetuneJob for each one's reason)."""
+
+    out: Path
+    epochs: int = 5
+    lr: float | None = None
+    batch_size: int = 64
+    part: TrainPart = TrainPart("full")
+    weight_decay: float = 0.1
+    warmup: float = 0.1  # share of the steps spent warming the learning rate up from zero
+    wise_alpha: float | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    eval_pairs: int = 5000
+    shuffle_buffer: int = 10_000
+    workers: int = 1
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else self.part.default_lr
+
+    def fingerprint(self, table: str, base: str, split: Split, query: PairQuery) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: everything that changes the training."""
+        return {
+            "table": table,
+            "base": base,
+            "epochs": self.epochs,
+            "lr": self.learning_rate,
+            "batch_size": self.batch_size,
+            "part": str(self.part),
+            "weight_decay": self.weight_decay,
+            "warmup": self.warmup,
+            "seed": self.seed,
+            "holdout": split.holdout,
+            "where": query.where,
+            "include_generated": query.include_generated,
+        }
+
+
+@dataclass
+class EvalSet:
+    """Pairs to score retrieval on: the held-out split, or a control set from a manifest."""
+
+    name: str
+    pairs: Callable[[], Iterator[Pair]]
+    reader: Reader
+
+
+class Finetune:
+    """One fine-tune run (see the module docstring)."""
+
+    def __init__(
+        self,
+        ref: ModelRef,
+        query: PairQuery,
+        split: Split,
+        settings: FinetuneSettings,
+        reader: Reader,
+        *,
+        counts: dict[str, int],
+        control: EvalSet | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.ref, self.query, self.split, self.settings = ref, query, split, settings
+        self.reader, self.counts, self.progress = reader, counts, progress
+        self.sets = [EvalSet(HOLDOUT, lambda: query.pairs(split, HOLDOUT), reader)]
+        if control is not None:
+            self.sets.append(control)
+        self.report = FinetuneReport(
+            table=query.store.table_name,
+            base_model=ref.name,
+            out=str(settings.out),
+            train_part=str(settings.part),
+            rows={TRAIN: counts[TRAIN], HOLDOUT: counts[HOLDOUT]},
+        )
+        self.items = RunReport(kind="finetune")  # per-image read and decode failures
+        self._eval_cache: dict[str, list[PixelBatch] | None] = {}
+        self._failed: set[str] = set()
+
+    def run(self) -> FinetuneReport:
+        started = time.perf_counter()
+        import torch
+
+        quiet_transformers()
+        settings = self.settings
+        torch.manual_seed(settings.seed)
+        device = pick_device(settings.device)
+        model, tokenizer, image_processor = _load(self.ref)
+        model.to(device)
+        base_state = plain_state(model)
+        trainable = select_trainable(model, settings.part)
+        model.to(device)  # LoRA adapters are created on the CPU
+        self.report.trainable_parameters = trainable_count(model)
+        self.report.hyperparameters = self._hyperparameters()
+        autocast = autocast_dtype(device, settings.precision)
+        self.report.models = compute_label(self.ref.name, device, autocast)
+        embedder = ClipEmbedder(model, tokenizer, image_processor, self.ref, device, settings.precision)
+        if not trainable:
+            raise ConfigError(f"--train-part {settings.part} leaves nothing to train in {self.ref.name}")
+
+        steps_per_epoch = max(1, math.ceil(self.counts[TRAIN] / settings.batch_size))
+        optimiser = torch.optim.AdamW(
+            decay_groups(model, settings.weight_decay), lr=settings.learning_rate, betas=(0.9, 0.98), eps=1e-6
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, _warmup_cosine(steps_per_epoch * settings.epochs, settings.warmup)
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
+        fingerprint = settings.fingerprint(self.report.table, self.ref.name, self.split, self.query)
+        checkpoint = settings.out / CHECKPOINT
+        state = _resume(checkpoint, fingerprint)
+        best_state: dict[str, Any] | None = None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            schedule.load_state_dict(state["schedule"])
+            self.report.metrics = state["metrics"]
+            self.report.history = [EpochRecord(**record) for record in state["history"]]
+            self.report.best_epoch = state["best_epoch"]
+            self.report.resumed_from_epoch = len(self.report.history)
+            if self.report.best_epoch:
+                best_state = _saved_weights(settings.out)
+        else:
+            self.report.metrics["base"] = self._evaluate(embedder)
+
+        best = max((r.holdout_mean_recall for r in self.report.history), default=-1.0)
+        done_pairs = sum(r.pairs for r in self.report.history)
+        planned = self.counts[TRAIN] * settings.epochs
+        for epoch in range(len(self.report.history) + 1, settings.epochs + 1):
+            record = self._train_epoch(
+                epoch, model, tokenizer, embedder, optimiser, schedule, scaler, autocast, done_pairs, planned
+            )
+            done_pairs += record.pairs
+            holdout = self._evaluate(embedder, only=HOLDOUT)[HOLDOUT]
+            record.holdout_mean_recall = holdout.get("mean_recall", 0.0)
+            self.report.history.append(record)
+            if record.holdout_mean_recall > best:
+                best, self.report.best_epoch = record.holdout_mean_recall, epoch
+                best_state = plain_state(model)
+                self.report.metrics["finetuned"] = {HOLDOUT: holdout}
+                _save_model(model, best_state, tokenizer, image_processor, settings.out)
+            _write_checkpoint(checkpoint, fingerprint, model, optimiser, schedule, self.report)
+
+        if best_state is None:
+            raise ModelError("no epoch finished: there was nothing to train on")
+        self._finish(model, embedder, base_state, best_state, tokenizer, image_processor)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        self.report.seconds = time.perf_counter() - started
+        self._copy_failures()
+        return self.report
+
+    def _finish(
+        self,
+        model: Any,
+        embedder: ClipEmbedder,
+        base_state: dict[str, Any],
+        best_state: dict[str, Any],
+        tokenizer: Any,
+        image_processor: Any,
+    ) -> None:
+        """Score the chosen weights on every set, then WiSE-FT if asked; save what the report says."""
+        _load_plain(model, best_state)
+        self.report.metrics["finetuned"] = self._evaluate(embedder)
+        base_recall = self.report.metrics["base"][HOLDOUT].get("mean_recall", 0.0)
+        tuned_recall = self.report.metrics["finetuned"][HOLDOUT].get("mean_recall", 0.0)
+        if tuned_recall <= base_recall:
+            self.report.notes.append(
+                f"no epoch beat the base model on held-out recall ({tuned_recall:.3f} vs {base_recall:.3f}); "
+                "try another --lr, --train-part or more epochs, or keep the base model"
+            )
+        saved_state = best_state
+        alpha = self.settings.wise_alpha
+        if alpha is not None:
+            saved_state = interpolate(base_state, best_state, alpha)
+            _load_plain(model, saved_state)
+            self.report.metrics["wise"] = self._evaluate(embedder)
+            self.report.saved = "wise"
+        _save_model(model, saved_state, tokenizer, image_processor, self.settings.out)
+
+    def _train_epoch(
+        self,
+        epoch: int,
+        model: Any,
+        tokenizer: Any,
+        embedder: ClipEmbedder,
+        optimiser: Any,
+        schedule: Any,
+        scaler: Any,
+        autocast: Any,
+        done_before: int,
+        planned: int,
+    ) -> EpochRecord:
+        import torch
+        import torch.nn.functional as F
+
+        settings = self.settings
+        rng = random.Random(f"{settings.seed}:{epoch}")
+        batches = batched(
+            shuffled(self.query.pairs(self.split, TRAIN), settings.shuffle_buffer, rng), settings.batch_size
+        )
+        model.train()
+        started = time.perf_counter()
+        losses: list[float] = []
+        pairs = 0
+        context = torch.autocast(model.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+        with _pool(settings.workers) as pool:
+
+            def load(batch: list[Pair]) -> PixelBatch:
+                return load_pairs(self.reader, batch, embedder.preprocess, self.items, pool, self._failed)
+
+            for _, loaded in overlapped(batches, load):
+                if len(loaded) < 2:  # a contrastive loss needs another pair to contrast with
+                    continue
+                tokens = tokenizer(
+                    loaded.captions,
+                    padding=True,
+                    truncation=True,
+                    max_length=embedder.max_text_tokens,
+                    return_tensors="pt",
+                )
+                inputs = {
+                    k: v.to(model.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")
+                }
+                pixels = torch.from_numpy(loaded.pixels).to(model.device, non_blocking=True)
+                with context:
+                    images = F.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)
+                    texts = F.normalize(_pooled(model.get_text_features(**inputs)), dim=-1)
+                    loss = contrastive_loss(images, texts, model.logit_scale, loaded.captions)
+                optimiser.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimiser)
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                scaler.step(optimiser)
+                scaler.update()
+                schedule.step()
+                clamp_logit_scale(model)
+                losses.append(float(loss.item()))
+                pairs += len(loaded)
+                if self.progress is not None:
+                    note = f"epoch {epoch}/{settings.epochs} loss {np.mean(losses[-20:]):.3f}"
+                    self.progress(
+                        ProgressUpdate(done_before + pairs, planned, done_before + pairs, True, note)
+                    )
+        model.eval()
+        seconds = time.perf_counter() - started
+        self.report.train_seconds += seconds
+        self.report.pairs_trained += pairs
+        return EpochRecord(epoch, float(np.mean(losses)) if losses else float("nan"), pairs, seconds, 0.0)
+
+    def _evaluate(self, embedder: ClipEmbedder, only: str | None = None) -> dict[str, dict[str, float]]:
+        """Retrieval figures of the model as it is now, on each evaluation set (or only one)."""
+        embedder.model.eval()
+        results = {}
+        for eval_set in self.sets:
+            if only is None or eval_set.name == only:
+                results[eval_set.name] = self._score(embedder, eval_set)
+        return results
+
+    def _score(self, embedder: ClipEmbedder, eval_set: EvalSet) -> dict[str, float]:
+        vectors, captions = [], []
+        for batch in self._eval_batches(embedder, eval_set):
+            if len(batch):
+                vectors.append(embedder.embed_pixels(batch.pixels))
+                captions += batch.captions
+        if not captions:
+            return {}
+        texts, index = unique_captions(captions)
+        text_vectors = np.concatenate(
+            [embedder.embed_texts(texts[i : i + 256]) for i in range(0, len(texts), 256)]
+        )
+        return retrieval_metrics(np.concatenate(vectors), index, text_vectors)
+
+    def _eval_batches(self, embedder: ClipEmbedder, eval_set: EvalSet) -> Iterator[PixelBatch]:
+        """The set's first `eval_pairs` pairs, loaded; kept in memory if they fit EVAL_CACHE_BYTES."""
+        cached = self._eval_cache.get(eval_set.name)
+        if cached is not None:
+            yield from cached
+            return
+        kept: list[PixelBatch] | None = []
+        size = 0
+        pairs = _take(eval_set.pairs(), self.settings.eval_pairs)
+        with _pool(self.settings.workers) as pool:
+            for batch in batched(pairs, 256):
+                loaded = load_pairs(
+                    eval_set.reader, batch, embedder.preprocess, self.items, pool, self._failed
+                )
+                size += loaded.pixels.nbytes
+                if kept is not None:
+                    kept = kept + [loaded] if size <= EVAL_CACHE_BYTES else None
+                yield loaded
+        self._eval_cache[eval_set.name] = kept
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "epochs": settings.epochs,
+            "learning_rate": settings.learning_rate,
+            "batch_size": settings.batch_size,
+            "train_part": str(settings.part),
+            "weight_decay": settings.weight_decay,
+            "warmup": settings.warmup,
+            "schedule": "linear warm-up, then cosine decay to zero",
+            "optimiser": "AdamW (betas 0.9, 0.98; eps 1e-6), gradient norm clipped at 1",
+            "logit_scale": "clamped at ln(100), as CLIP's training does",
+            "loss": "symmetric InfoNCE; identical captions in a batch are all positives",
+            "holdout": self.split.holdout,
+            "seed": settings.seed,
+            "where": self.query.where,
+            "include_generated": self.query.include_generated,
+            "wise_alpha": settings.wise_alpha,
+            "eval_pairs": settings.eval_pairs,
+        }
+
+    def _copy_failures(self) -> None:
+        self.report.failed = self.items.failed
+        self.report.failures_by_stage = dict(self.items.failures_by_stage)
+        self.report.failure_examples = self.items.failure_examples[:50]
+
+
+def _load(ref: ModelRef) -> tuple[Any, Any, Any]:
+    model, tokenizer, processor = load_parts(ref)
+    if getattr(model, "logit_scale", None) is None:
+        raise ConfigError(f"{ref.name} ({type(model).__name__}) has no learned temperature to train with")
+    return model, tokenizer, processor
+
+
+def _pooled(output: Any) -> Any:
+    return getattr(output, "pooler_output", output)
+
+
+def _take(pairs: Iterator[Pair], count: int) -> Iterator[Pair]:
+    for index, pair in enumerate(pairs):
+        if index >= count:
+            return
+        yield pair
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[ThreadPoolExecutor | None]:
+    if workers <= 1:
+        yield None
+        return
+    with ThreadPoolExecutor(workers, "mmindex-finetune-load") as pool:
+        yield pool
+
+
+def _warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
+    warmup_steps = max(1, round(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _load_plain(model: Any, state: dict[str, Any]) -> None:
+    """Load plain weights into a model that may carry LoRA parametrizations (their deltas are zeroed)."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if parametrize.is_parametrized(module):
+                for attribute, chain in module.parametrizations.items():
+                    chain.original.copy_(state[f"{name}.{attribute}"])
+                    for delta in chain:
+                        delta.lora_b.zero_()
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def _save_model(model: Any, state: dict[str, Any], tokenizer: Any, image_processor: Any, out: Path) -> None:
+    """A directory `from_pretrained` loads: config, weights, tokenizer and image processor."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, state_dict=state)
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+
+
+def _saved_weights(out: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(out / "model.safetensors")))
+
+
+def _write_checkpoint(
+    directory: Path,
+    fingerprint: dict[str, Any],
+    model: Any,
+    optimiser: Any,
+    schedule: Any,
+    report: FinetuneReport,
+) -> None:
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "schedule": schedule.state_dict(),
+        "metrics": report.metrics,
+        "history": [asdict(record) for record in report.history],
+        "best_epoch": report.best_epoch,
+    }
+    partial = directory / "state.pt.partial"
+    torch.save(state, partial)
+    os.replace(partial, directory / "state.pt")
+    (directory / "fingerprint.json").write_text(json.dumps(fingerprint, indent=1))
+
+
+def _resume(directory: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved training state, if a run with the same options left one."""
+    import torch
+
+    path = directory / "state.pt"
+    if not path.is_file():
+        return None
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{directory.parent} holds a checkpoint of a fine-tune with other options; rerun with the "
+            f"same options to resume it, or choose another --out"
+        )
+    return state
