@@ -415,14 +415,21 @@ def demo(
         typer.Option("--caption-model", help="captioner [toy-captioner; with --model, the BLIP default]"),
     ] = None,
     images: Annotated[int, typer.Option("--images", min=8, help="size of the sample corpus")] = 48,
+    finetune: Annotated[
+        bool, typer.Option("--finetune", help="teach the toy CLIP three new colours and show before/after")
+    ] = False,
 ) -> None:
     """Index a generated sample corpus of coloured shapes, caption the images without a caption and
-    run a few queries, offline."""
+    run a few queries, offline. With --finetune: fine-tune the toy CLIP on shapes in colours it never
+    saw, and compare its search results before and after."""
     from mmindex.demo import prepare_corpus, show_captions, show_queries, table_for
     from mmindex.jobs.runner import runner_named
     from mmindex.query.search import Searcher
     from mmindex.store.reader import Store
 
+    if finetune:
+        _finetune_demo(directory)
+        return
     corpus = prepare_corpus(directory, images)
     db, table = str(directory / "db"), table_for(model)
     captioner = caption_model or ("toy-captioner" if model is None else None)
@@ -446,6 +453,31 @@ def demo(
     typer.echo(f'\nexplore: mmindex search "a red circle" --db {db} --table {table}')
     typer.echo(f'         mmindex search --text-only "blue star" --db {db} --table {table}')
     typer.echo(f"         mmindex serve --db {db} --table {table}   # a search page on 127.0.0.1:8000")
+
+
+def _finetune_demo(directory: Path) -> None:
+    import shutil
+
+    from mmindex.demo import FINETUNE_OPTIONS, prepare_finetune_corpus, show_new_colour_queries
+    from mmindex.jobs.runner import runner_named
+    from mmindex.query.search import Searcher
+    from mmindex.store.reader import Store
+
+    corpus = prepare_finetune_corpus(directory)
+    db, out = str(directory / "db"), directory / "finetuned"
+    typer.echo(f"corpus: {corpus} (captioned shapes; brown, cyan and magenta are new to the toy CLIP)")
+    runner = runner_named()
+    progress = sys.stderr.isatty()
+    runner.run(IndexJob(source=str(corpus), db=db, table="shapes", model="toy-clip"), progress_bar=progress)
+    shutil.rmtree(out, ignore_errors=True)  # the demo's own output from an earlier run
+    job = FinetuneJob(db=db, table="shapes", out=str(out), **FINETUNE_OPTIONS)  # type: ignore[arg-type]
+    report = runner.run(job, progress_bar=progress)
+    typer.echo("\n" + "\n".join(report["summary"]))
+    new_table = IndexJob(source=str(corpus), db=db, table="shapes", model=str(out), new_table="shapes_tuned")
+    runner.run(new_table, progress_bar=progress)
+    show_new_colour_queries(Searcher(Store(db, "shapes")), Searcher(Store(db, "shapes_tuned")), typer.echo)
+    typer.echo(f"\nthe model: {out} (README.md is its model card, metrics.json its figures)")
+    typer.echo(f'explore: mmindex search "a magenta star" --db {db} --table shapes_tuned')
 
 
 def main() -> None:

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmindex.query.search import Searcher
-from mmindex.toy.shapes import write_corpus
+from mmindex.toy.shapes import COLOURS, NEW_COLOURS, write_corpus
 
 DEMO_QUERIES = ["a red circle", "a blue star", "a yellow triangle", "a green square", "a purple shape"]
+NEW_COLOUR_QUERIES = ["a cyan circle", "a magenta star", "a brown square", "a cyan triangle"]
+FINETUNE_OPTIONS = {"epochs": 8, "lr": 5e-4, "batch_size": 32, "holdout": 0.2}  # sized for the toy CLIP
 
 
 def prepare_corpus(directory: Path, images: int) -> Path:
@@ -24,6 +26,39 @@ def prepare_corpus(directory: Path, images: int) -> Path:
         (broken / "not-really-a.png").write_text("this is a text file with an image extension\n")
         (broken / "empty.jpg").write_bytes(b"")
     return corpus
+
+
+def prepare_finetune_corpus(directory: Path, images: int = 288) -> Path:
+    """Shapes in nine colours, three of which (brown, cyan, magenta) the toy CLIP has never seen."""
+    corpus = directory / "finetune-corpus"
+    if not corpus.exists():
+        colours = (*COLOURS, *NEW_COLOURS)
+        write_corpus(corpus, images, seed=3, captioned_fraction=1.0, size_range=(64, 160), colours=colours)
+    return corpus
+
+
+def show_new_colour_queries(
+    before: Searcher, after: Searcher, echo: Callable[[str], None] = print
+) -> tuple[int, int]:
+    """Top hits for queries naming the new colours, with the base and the fine-tuned model; returns
+    the right hits among the top 4 (before, after) over all queries."""
+    right = [0, 0]
+    for query in NEW_COLOUR_QUERIES:
+        echo(f'\ntext -> images: "{query}"   base model | fine-tuned')
+        rows = [searcher.text(query, k=4) for searcher in (before, after)]
+        for rank, (old, new) in enumerate(zip(*rows, strict=False), 1):
+            marks = [_matches(hit.key, query) for hit in (old, new)]
+            right = [count + mark for count, mark in zip(right, marks, strict=True)]
+            cells = [
+                f"{'✓' if mark else '✗'} {hit.key.rsplit('/', 1)[-1]:<26}"
+                for hit, mark in zip((old, new), marks, strict=True)
+            ]
+            echo(f"  {rank}. {cells[0]} | {cells[1]}")
+    total = 4 * len(NEW_COLOUR_QUERIES)
+    echo(
+        f"\nright images in the top 4: {right[0]} of {total} before, {right[1]} of {total} after fine-tuning"
+    )
+    return right[0], right[1]
 
 
 def table_for(model: str | None) -> str:

@@ -119,6 +119,17 @@ def test_demo_runs_offline_and_its_results_are_right(cli: CliRunner, tmp_path: P
     assert rerun.returncode == 0 and "unchanged 48" in rerun.stdout
 
 
+def test_finetune_demo_shows_the_new_colours_found_after_fine_tuning(cli: CliRunner, tmp_path: Path) -> None:
+    result = cli(
+        "demo", "--finetune", "--dir", str(tmp_path / "demo"), env={"MMINDEX_ORCHESTRATOR": "inprocess"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "text→image R@5" in result.stdout and (tmp_path / "demo" / "finetuned" / "README.md").is_file()
+    line = result.stdout.split("right images in the top 4: ")[1].splitlines()[0]
+    before, after = int(line.split(" of ")[0]), int(line.split("before, ")[1].split(" of ")[0])
+    assert before <= 6 and after >= 12, line
+
+
 def test_new_table_reembeds_with_a_new_model_and_leaves_the_old_table_alone(
     cli: CliRunner, corpus: Path, tmp_path: Path, tiny_clip: str, other_tiny_clip: str
 ) -> None:
