@@ -30,7 +30,8 @@ def model_card(report: FinetuneReport, *, db: str) -> str:
         "",
         f"# {report.base_model}, fine-tuned on `{report.table}`",
         "",
-        f"Fine-tuned by `mmindex finetune` on the captioned rows of table `{report.table}` in `{db}`: "
+        f"Fine-tuned by `mmindex finetune` on the captioned rows of table `{report.table}` "
+        f"(version {report.table_version}) in `{db}`: "
         f"{report.rows.get('train', 0)} image-caption pairs trained, {report.rows.get('holdout', 0)} held "
         "out (split by image content, so exact copies stay on one side).",
         f"The weights here are the {'WiSE-FT interpolation' if report.saved == 'wise' else 'fine-tuned'} "

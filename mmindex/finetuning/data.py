@@ -64,6 +64,14 @@ class PairQuery:
             condition += f" AND caption_source = '{CAPTION_HUMAN}'"
         return f"{condition} AND ({self.where})" if self.where else condition
 
+    def pin(self) -> int:
+        """Read one version of the table from now on, so every epoch sees the same rows even while
+        an index run commits new ones; returns that version."""
+        table = self.store.lancedb_table()
+        version = int(table.version)
+        table.checkout(version)
+        return version
+
     def _rows(self, columns: list[str]) -> Iterator[dict[str, object]]:
         query = self.store.lancedb_table().search().where(self.condition).select(columns).limit(None)
         for record_batch in query.to_batches(1024):

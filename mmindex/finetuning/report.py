@@ -36,6 +36,7 @@ class FinetuneReport:
 
     kind: str = "finetune"
     table: str = ""
+    table_version: int | None = None  # the table version every epoch read
     base_model: str = ""
     out: str = ""
     models: str = ""  # how training ran, e.g. "toy-clip on cpu in fp32"

@@ -39,15 +39,13 @@ from mmindex.finetuning.data import (
 from mmindex.finetuning.metrics import retrieval_metrics, unique_captions
 from mmindex.finetuning.objective import (
     TrainPart,
-    clamp_logit_scale,
-    contrastive_loss,
-    decay_groups,
     interpolate,
     plain_state,
     select_trainable,
     trainable_count,
 )
 from mmindex.finetuning.report import EpochRecord, FinetuneReport
+from mmindex.finetuning.step import TrainingStep
 from mmindex.ingest.pipeline import ProgressUpdate, overlapped
 from mmindex.ingest.steps import Reader
 from mmindex.models.clip import ClipEmbedder, load_parts
@@ -163,21 +161,23 @@ class Finetune:
             raise ConfigError(f"--train-part {settings.part} leaves nothing to train in {self.ref.name}")
 
         steps_per_epoch = max(1, math.ceil(self.counts[TRAIN] / settings.batch_size))
-        optimiser = torch.optim.AdamW(
-            decay_groups(model, settings.weight_decay), lr=settings.learning_rate, betas=(0.9, 0.98), eps=1e-6
+        step = TrainingStep(
+            model,
+            tokenizer,
+            lr=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+            total_steps=steps_per_epoch * settings.epochs,
+            warmup=settings.warmup,
+            autocast=autocast,
+            max_text_tokens=embedder.max_text_tokens,
         )
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, _warmup_cosine(steps_per_epoch * settings.epochs, settings.warmup)
-        )
-        scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
         fingerprint = settings.fingerprint(self.report.table, self.ref.name, self.split, self.query)
         checkpoint = settings.out / CHECKPOINT
         state = _resume(checkpoint, fingerprint)
         best_state: dict[str, Any] | None = None
         if state is not None:
             model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            schedule.load_state_dict(state["schedule"])
+            step.load_state_dict(state["step"])
             self.report.metrics = state["metrics"]
             self.report.history = [EpochRecord(**record) for record in state["history"]]
             self.report.best_epoch = state["best_epoch"]
@@ -191,9 +191,7 @@ class Finetune:
         done_pairs = sum(r.pairs for r in self.report.history)
         planned = self.counts[TRAIN] * settings.epochs
         for epoch in range(len(self.report.history) + 1, settings.epochs + 1):
-            record = self._train_epoch(
-                epoch, model, tokenizer, embedder, optimiser, schedule, scaler, autocast, done_pairs, planned
-            )
+            record = self._train_epoch(epoch, step, embedder, done_pairs, planned)
             done_pairs += record.pairs
             holdout = self._evaluate(embedder, only=HOLDOUT)[HOLDOUT]
             record.holdout_mean_recall = holdout.get("mean_recall", 0.0)
@@ -203,7 +201,7 @@ class Finetune:
                 best_state = plain_state(model)
                 self.report.metrics["finetuned"] = {HOLDOUT: holdout}
                 _save_model(model, best_state, tokenizer, image_processor, settings.out)
-            _write_checkpoint(checkpoint, fingerprint, model, optimiser, schedule, self.report)
+            _write_checkpoint(checkpoint, fingerprint, model, step, self.report)
 
         if best_state is None:
             raise ModelError("no epoch finished: there was nothing to train on")
@@ -242,31 +240,17 @@ class Finetune:
         _save_model(model, saved_state, tokenizer, image_processor, self.settings.out)
 
     def _train_epoch(
-        self,
-        epoch: int,
-        model: Any,
-        tokenizer: Any,
-        embedder: ClipEmbedder,
-        optimiser: Any,
-        schedule: Any,
-        scaler: Any,
-        autocast: Any,
-        done_before: int,
-        planned: int,
+        self, epoch: int, step: TrainingStep, embedder: ClipEmbedder, done_before: int, planned: int
     ) -> EpochRecord:
-        import torch
-        import torch.nn.functional as F
-
         settings = self.settings
         rng = random.Random(f"{settings.seed}:{epoch}")
         batches = batched(
             shuffled(self.query.pairs(self.split, TRAIN), settings.shuffle_buffer, rng), settings.batch_size
         )
-        model.train()
+        step.model.train()
         started = time.perf_counter()
         losses: list[float] = []
         pairs = 0
-        context = torch.autocast(model.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
         with _pool(settings.workers) as pool:
 
             def load(batch: list[Pair]) -> PixelBatch:
@@ -275,37 +259,13 @@ class Finetune:
             for _, loaded in overlapped(batches, load):
                 if len(loaded) < 2:  # a contrastive loss needs another pair to contrast with
                     continue
-                tokens = tokenizer(
-                    loaded.captions,
-                    padding=True,
-                    truncation=True,
-                    max_length=embedder.max_text_tokens,
-                    return_tensors="pt",
-                )
-                inputs = {
-                    k: v.to(model.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")
-                }
-                pixels = torch.from_numpy(loaded.pixels).to(model.device, non_blocking=True)
-                with context:
-                    images = F.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)
-                    texts = F.normalize(_pooled(model.get_text_features(**inputs)), dim=-1)
-                    loss = contrastive_loss(images, texts, model.logit_scale, loaded.captions)
-                optimiser.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimiser)
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-                scaler.step(optimiser)
-                scaler.update()
-                schedule.step()
-                clamp_logit_scale(model)
-                losses.append(float(loss.item()))
+                losses.append(step(loaded.pixels, loaded.captions))
                 pairs += len(loaded)
                 if self.progress is not None:
                     note = f"epoch {epoch}/{settings.epochs} loss {np.mean(losses[-20:]):.3f}"
-                    self.progress(
-                        ProgressUpdate(done_before + pairs, planned, done_before + pairs, True, note)
-                    )
-        model.eval()
+                    done = done_before + pairs
+                    self.progress(ProgressUpdate(done, planned, done, True, note))
+        step.model.eval()
         seconds = time.perf_counter() - started
         self.report.train_seconds += seconds
         self.report.pairs_trained += pairs
@@ -388,10 +348,6 @@ def _load(ref: ModelRef) -> tuple[Any, Any, Any]:
     return model, tokenizer, processor
 
 
-def _pooled(output: Any) -> Any:
-    return getattr(output, "pooler_output", output)
-
-
 def _take(pairs: Iterator[Pair], count: int) -> Iterator[Pair]:
     for index, pair in enumerate(pairs):
         if index >= count:
@@ -406,18 +362,6 @@ def _pool(workers: int) -> Iterator[ThreadPoolExecutor | None]:
         return
     with ThreadPoolExecutor(workers, "mmindex-finetune-load") as pool:
         yield pool
-
-
-def _warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
-    warmup_steps = max(1, round(total_steps * warmup))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def _load_plain(model: Any, state: dict[str, Any]) -> None:
@@ -454,8 +398,7 @@ def _write_checkpoint(
     directory: Path,
     fingerprint: dict[str, Any],
     model: Any,
-    optimiser: Any,
-    schedule: Any,
+    step: TrainingStep,
     report: FinetuneReport,
 ) -> None:
     import torch
@@ -464,8 +407,7 @@ def _write_checkpoint(
     state = {
         "fingerprint": fingerprint,
         "model": model.state_dict(),
-        "optimiser": optimiser.state_dict(),
-        "schedule": schedule.state_dict(),
+        "step": step.state_dict(),
         "metrics": report.metrics,
         "history": [asdict(record) for record in report.history],
         "best_epoch": report.best_epoch,

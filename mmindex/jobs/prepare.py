@@ -219,6 +219,7 @@ class PreparedFinetune:
     reader: UriReader
     control: Source | None
     db: str
+    table_version: int
 
 
 def prepare_finetune(job: FinetuneJob) -> PreparedFinetune:
@@ -257,6 +258,7 @@ def prepare_finetune(job: FinetuneJob) -> PreparedFinetune:
                 )
     query = PairQuery(store, job.where, job.include_generated)
     split = Split(job.holdout, job.seed)
+    version = query.pin()
     counts = query.count(split)
     kind = "captioned" if job.include_generated else "human-captioned"
     where = f" matching --where {job.where!r}" if job.where else ""
@@ -290,7 +292,9 @@ def prepare_finetune(job: FinetuneJob) -> PreparedFinetune:
         eval_pairs=job.eval_pairs,
         workers=settings.workers or default_workers(gpu),
     )
-    return PreparedFinetune(ref, query, split, counts, train, UriReader(settings), control, settings.db)
+    return PreparedFinetune(
+        ref, query, split, counts, train, UriReader(settings), control, settings.db, version
+    )
 
 
 def _s3_config(settings: Settings) -> Any:

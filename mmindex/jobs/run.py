@@ -131,6 +131,7 @@ def _finetune(job: FinetuneJob, progress: Progress | None) -> FinetuneReport:
         control=control_set,
         progress=progress,
     ).run()
+    report.table_version = prepared.table_version
     write_card(report, prepared.settings.out, db=prepared.db)
     return report
 

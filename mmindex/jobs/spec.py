@@ -237,7 +237,7 @@ class FinetuneJob(Job):
     doing: ClassVar[str] = "fine-tuning"
 
     out: str = option(help="directory for the fine-tuned model (must not hold a finished one)")
-    base: str | None = option(None, help="model to start from [the table's model]")
+    base: str | None = option(None, help="model to start from (default: the table's own model)")
     epochs: int = option(FINETUNE_EPOCHS, min=1, help="passes over the training pairs")
     lr: float | None = option(
         None, min=0, help="peak learning rate [1e-5; 1e-4 for lora]: low, so pretrained knowledge survives"
@@ -263,7 +263,9 @@ class FinetuneJob(Job):
         help="save (1-A)*base + A*fine-tuned (WiSE-FT), which forgets less; both are scored",
     )
     control: str | None = option(
-        None, help="manifest of other captioned images, scored before and after to show forgetting"
+        None,
+        help="other captioned images (a folder with caption sidecars or a manifest), scored before and "
+        "after to show forgetting",
     )
     weight_decay: float = option(0.1, min=0, help="AdamW weight decay on weight matrices")
     seed: int = option(0, help="seed of the split, the order and the initial adapters")

@@ -120,19 +120,21 @@ class ClipEmbedder:
         """Texts -> [B, dim] float32 unit vectors (truncated to the model's context length)."""
         import torch
 
-        padding: Any = "max_length" if self.model_type.startswith("siglip") else True
-        tokens = self.tokenizer(
-            list(texts),
-            padding=padding,
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        )
-        inputs = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        inputs = text_inputs(self.tokenizer, texts, self.max_text_tokens, self.model_type, self.device)
         with torch.inference_mode(), self._autocast():
             output = self.model.get_text_features(**inputs)
             vectors: np.ndarray = _normalise(_pooled(output)).float().cpu().numpy()
             return vectors
+
+
+def text_inputs(tokenizer: Any, texts: Sequence[str], max_tokens: int, model_type: str, device: Any) -> Any:
+    """Token ids (and attention mask) for the text tower, on `device`; SigLIP was trained on texts
+    padded to its full length, so it gets them that way."""
+    padding: Any = "max_length" if model_type.startswith("siglip") else True
+    tokens = tokenizer(
+        list(texts), padding=padding, truncation=True, max_length=max_tokens, return_tensors="pt"
+    )
+    return {name: tokens[name].to(device) for name in ("input_ids", "attention_mask") if name in tokens}
 
 
 def load_parts(ref: ModelRef) -> tuple[Any, Any, Any]:

@@ -104,6 +104,7 @@ def test_the_output_holds_metrics_a_model_card_and_loads_for_indexing(tuned: dic
     assert 1 <= report["best_epoch"] <= 8 and len(report["history"]) == 8
     card = (out / "README.md").read_text()
     assert "base_model: toy-clip" in card and "text→image R@5" in card and "learning_rate: 0.0005" in card
+    assert report["table_version"] >= 1 and f"(version {report['table_version']})" in card
     assert report["failed"] == 1 and report["failures_by_stage"] == {"decode": 1}  # per epoch, once
     assert not (out / ".checkpoint").exists()
 
