@@ -1,6 +1,7 @@
 """Training throughput of `mmindex finetune` for the real ViT-B/32 configuration, and a toy fine-tune.
 
     python bench/finetune.py [--rounds 3] [--steps 3] [--batch 16]   # about 15 minutes on 2 cores
+    python bench/finetune.py --device cuda --batch 256 --steps 10     # the same on a GPU (not yet run)
 
 Each (train part, precision) arm runs in a fresh process: a randomly initialised CLIP with the
 configuration of openai/clip-vit-base-patch32 (its compute cost; weight values do not matter), the
@@ -28,7 +29,7 @@ WORK = HERE.parent / ".bench"
 ARMS = [(part, precision) for part in ("full", "last:2", "lora") for precision in ("fp32", "bf16")]
 
 
-def one_arm(model_dir: str, part: str, precision: str, steps: int, batch: int) -> dict[str, Any]:
+def one_arm(model_dir: str, part: str, precision: str, steps: int, batch: int, device: str) -> dict[str, Any]:
     """Pairs per second of `steps` training steps (in this process) and its peak RSS."""
     import numpy as np
     import torch
@@ -37,12 +38,14 @@ def one_arm(model_dir: str, part: str, precision: str, steps: int, batch: int) -
     from mmindex.finetuning.step import TrainingStep
     from mmindex.models.clip import load_parts
     from mmindex.models.precision import autocast_dtype
-    from mmindex.models.resolve import resolve_model
+    from mmindex.models.resolve import pick_device, resolve_model
 
     torch.manual_seed(0)
+    torch_device = pick_device(device)
     model, tokenizer, _ = load_parts(resolve_model(model_dir))
     train_part = TrainPart.parse(part)
     select_trainable(model, train_part)
+    model.to(torch_device)
     step = TrainingStep(
         model,
         tokenizer,
@@ -50,7 +53,7 @@ def one_arm(model_dir: str, part: str, precision: str, steps: int, batch: int) -
         weight_decay=0.1,
         total_steps=steps + 1,
         warmup=0.1,
-        autocast=autocast_dtype(torch.device("cpu"), precision),
+        autocast=autocast_dtype(torch_device, precision),
         max_text_tokens=77,
     )
     model.train()
@@ -62,12 +65,15 @@ def one_arm(model_dir: str, part: str, precision: str, steps: int, batch: int) -
     start = time.perf_counter()
     for _ in range(steps):
         step(pixels, captions)
+    if torch_device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {
         "part": part,
         "precision": precision,
         "pairs_per_second": steps * batch / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch_device.type == "cuda" else 0.0,
         "trainable": trainable_count(model),
     }
 
@@ -95,11 +101,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (try --batch 256 there)")
     parser.add_argument("--arm", nargs=2, metavar=("PART", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        print(json.dumps(one_arm(args.model_dir, *args.arm, args.steps, args.batch)))
+        print(json.dumps(one_arm(args.model_dir, *args.arm, args.steps, args.batch, args.device)))
         return
 
     from mmindex.toy.models import real_size_clip
@@ -110,10 +117,13 @@ def main() -> None:
     import platform
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "")
-    print(f"CPU: {cpu or platform.processor()}; batch {args.batch}, {args.steps} timed steps per arm")
+    print(
+        f"CPU: {cpu or platform.processor()}; device {args.device}; batch {args.batch}, "
+        f"{args.steps} timed steps per arm"
+    )
     from mmindex.models.precision import cpu_bf16_is_faster
 
-    native_bf16 = cpu_bf16_is_faster()
+    native_bf16 = args.device != "cpu" or cpu_bf16_is_faster()
     if not native_bf16:
         print("this CPU has no fast native bf16: bf16 arms are emulated, timed on 1 step of 4 pairs")
     results: dict[tuple[str, str], list[dict[str, Any]]] = {arm: [] for arm in ARMS}
@@ -123,7 +133,7 @@ def main() -> None:
             steps, batch = (1, 4) if small else (args.steps, args.batch)
             command = [
                 sys.executable, __file__, "--arm", part, precision, "--model-dir", str(model_dir),
-                "--steps", str(steps), "--batch", str(batch),
+                "--steps", str(steps), "--batch", str(batch), "--device", args.device,
             ]  # fmt: skip
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             result = json.loads(output.strip().splitlines()[-1])
@@ -131,14 +141,16 @@ def main() -> None:
             print(
                 f"  round {round_number + 1} {part:7} {precision}: {result['pairs_per_second']:.2f} pairs/s"
             )
-    print("\n| train part | precision | trainable parameters | pairs/s (median, range) | peak RSS |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| train part | precision | trainable parameters | pairs/s (median, range) | peak RSS | peak GPU |"
+    )
+    print("|---|---|---|---|---|---|")
     for (part, precision), runs in results.items():
         rates = [run["pairs_per_second"] for run in runs]
         rss = max(run["peak_rss_mb"] for run in runs)
         print(
             f"| {part} | {precision} | {runs[0]['trainable']:,} | {statistics.median(rates):.2f} "
-            f"({min(rates):.2f}-{max(rates):.2f}) | {rss:,.0f} MB |"
+            f"({min(rates):.2f}-{max(rates):.2f}) | {rss:,.0f} MB | {runs[0]['peak_gpu_mb']:,.0f} MB |"
         )
     print(f"\ntoy fine-tune, whole `mmindex demo --finetune` (in-process): {toy_finetune_seconds():.0f} s")
 
