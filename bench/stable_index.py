@@ -145,8 +145,8 @@ def main() -> None:
             cells.append(f"index {precision} {rates[precision]:.1f} img/s")
         print(
             f"pair {pair}: {', '.join(cells)}; model only best {best:.1f} "
-            f"({max(baseline, key=baseline.__getitem__)}); peaks fp32 {peak['fp32']:.2f}, bf16 "
-            f"{peak['bf16']:.2f} TFLOP/s",
+            f"({max(baseline, key=baseline.__getitem__)}); peaks fp32 {peak['fp32'] * 1000:.0f}, bf16 "
+            f"{peak['bf16'] * 1000:.0f} GFLOP/s",
             flush=True,
         )
 
@@ -169,7 +169,7 @@ def main() -> None:
     for name, values in modes.items():
         print(f"| model only, plain transformers, {name} (img/s) | {summary(values)} |")
     for name, values in peaks.items():
-        print(f"| matmul peak {name} (TFLOP/s) | {summary(values)} |")
+        print(f"| matmul peak {name} (GFLOP/s) | {summary([v * 1000 for v in values])} |")
 
 
 if __name__ == "__main__":
