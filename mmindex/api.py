@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from mmindex.config import (
+    COMMIT_EVERY,
     FINETUNE_EPOCHS,
     MAX_NEW_TOKENS,
     NUM_BEAMS,
     RETENTION,
+    SHARD_SIZE,
     THUMBNAIL_FORMAT,
     THUMBNAIL_SIZE,
 )
@@ -56,6 +58,12 @@ def index(
     thumbnails: bool = True,
     thumbnail_size: int = THUMBNAIL_SIZE,
     thumbnail_format: str = THUMBNAIL_FORMAT,
+    runner: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
+    shard_size: int = SHARD_SIZE,
+    commit_every: int = COMMIT_EVERY,
+    max_attempts: int = 3,
     lock_timeout: float | None = None,
     progress: bool | None = None,
 ) -> RunReport:
@@ -64,7 +72,8 @@ def index(
     The keywords are `mmindex index`'s options (see `mmindex index --help`): `db`/`table` say where
     (default ./mmindex.lancedb, table images), `model` which CLIP (default: the table's), `include`,
     `exclude`, `prefix`, `since` and `until` select part of the source, `caption_missing` captions
-    images without one, `prune` drops rows of deleted files, `thumbnails=False` stores no previews.
+    images without one, `prune` drops rows of deleted files, `thumbnails=False` stores no previews,
+    `runner="ray"` runs shards on a Ray cluster (`ray_address`) with one commit per `commit_every` shards.
     `progress`: a progress bar on stderr (default: when stderr is a terminal). Returns the run's
     report (`.to_dict()` is the CLI's JSON).
     """
@@ -97,6 +106,12 @@ def index(
         thumbnails=thumbnails,
         thumbnail_size=thumbnail_size,
         thumbnail_format=thumbnail_format,
+        runner=runner,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
+        shard_size=shard_size,
+        commit_every=commit_every,
+        max_attempts=max_attempts,
         lock_timeout=lock_timeout,
     )
     with TerminalProgress("indexing", enabled=progress) as bar:

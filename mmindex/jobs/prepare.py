@@ -100,6 +100,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
     With `check`, also list one key of the source and read the models' configs, so a wrong bucket,
     denied credentials or an unknown model stop the run before any model is loaded."""
     settings = job.settings()
+    check_runner(job)
     since, until = _aware(job.since), _aware(job.until)
     if since and until and since >= until:
         raise ConfigError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
@@ -346,3 +347,17 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+RUNNERS = ("local", "sharded", "ray")
+
+
+def check_runner(job: IndexJob) -> None:
+    """A runner that exists, and for ray, an installed Ray (one line naming the extra otherwise)."""
+    if job.runner not in RUNNERS:
+        raise ConfigError(f"--runner {job.runner!r} is not one of {', '.join(RUNNERS)}")
+    if job.runner == "ray":
+        from importlib.util import find_spec
+
+        if find_spec("ray") is None:
+            raise ConfigError('--runner ray needs Ray: pip install "mmindex[ray]"')

@@ -85,6 +85,15 @@ def run_job(job: Job, *, hooks: RunHooks | None = None, progress: Progress | Non
 
 def _index(job: IndexJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
     prepared = prepare_index(job)
+    if job.runner != "local":  # the workers load the models; the driver plans and commits
+        from mmindex.distributed.driver import run_sharded
+
+        report = run_sharded(job, prepared, progress=progress)
+        if prepared.caption is not None:
+            report.notes.append(
+                "rows indexed before this run were not captioned: `mmindex caption` captions them"
+            )
+        return report
     embedder = hooks.load_embedder(prepared.models)
     captioner = hooks.load_captioner(prepared.models) if prepared.caption is not None else None
     return run_prepared_index(

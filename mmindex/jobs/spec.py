@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from mmindex.config import (
+    COMMIT_EVERY,
     CPU_BATCH_SIZE,
     CPU_CAPTION_BATCH_SIZE,
     DEFAULT_CAPTION_MODEL,
@@ -27,6 +28,7 @@ from mmindex.config import (
     MAX_NEW_TOKENS,
     NUM_BEAMS,
     RETENTION,
+    SHARD_SIZE,
     THUMBNAIL_FORMAT,
     THUMBNAIL_SIZE,
     Settings,
@@ -180,6 +182,23 @@ class IndexJob(CaptionSpec, ThumbnailSpec, Job):
     )
     thumbnails: bool = option(
         True, flag="--thumbnails/--no-thumbnails", help="store a small preview of each image in the table"
+    )
+    runner: str = option(
+        "local",
+        help="local (this process, committing as it goes), ray (shards on a Ray cluster, one commit per "
+        "group of shards) or sharded (the ray runner's shards and commits, in this process)",
+    )
+    ray_address: str | None = option(
+        None,
+        help="Ray cluster to join: auto or ray://HEAD:10001 [env MMINDEX_RAY_ADDRESS; default: a local Ray]",
+    )
+    ray_workers: int | None = option(None, min=1, help="model actors on the cluster [one per GPU, else 1]")
+    shard_size: int = option(SHARD_SIZE, min=1, help="items per shard (ray and sharded runners)")
+    commit_every: int = option(
+        COMMIT_EVERY, min=1, help="shards per commit: a crashed run loses at most this many shards' work"
+    )
+    max_attempts: int = option(
+        3, min=1, help="tries per shard before the run stops (ray and sharded runners)"
     )
 
 

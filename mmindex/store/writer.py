@@ -126,7 +126,7 @@ class TableWriter:
     # -- the writes ------------------------------------------------------------------------------
 
     def upsert_rows(self, rows: pa.Table) -> None:
-        ordered = _conform(_last_per_id(rows), self.images.schema)
+        ordered = conform_rows(_last_per_id(rows), self.images.schema)
         (
             self.images.merge_insert("id")
             .when_matched_update_all()
@@ -284,7 +284,7 @@ def _last_per_id(rows: pa.Table) -> pa.Table:
     return rows.take(sorted(last.values()))
 
 
-def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform_rows(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """Whole rows in the table's column order and types; columns the rows lack (added to the table by
     a migration after they were made) are null."""
     columns = [

@@ -1,0 +1,141 @@
+"""The driver of a sharded run: plan, dispatch shards to an engine, commit groups of results.
+
+Holds the table's write lock for the whole run, like a local run. Memory stays bounded: the listing is
+read ahead by at most `lookahead` shards, and only the uncommitted group's results (fragment
+metadata and failure records, not rows) are kept.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from mmindex.distributed.commit import Committer
+from mmindex.distributed.engines import Engine, engine_for
+from mmindex.distributed.shards import Shard, cut_shards
+from mmindex.distributed.worker import ShardResult
+from mmindex.ingest.pipeline import ProgressUpdate, ReadAhead, _is_partial, _timed_scan
+from mmindex.ingest.plan import plan
+from mmindex.jobs.prepare import PreparedIndex
+from mmindex.jobs.spec import IndexJob
+from mmindex.report import RunReport, UnexpectedErrors
+from mmindex.schema import SEVERITY_ERROR
+from mmindex.store.state import SeenIds
+from mmindex.store.upkeep import finish_run
+
+LOOKAHEAD_SHARDS = 8
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def resolved(job: IndexJob, prepared: PreparedIndex) -> IndexJob:
+    """The job as workers must see it: the database, table and model the driver resolved, so a
+    worker's own environment cannot point it elsewhere."""
+    settings = job.settings()
+    return replace(job, db=settings.db, table=settings.table, model=prepared.models.embed_model)
+
+
+def run_sharded(
+    job: IndexJob,
+    prepared: PreparedIndex,
+    *,
+    engine: Engine | None = None,
+    progress: Callable[[ProgressUpdate], None] | None = None,
+) -> RunReport:
+    """Index `prepared.source` through shards run by `engine` (default: the one `job.runner` names)."""
+    run_id = new_run_id()
+    store, options = prepared.store, prepared.options
+    report = RunReport(kind="index", source=prepared.source.describe(), table=store.describe())
+    started = time.perf_counter()
+    engine = engine or engine_for(resolved(job, prepared), run_id)
+    try:
+        with report.timed("start", 0):
+            info = engine.start()
+        report.models = info.compute
+        with store.open_writer(options.lock_timeout) as writer:
+            writer.prepare(info.model_id, info.dim)
+            with report.timed("list", 0):
+                state = store.load_state()
+            seen = SeenIds() if options.prune else None
+            planned = plan(
+                _timed_scan(prepared.source, report),
+                state,
+                report,
+                retry_failed=options.retry_failed,
+                seen=seen.add if seen is not None else None,
+            )
+            committer = Committer(writer, run_id)
+            guard = UnexpectedErrors(state.retried)
+            group: list[tuple[Shard, ShardResult]] = []
+            number, done = 0, 0
+
+            def commit() -> None:
+                nonlocal group, number
+                with report.timed("commit", sum(len(shard) for shard, _ in group)):
+                    outcome = committer.commit(group, number)
+                report.counters["commits"] += 1
+                if outcome.already_committed:
+                    report.notes.append(f"group {number} was already committed (a retried commit)")
+                group, number = [], number + 1
+
+            with ReadAhead(cut_shards(planned, state, job.shard_size), LOOKAHEAD_SHARDS) as shards:
+                try:
+                    for shard, result in engine.map(_counted(shards, report)):
+                        _absorb(report, result)
+                        guard.judge(
+                            [i for i in result.done_ids if i not in {f.id for f in shard.scan_failures}],
+                            result.failures,
+                        )
+                        group.append((shard, result))
+                        done += len(shard) - len(shard.scan_failures)
+                        if len(group) >= job.commit_every:
+                            commit()
+                        if progress is not None:
+                            progress(
+                                ProgressUpdate(
+                                    done, report.new + report.changed, report.scanned, shards.finished
+                                )
+                            )
+                finally:
+                    if group:  # finished shards are committed even when a later one failed for good
+                        commit()
+            if options.prune and seen is not None:
+                if report.listing_incomplete or _is_partial(prepared.source):
+                    report.notes.append(
+                        "prune skipped: the listing was filtered or had errors, so absence proves nothing"
+                    )
+                else:
+                    with report.timed("write", 0):
+                        report.pruned = writer.prune(prepared.source.root, seen)
+            committer.close()
+            finish_run(writer, report)
+    finally:
+        engine.close()
+    report.notes.append(f"run id {run_id}")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _counted(shards: Iterable[Shard], report: RunReport) -> Iterator[Shard]:
+    for shard in shards:
+        report.counters["shards"] += 1
+        yield shard
+
+
+def _absorb(report: RunReport, result: ShardResult) -> None:
+    """Add a shard's figures to the run's report."""
+    for stage, seconds in result.stage_seconds.items():
+        report.add_time(stage, seconds, result.stage_items.get(stage, 0))
+    report.indexed += result.appended + result.upserted
+    report.captioned += result.counters.get("captioned", 0)
+    report.unexpected.update(result.unexpected)
+    for failure in result.failures:
+        if failure.stage != "scan":
+            report.record_failure(
+                failure.key, failure.stage, failure.error, fatal=failure.severity == SEVERITY_ERROR
+            )

@@ -1,0 +1,192 @@
+"""The shard function: load, caption and embed one shard's items, and stage its rows as Lance data
+beside the table without touching the table's manifest.
+
+New items become fragments written into the table's data directory (`write_fragments`), committed
+later by the driver's Append; items that already have a row go to a small staging dataset, applied
+later by one upsert. Either way nothing is visible until the driver commits, and the files of an
+attempt that is never committed are unreferenced garbage that maintenance removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mmindex.distributed.shards import Shard
+from mmindex.ingest.backfill import inherit_captions
+from mmindex.ingest.pipeline import load_pools, overlapped
+from mmindex.ingest.steps import EmbeddedBatch, Preprocessor, caption_batch, embed_batch, load_batch
+from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
+from mmindex.jobs.spec import IndexJob
+from mmindex.report import RunReport
+from mmindex.schema import FailureRecord
+from mmindex.store.writer import conform_rows
+
+STAGING_DIR = "_mmindex_staging"
+CRASH_ONCE = "MMINDEX_TEST_CRASH_ONCE"  # a marker path: the first shard to see it missing kills its worker
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver needs of the workers' model before it creates the table."""
+
+    model_id: str
+    dim: int
+    compute: str
+
+
+@dataclass
+class ShardResult:
+    """A shard's outcome, small enough to ship to the driver: staged data is referenced, not carried."""
+
+    shard_id: str
+    attempt: str
+    done_ids: list[str]
+    failures: list[FailureRecord]
+    fragments: list[dict[str, Any]] = field(default_factory=list)  # lance FragmentMetadata JSON
+    appended: int = 0
+    upsert_uri: str | None = None  # a staging dataset of rows replacing existing ones
+    upserted: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_items: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    unexpected: dict[str, int] = field(default_factory=dict)  # "stage: ErrorType" -> items
+    seconds: float = 0.0
+
+
+def table_uri(db_uri: str, table: str) -> str:
+    """Where LanceDB keeps a table's dataset."""
+    return f"{db_uri.rstrip('/')}/{table}.lance"
+
+
+def staging_root(db_uri: str, table: str, run_id: str) -> str:
+    """The folder of a run's staging datasets (beside the tables, where LanceDB lists none)."""
+    return f"{db_uri.rstrip('/')}/{STAGING_DIR}/{table}/{run_id}"
+
+
+def staging_uri(db_uri: str, table: str, run_id: str, name: str) -> str:
+    return f"{staging_root(db_uri, table, run_id)}/{name}.lance"
+
+
+class ShardWorker:
+    """Holds the models (loaded once, at construction) and runs shards of one index job."""
+
+    def __init__(self, job: IndexJob, run_id: str) -> None:
+        from mmindex.jobs.prepare import prepare_index
+        from mmindex.jobs.run import load_captioner, load_embedder
+
+        self.run_id = run_id
+        self.prepared = prepare_index(job, check=False)
+        self.embedder = load_embedder(self.prepared.models)
+        self.captioner = load_captioner(self.prepared.models) if self.prepared.caption is not None else None
+        self.preprocessors: dict[str, Preprocessor] = {"embed": self.embedder.preprocess}
+        if self.captioner is not None:
+            self.preprocessors["caption"] = self.captioner.preprocess
+        if self.prepared.options.thumbnails is not None:
+            self.preprocessors[THUMBNAIL_ROLE] = self.prepared.options.thumbnails
+        store = self.prepared.store
+        self.table_uri = table_uri(store.db_uri, store.table_name)
+        self.storage_options = store.storage_options or None
+        self._schema: pa.Schema | None = None
+
+    def info(self) -> ModelInfo:
+        models = [m.compute for m in (self.embedder, self.captioner) if m is not None]
+        return ModelInfo(self.embedder.model_id, self.embedder.dim, "; ".join(models))
+
+    def schema(self) -> pa.Schema:
+        if self._schema is None:  # read once the driver has created the table
+            import lance
+
+            self._schema = lance.dataset(self.table_uri, storage_options=self.storage_options).schema
+        return self._schema
+
+    def run(self, shard: Shard) -> ShardResult:
+        started = time.perf_counter()
+        _maybe_crash()
+        report = RunReport(kind="index")
+        embedded = self._embed(shard, report)
+        failures = list(shard.scan_failures) + embedded.failures
+        done_ids = [f.id for f in shard.scan_failures] + embedded.done_ids
+        result = ShardResult(shard.id, uuid.uuid4().hex[:12], done_ids, failures)
+        if embedded.rows is not None and embedded.rows.num_rows:
+            with report.timed("write", embedded.rows.num_rows):
+                self._stage(shard, conform_rows(embedded.rows, self.schema()), result)
+        result.stage_seconds, result.stage_items = report.stage_seconds, report.stage_items
+        result.counters = dict(report.counters) | {"captioned": report.captioned}
+        result.unexpected = dict(report.unexpected)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _embed(self, shard: Shard, report: RunReport) -> EmbeddedBatch:
+        options, source = self.prepared.options, self.prepared.source
+        donor = self.prepared.caption_donor
+        size = max(options.batch_size, 1)
+        batches = [list(shard.items[i : i + size]) for i in range(0, len(shard.items), size)]
+        parts: list[EmbeddedBatch] = []
+        with load_pools(options.workers, getattr(source, "fetch_concurrency", 1)) as pools:
+
+            def load(batch: list[Any]) -> Any:
+                return load_batch(source, batch, self.preprocessors, report, *pools)
+
+            for _, loaded in overlapped(iter(batches), load, options.prefetch):
+                if donor is not None:
+                    loaded = inherit_captions(donor, loaded, report)
+                if self.captioner is not None:
+                    loaded = caption_batch(self.captioner, loaded, report, options.caption_batch_size)
+                parts.append(embed_batch(self.embedder, loaded, report, options.batch_size))
+        tables = [part.rows for part in parts if part.rows is not None]
+        return EmbeddedBatch(
+            pa.concat_tables(tables, promote_options="permissive") if tables else None,
+            [failure for part in parts for failure in part.failures],
+            [row_id for part in parts for row_id in part.done_ids],
+        )
+
+    def _stage(self, shard: Shard, rows: pa.Table, result: ShardResult) -> None:
+        import lance
+        from lance.fragment import write_fragments
+
+        rows = null_bad_vectors(rows)
+        replacing = np.array([row_id in shard.replaces for row_id in rows.column("id").to_pylist()])
+        new_rows, old_rows = rows.filter(pa.array(~replacing)), rows.filter(pa.array(replacing))
+        if new_rows.num_rows:
+            fragments = write_fragments(
+                new_rows, self.table_uri, schema=rows.schema, storage_options=self.storage_options
+            )
+            result.fragments = [json.loads(json.dumps(f.to_json())) for f in fragments]
+            result.appended = new_rows.num_rows
+        if old_rows.num_rows:
+            store = self.prepared.store
+            uri = staging_uri(store.db_uri, store.table_name, self.run_id, f"{shard.id}-{result.attempt}")
+            lance.write_dataset(old_rows, uri, storage_options=self.storage_options)
+            result.upsert_uri, result.upserted = uri, old_rows.num_rows
+
+
+def null_bad_vectors(rows: pa.Table) -> pa.Table:
+    """Vectors with NaN or infinite values become null (as LanceDB's on_bad_vectors="null" does)."""
+    for name in ("image_embedding", "text_embedding"):
+        column = rows.column(name).combine_chunks()
+        dim = column.type.list_size
+        values = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        valid = np.asarray(column.is_valid())
+        bad = valid & ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            fixed = pa.FixedSizeListArray.from_arrays(column.values, dim, mask=pa.array(~(valid & ~bad)))
+            rows = rows.set_column(rows.schema.get_field_index(name), rows.schema.field(name), fixed)
+    return rows
+
+
+def _maybe_crash() -> None:
+    """Fault injection for the tests: with MMINDEX_TEST_CRASH_ONCE=PATH, the first shard run while PATH
+    does not exist creates it and kills its worker process, as a lost machine would."""
+    marker = os.environ.get(CRASH_ONCE)
+    if marker and not os.path.exists(marker):
+        with open(marker, "w") as handle:
+            handle.write(str(os.getpid()))
+        os._exit(17)
