@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -46,7 +47,9 @@ class RayEngine:
         ray = self.ray
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, include_dashboard=False, logging_level="warning")
+                with warnings.catch_warnings():  # Ray forks its helpers before any table is open
+                    warnings.filterwarnings("ignore", message=".*fork", category=RuntimeWarning)
+                    ray.init(address=self.address, include_dashboard=False, logging_level="warning")
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise ConfigError(f"cannot reach the Ray cluster at {self.address}: {exc}") from exc
             self._started_ray = True

@@ -30,7 +30,9 @@ from mmindex.schema import FailureRecord
 from mmindex.store.writer import conform_rows
 
 STAGING_DIR = "_mmindex_staging"
-CRASH_ONCE = "MMINDEX_TEST_CRASH_ONCE"  # a marker path: the first shard to see it missing kills its worker
+# fault injection for the tests (see _injected_faults)
+CRASH_ONCE = "MMINDEX_TEST_CRASH_ONCE"
+SHARD_DELAY = "MMINDEX_TEST_SHARD_DELAY"
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class ShardWorker:
 
     def run(self, shard: Shard) -> ShardResult:
         started = time.perf_counter()
-        _maybe_crash()
+        _injected_faults()
         report = RunReport(kind="index")
         embedded = self._embed(shard, report)
         failures = list(shard.scan_failures) + embedded.failures
@@ -182,9 +184,11 @@ def null_bad_vectors(rows: pa.Table) -> pa.Table:
     return rows
 
 
-def _maybe_crash() -> None:
-    """Fault injection for the tests: with MMINDEX_TEST_CRASH_ONCE=PATH, the first shard run while PATH
-    does not exist creates it and kills its worker process, as a lost machine would."""
+def _injected_faults() -> None:
+    """For the tests: MMINDEX_TEST_SHARD_DELAY=SECONDS slows every shard (a run to interrupt), and with
+    MMINDEX_TEST_CRASH_ONCE=PATH the first shard run while PATH does not exist creates it and kills
+    its worker process, as a lost machine would."""
+    time.sleep(float(os.environ.get(SHARD_DELAY) or 0))
     marker = os.environ.get(CRASH_ONCE)
     if marker and not os.path.exists(marker):
         with open(marker, "w") as handle:

@@ -356,8 +356,10 @@ def check_runner(job: IndexJob) -> None:
     """A runner that exists, and for ray, an installed Ray (one line naming the extra otherwise)."""
     if job.runner not in RUNNERS:
         raise ConfigError(f"--runner {job.runner!r} is not one of {', '.join(RUNNERS)}")
-    if job.runner == "ray":
-        from importlib.util import find_spec
+    if job.runner == "local":
+        return
+    from importlib.util import find_spec
 
-        if find_spec("ray") is None:
-            raise ConfigError('--runner ray needs Ray: pip install "mmindex[ray]"')
+    for module, package in (("lance", "pylance"), ("ray", "ray")):
+        if find_spec(module) is None and (module == "lance" or job.runner == "ray"):
+            raise ConfigError(f'--runner {job.runner} needs {package}: pip install "mmindex[ray]"')
