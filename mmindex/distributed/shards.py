@@ -4,8 +4,10 @@ work itself, so a retried or replanned shard keeps its id."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,24 +16,57 @@ from mmindex.ingest.sources.base import SourceItem
 from mmindex.schema import FailureRecord
 from mmindex.store.state import IndexedState, id_keys
 
+_LISTED = ("uri", "key", "size", "version", "modified_at", "caption", "sidecar", "sidecar_version")
+
 
 @dataclass(frozen=True)
 class Shard:
     """One unit of work: items to load and embed, the ids among them that already have a row (they
-    are upserted; the others are appended), and listing problems that ride along as failure rows."""
+    are upserted; the others are appended), and listing problems that ride along as failure rows.
+
+    The items travel as columns of plain values (`listed`), a few times smaller and faster to ship
+    than pickled items; a worker rebuilds them batch by batch (`items_in`) in its loading thread, so
+    the rebuilding overlaps with the model's work.
+    """
 
     id: str
-    items: tuple[SourceItem, ...]
+    listed: tuple[list[Any], ...]  # one list per name in _LISTED
     replaces: frozenset[str]
     scan_failures: tuple[FailureRecord, ...] = ()
 
+    @classmethod
+    def of(
+        cls, items: Sequence[SourceItem], replaces: frozenset[str], failures: Sequence[FailureRecord] = ()
+    ) -> Shard:
+        listed = tuple([getattr(item, name) for item in items] for name in _LISTED)
+        shard = cls(shard_id(items, failures), listed, replaces, tuple(failures))
+        shard.__dict__["items"] = tuple(items)  # the driver's own copy: nothing to rebuild
+        return shard
+
     @property
+    def count(self) -> int:
+        """How many items (scan failures aside)."""
+        return len(self.listed[0]) if self.listed else 0
+
+    def items_in(self, start: int, stop: int) -> list[SourceItem]:
+        if "items" in self.__dict__:
+            return list(self.items[start:stop])
+        return [SourceItem(*values) for values in zip(*(c[start:stop] for c in self.listed), strict=True)]
+
+    @cached_property
+    def items(self) -> tuple[SourceItem, ...]:
+        return tuple(self.items_in(0, self.count))
+
+    @cached_property
     def ids(self) -> frozenset[str]:
         """Every id the shard's result must account for, as a row or a failure."""
         return frozenset(item.id for item in self.items) | {f.id for f in self.scan_failures}
 
     def __len__(self) -> int:
-        return len(self.items) + len(self.scan_failures)
+        return self.count + len(self.scan_failures)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # ships the fields, never the caches
+        return (Shard, (self.id, self.listed, self.replaces, self.scan_failures))
 
 
 def shard_id(items: Iterable[SourceItem], failures: Iterable[FailureRecord]) -> str:
@@ -59,8 +94,9 @@ def cut_shards(
         kept_failures = [f for f, keep in zip(failures, fresh[len(items) :], strict=True) if keep]
         if not kept and not kept_failures:
             return None
-        replaces = frozenset(item.id for item in kept if state.fingerprint_of(item.id) is not None)
-        return Shard(shard_id(kept, kept_failures), tuple(kept), replaces, tuple(kept_failures))
+        ids = [item.id for item in kept]
+        replaces = frozenset(row_id for row_id, has in zip(ids, state.has_rows(ids), strict=True) if has)
+        return Shard.of(kept, replaces, kept_failures)
 
     for entry in planned:
         if isinstance(entry, FailureRecord):

@@ -130,12 +130,13 @@ class ShardWorker:
         options, source = self.prepared.options, self.prepared.source
         donor = self.prepared.caption_donor
         size = max(options.batch_size, 1)
-        batches = [list(shard.items[i : i + size]) for i in range(0, len(shard.items), size)]
+        batches = [(start, min(start + size, shard.count)) for start in range(0, shard.count, size)]
         parts: list[EmbeddedBatch] = []
         with load_pools(options.workers, getattr(source, "fetch_concurrency", 1)) as pools:
 
-            def load(batch: list[Any]) -> Any:
-                return load_batch(source, batch, self.preprocessors, report, *pools)
+            def load(bounds: tuple[int, int]) -> Any:
+                items = shard.items_in(*bounds)
+                return load_batch(source, items, self.preprocessors, report, *pools)
 
             for _, loaded in overlapped(iter(batches), load, options.prefetch):
                 if donor is not None:

@@ -107,11 +107,22 @@ class IndexedState:
         return len(self._keys)
 
     def fingerprint_of(self, row_id: str) -> int | None:
+        if not len(self._keys):
+            return None
         key = np.uint64(id_key(row_id))
         position = int(np.searchsorted(self._keys, key))
         if position < len(self._keys) and self._keys[position] == key:
             return int(self._fingerprints[position])
         return None
+
+    def has_rows(self, ids: list[str]) -> np.ndarray:
+        """A mask over `ids`: True where the table holds a row of that id (one vectorised search)."""
+        if not ids or not len(self._keys):
+            return np.zeros(len(ids), dtype=bool)
+        keys = id_keys(pa.array(ids, pa.string()))
+        positions = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        found: np.ndarray = self._keys[positions] == keys
+        return found
 
     def status(self, row_id: str, fingerprint: int) -> str:
         """`unchanged`, `changed`, `known_failure` (same bytes failed before, permanently) or `new`."""

@@ -50,13 +50,13 @@ class SourceItem:
     sidecar: str | None = None
     sidecar_version: str | None = None
     id: str = field(init=False)
+    fingerprint: int = field(init=False)  # a signed 64-bit digest of version, size and caption origin
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", item_id(self.uri))
+        object.__setattr__(self, "fingerprint", self._fingerprint())
 
-    @property
-    def fingerprint(self) -> int:
-        """A signed 64-bit digest of the item's version, its size and its caption's origin."""
+    def _fingerprint(self) -> int:
         parts = (self.version, str(self.size), self.sidecar or "", self.sidecar_version or "")
         digest = hashlib.blake2b(digest_size=8)
         for part in parts:
