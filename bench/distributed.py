@@ -10,7 +10,7 @@
    (rows of the real schema: 512-d image and text embeddings, an 8 KB thumbnail) committed as one
    Append by the run's Committer, timed; and the commit of one shard's rows on its own.
 4. Planning: the driver's peak memory and rate while `plan()` and `cut_shards()` go over `--listed`
-   simulated listed items against an empty table (a fresh process, ru_maxrss before and after).
+   simulated listed items against an empty table (a fresh process, VmHWM before and after).
 
 Shard processing time, the denominator of the overhead shares, is `--shard-size` images at a stated
 rate: clip-retrieval's published ~2,500 img/s per A100 for ViT-B/32 (resize-bound), and the rate
@@ -38,7 +38,7 @@ DIM = 512
 THUMBNAIL_BYTES = 8 * 1024
 
 PLANNER = r"""
-import resource, sys, time
+import sys, time
 from datetime import datetime, UTC
 from mmindex.distributed.shards import cut_shards
 from mmindex.ingest.plan import plan
@@ -46,18 +46,22 @@ from mmindex.ingest.sources.base import SourceItem
 from mmindex.report import RunReport
 from mmindex.store.state import IndexedState
 listed, size = int(sys.argv[1]), int(sys.argv[2])
+def high_water_kb():  # VmHWM is this process's own (ru_maxrss would inherit the parent's at fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 now = datetime.now(UTC)
 def listing():
     for i in range(listed):
         uri = f"s3://bucket/shard-{i // 10000:05d}/{i:09d}.jpg"
         yield SourceItem(uri, f"{i:09d}.jpg", 120_000, f"etag{i}", now)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = high_water_kb()
 start = time.perf_counter()
 shards = 0
 for shard in cut_shards(plan(listing(), IndexedState.empty(), RunReport()), IndexedState.empty(), size):
     shards += 1
 seconds = time.perf_counter() - start
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = high_water_kb()
 print(f"{shards} {seconds} {before} {after}")
 """
 

@@ -20,9 +20,10 @@ from typing import Any
 import pyarrow as pa
 
 from mmindex.distributed.shards import Shard
-from mmindex.distributed.worker import ShardResult, staging_root, table_uri
+from mmindex.distributed.worker import ShardResult, table_uri
 from mmindex.errors import StoreError
 from mmindex.schema import ITEM_STAGES, SEVERITY_ERROR
+from mmindex.store.staging import drop_staging, staging_root
 from mmindex.store.writer import TableWriter
 
 log = logging.getLogger(__name__)
@@ -192,13 +193,3 @@ def commit_transaction(uri: str, transaction: Any, storage_options: dict[str, st
     return lance.LanceDataset.commit(
         uri, transaction, read_version=transaction.read_version, storage_options=storage_options
     )
-
-
-def drop_staging(uri: str, storage_options: dict[str, str] | None) -> None:
-    """Remove a staging dataset or folder (best effort: what stays is garbage maintenance removes)."""
-    import lance
-
-    try:
-        lance.LanceDataset.drop(uri, storage_options, ignore_not_found=True)
-    except Exception as exc:  # left for maintenance, not a failed run
-        log.warning("cannot remove staging data %s: %s", uri, exc)

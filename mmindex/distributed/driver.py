@@ -23,6 +23,7 @@ from mmindex.jobs.prepare import PreparedIndex
 from mmindex.jobs.spec import IndexJob
 from mmindex.report import RunReport, UnexpectedErrors
 from mmindex.schema import SEVERITY_ERROR
+from mmindex.store.staging import RUN_ID_TIME
 from mmindex.store.state import SeenIds
 from mmindex.store.upkeep import finish_run
 
@@ -30,7 +31,8 @@ LOOKAHEAD_SHARDS = 8
 
 
 def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    """The run's start time (maintenance reads it to sweep a crashed run's staging) and a nonce."""
+    return datetime.now(UTC).strftime(RUN_ID_TIME) + "-" + uuid.uuid4().hex[:8]
 
 
 def resolved(job: IndexJob, prepared: PreparedIndex) -> IndexJob:

@@ -27,9 +27,9 @@ from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
 from mmindex.jobs.spec import IndexJob
 from mmindex.report import RunReport
 from mmindex.schema import FailureRecord
+from mmindex.store.staging import staging_uri
 from mmindex.store.writer import conform_rows
 
-STAGING_DIR = "_mmindex_staging"
 # fault injection for the tests (see _injected_faults)
 CRASH_ONCE = "MMINDEX_TEST_CRASH_ONCE"
 SHARD_DELAY = "MMINDEX_TEST_SHARD_DELAY"
@@ -66,15 +66,6 @@ class ShardResult:
 def table_uri(db_uri: str, table: str) -> str:
     """Where LanceDB keeps a table's dataset."""
     return f"{db_uri.rstrip('/')}/{table}.lance"
-
-
-def staging_root(db_uri: str, table: str, run_id: str) -> str:
-    """The folder of a run's staging datasets (beside the tables, where LanceDB lists none)."""
-    return f"{db_uri.rstrip('/')}/{STAGING_DIR}/{table}/{run_id}"
-
-
-def staging_uri(db_uri: str, table: str, run_id: str, name: str) -> str:
-    return f"{staging_root(db_uri, table, run_id)}/{name}.lance"
 
 
 class ShardWorker:

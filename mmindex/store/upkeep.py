@@ -19,9 +19,12 @@ from mmindex.errors import ConfigError
 from mmindex.report import RunReport
 from mmindex.schema import SEVERITY_ERROR
 from mmindex.store.reader import Store
+from mmindex.store.staging import sweep_staging
 from mmindex.store.writer import TableWriter
 
 ROWS_PER_PARTITION = 4096
+# maintenance holds the write lock, so no run is writing; the hour spares a killed driver's last workers
+STAGING_AGE = timedelta(hours=1)
 REBUILD_GROWTH = 2.0  # rebuild a vector index once its column holds this many times its training rows
 META_TRAINED_ROWS = "mmindex.index_trained_rows"  # field metadata of an indexed vector column
 META_PARTITIONS = "mmindex.index_partitions"
@@ -134,6 +137,9 @@ def maintain(
         report.before = {name: TableHealth.of(table) for name, table in tables.items()}
         report.actions += refresh_indices(writer, cleanup_older_than=retention)
         writer.failures.optimize(cleanup_older_than=retention)
+        swept = sweep_staging(store.db_uri, store.table_name, store.storage_options or None, STAGING_AGE)
+        if swept:
+            report.actions.append(f"removed the staging data of {swept} interrupted sharded runs")
         report.after = {name: TableHealth.of(table) for name, table in tables.items()}
     report.seconds = time.perf_counter() - started
     return report

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,21 @@ def test_ray_runner_on_s3_matches_local(
     report = mmindex.index(source, db=ray_db, model="toy-clip", progress=False, runner="ray", shard_size=5)
     assert (report.indexed, report.counters["shards"]) == (16, 4)
     assert_same_tables(rows_of(ray_db, s3_bucket.endpoint), rows_of(local_db, s3_bucket.endpoint))
+
+
+def test_maintenance_sweeps_the_staging_data_of_interrupted_runs(tmp_path: Path, corpus: Path) -> None:
+    import lance
+    import pyarrow as pa
+
+    from mmindex.store.staging import staging_uri
+
+    db = str(tmp_path / "db")
+    mmindex.index(str(corpus), db=db, model="toy-clip", progress=False, **SHARDED)
+    old = (datetime.now(UTC) - timedelta(hours=3)).strftime("%Y%m%dT%H%M%S") + "-deadbeef"
+    new = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-cafef00d"
+    for run_id in (old, new):
+        lance.write_dataset(pa.table({"id": ["x"]}), staging_uri(db, "images", run_id, "shard-a"))
+    report = mmindex.maintain(db=db)
+    runs = {p.name for p in (tmp_path / "db" / "_mmindex_staging" / "images").iterdir()}
+    assert runs == {new}
+    assert any("staging data of 1 interrupted" in action for action in report.actions)
