@@ -113,6 +113,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
         caption_column=job.caption_column,
         scan_filter=scan_filter,
         s3_config=s3_config,
+        format=job.format,
     )
     if check:
         source.check()

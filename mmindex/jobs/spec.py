@@ -164,6 +164,11 @@ class IndexJob(CaptionSpec, ThumbnailSpec, Job):
     )
     device: str | None = option(None, help=DEVICE_HELP)
     prune: bool = option(False, help="delete rows whose files are gone")
+    format: str = option(
+        "auto",
+        help="files, or webdataset (.tar shards of KEY.jpg + KEY.txt/.json); auto: webdataset "
+        "when the source holds only .tar files",
+    )
     captions: str | None = option(None, help="manifest with captions for a directory's images")
     path_column: str | None = option(None, help="manifest column holding image paths")
     caption_column: str | None = option(None, help="manifest column holding captions")

@@ -8,6 +8,7 @@ from mmindex.config import Settings
 from mmindex.errors import FetchError
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.local import read_file
+from mmindex.ingest.sources.webdataset import is_tar_member_uri, read_member
 
 
 class UriReader:
@@ -21,6 +22,8 @@ class UriReader:
         self._s3: Any = None
 
     def read(self, item: SourceItem) -> bytes:
+        if is_tar_member_uri(item.uri, item.version):
+            return read_member(item, self._s3_reader().objects if item.uri.startswith("s3://") else None)
         if item.uri.startswith("s3://"):
             data: bytes = self._s3_reader().read(item)
             return data

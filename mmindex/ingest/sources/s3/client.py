@@ -147,12 +147,17 @@ class S3Objects:
         contents: list[dict[str, Any]] = response.get("Contents", [])
         return contents
 
-    def get(self, bucket: str, key: str, etag: str | None = None) -> bytes:
-        """The object's bytes, retrying a body that breaks off mid-stream. With `etag`, only that version
-        (If-Match): the bytes then always belong to the version the item was listed with."""
+    def get(
+        self, bucket: str, key: str, etag: str | None = None, byte_range: tuple[int, int] | None = None
+    ) -> bytes:
+        """The object's bytes (or those of `byte_range`, both ends included), retrying a body that breaks
+        off mid-stream. With `etag`, only that version (If-Match): the bytes then always belong to the
+        version the item was listed with."""
         params: dict[str, str] = {"Bucket": bucket, "Key": key}
         if etag:
             params["IfMatch"] = f'"{etag}"'
+        if byte_range is not None:
+            params["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         attempts = self.config.max_attempts
         for attempt in range(1, attempts + 1):
             try:
