@@ -137,6 +137,12 @@ def caption(
     max_new_tokens: int = MAX_NEW_TOKENS,
     num_beams: int = NUM_BEAMS,
     prompt: str | None = None,
+    runner: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
+    shard_size: int = SHARD_SIZE,
+    commit_every: int = COMMIT_EVERY,
+    max_attempts: int = 3,
     lock_timeout: float | None = None,
     progress: bool | None = None,
 ) -> RunReport:
@@ -144,6 +150,7 @@ def caption(
 
     `where` narrows the rows (SQL), `limit` caps how many, `recaption` also replaces captions another
     captioning model made; human captions are never touched. Resumable: a rerun continues.
+    `runner="ray"` (or "sharded") runs the backfill in shards, as `index` does.
     """
     job = CaptionJob(
         db=db,
@@ -159,6 +166,12 @@ def caption(
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
         prompt=prompt,
+        runner=runner,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
+        shard_size=shard_size,
+        commit_every=commit_every,
+        max_attempts=max_attempts,
         lock_timeout=lock_timeout,
     )
     with TerminalProgress("captioning", enabled=progress) as bar:

@@ -22,13 +22,15 @@ import pyarrow as pa
 from mmindex.distributed.shards import Shard
 from mmindex.distributed.worker import ShardResult, table_uri
 from mmindex.errors import StoreError
-from mmindex.schema import ITEM_STAGES, SEVERITY_ERROR
+from mmindex.schema import CAPTION_HUMAN, ITEM_STAGES, SEVERITY_ERROR
 from mmindex.store.staging import drop_staging, staging_root
 from mmindex.store.writer import TableWriter
 
 log = logging.getLogger(__name__)
 
 COMMIT_PROPERTY = "mmindex.commit"
+CAPTION_STAGES = ("caption",)
+NOT_HUMAN = f"target.caption_source IS NULL OR target.caption_source <> '{CAPTION_HUMAN}'"
 COMMIT_ATTEMPTS = 3
 
 
@@ -65,11 +67,14 @@ def check_group(group: Sequence[tuple[Shard, ShardResult]]) -> None:
 
 
 class Committer:
-    """Commits groups of shard results of one run into the table its writer holds."""
+    """Commits groups of shard results of one run into the table its writer holds. `captions`: the
+    results of a caption backfill (partial rows that update existing ones, never a human caption;
+    only earlier caption failures are replaced)."""
 
-    def __init__(self, writer: TableWriter, run_id: str) -> None:
+    def __init__(self, writer: TableWriter, run_id: str, *, captions: bool = False) -> None:
         self.writer = writer
         self.run_id = run_id
+        self.captions = captions
         store = writer.store
         self.uri = table_uri(store.db_uri, store.table_name)
         self.storage_options = store.storage_options or None
@@ -117,10 +122,10 @@ class Committer:
             and f.severity == SEVERITY_ERROR
             and not f.retryable
         ]
-        if broken:
+        if broken and not self.captions:
             self.writer.delete_rows(broken)
         done = [row_id for r in results for row_id in r.done_ids]
-        self.writer.replace_failures(done, None, failures)
+        self.writer.replace_failures(done, CAPTION_STAGES if self.captions else None, failures)
         outcome.failures = len(failures)
         staged = [r.upsert_uri for r in results if r.upsert_uri]
         if staged:
@@ -147,7 +152,11 @@ class Committer:
         schema = datasets[0].schema
         batches = (batch for dataset in datasets for batch in dataset.to_batches())
         reader = pa.RecordBatchReader.from_batches(schema, batches)
-        builder = self._dataset().merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        builder = self._dataset().merge_insert("id")
+        if self.captions:  # partial rows update existing ones; a human caption is never overwritten
+            builder = builder.when_matched_update_all(condition=NOT_HUMAN)
+        else:
+            builder = builder.when_matched_update_all().when_not_matched_insert_all()
         transaction, stats = builder.execute_uncommitted(reader)
         transaction.transaction_properties = {COMMIT_PROPERTY: commit_id + "/upsert"}
         commit_transaction(self.uri, transaction, self.storage_options)

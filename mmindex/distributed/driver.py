@@ -17,10 +17,13 @@ from mmindex.distributed.commit import Committer
 from mmindex.distributed.engines import Engine, engine_for
 from mmindex.distributed.shards import Shard, cut_shards
 from mmindex.distributed.worker import ShardResult
+from mmindex.errors import TableError
+from mmindex.ingest.backfill import caption_targets, stage_failures
 from mmindex.ingest.pipeline import ProgressUpdate, ReadAhead, _is_partial, _timed_scan
 from mmindex.ingest.plan import plan
-from mmindex.jobs.prepare import PreparedIndex
-from mmindex.jobs.spec import IndexJob
+from mmindex.ingest.sources.base import SourceItem
+from mmindex.jobs.prepare import PreparedCaption, PreparedIndex
+from mmindex.jobs.spec import CaptionJob, IndexJob
 from mmindex.report import RunReport, UnexpectedErrors
 from mmindex.schema import SEVERITY_ERROR
 from mmindex.store.staging import RUN_ID_TIME
@@ -72,40 +75,10 @@ def run_sharded(
                 seen=seen.add if seen is not None else None,
             )
             committer = Committer(writer, run_id)
-            guard = UnexpectedErrors(state.retried)
-            group: list[tuple[Shard, ShardResult]] = []
-            number, done = 0, 0
-
-            def commit() -> None:
-                nonlocal group, number
-                with report.timed("commit", sum(len(shard) for shard, _ in group)):
-                    outcome = committer.commit(group, number)
-                report.counters["commits"] += 1
-                if outcome.already_committed:
-                    report.notes.append(f"group {number} was already committed (a retried commit)")
-                group, number = [], number + 1
-
-            with ReadAhead(cut_shards(planned, state, job.shard_size), LOOKAHEAD_SHARDS) as shards:
-                try:
-                    for shard, result in engine.map(_counted(shards, report)):
-                        _absorb(report, result)
-                        guard.judge(
-                            [i for i in result.done_ids if i not in {f.id for f in shard.scan_failures}],
-                            result.failures,
-                        )
-                        group.append((shard, result))
-                        done += len(shard) - len(shard.scan_failures)
-                        if len(group) >= job.commit_every:
-                            commit()
-                        if progress is not None:
-                            progress(
-                                ProgressUpdate(
-                                    done, report.new + report.changed, report.scanned, shards.finished
-                                )
-                            )
-                finally:
-                    if group:  # finished shards are committed even when a later one failed for good
-                        commit()
+            shards = cut_shards(planned, state, job.shard_size)
+            _dispatch(
+                engine, shards, committer, report, job.commit_every, UnexpectedErrors(state.retried), progress
+            )
             if options.prune and seen is not None:
                 if report.listing_incomplete or _is_partial(prepared.source):
                     report.notes.append(
@@ -123,6 +96,103 @@ def run_sharded(
     return report
 
 
+def run_sharded_captions(
+    job: CaptionJob,
+    prepared: PreparedCaption,
+    *,
+    engine: Engine | None = None,
+    progress: Callable[[ProgressUpdate], None] | None = None,
+) -> RunReport:
+    """A caption backfill through shards: the driver selects the rows (as a local backfill does) and
+    commits; workers read, caption and embed."""
+    run_id = new_run_id()
+    store, options = prepared.store, prepared.options
+    report = RunReport(kind="caption", source=store.describe(), table=store.describe())
+    started = time.perf_counter()
+    settings = job.settings()
+    engine = engine or engine_for(replace(job, db=settings.db, table=settings.table), run_id)
+    try:
+        with report.timed("start", 0):
+            info = engine.start()
+        report.models = info.compute
+        with store.open_writer(options.lock_timeout) as writer:
+            if store.info().model != info.model_id:
+                raise TableError(
+                    f"table {store.describe()} was built with {store.info().model!r}, not {info.model_id!r}"
+                )
+            targets = caption_targets(store, info.caption_model or "", options)
+            shards = (
+                Shard.of(items, frozenset(item.id for item in items))
+                for items in _regrouped(targets, job.shard_size, report)
+            )
+            committer = Committer(writer, run_id, captions=True)
+            guard = UnexpectedErrors(stage_failures(store, "caption")[1])
+            _dispatch(engine, shards, committer, report, job.commit_every, guard, progress)
+            committer.close()
+            finish_run(writer, report)
+    finally:
+        engine.close()
+    report.notes.append(f"captions by {info.caption_model}; run id {run_id}")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _dispatch(
+    engine: Engine,
+    shards: Iterable[Shard],
+    committer: Committer,
+    report: RunReport,
+    commit_every: int,
+    guard: UnexpectedErrors,
+    progress: Callable[[ProgressUpdate], None] | None,
+) -> None:
+    """Map shards through the engine and commit every `commit_every` results (and what is left, even
+    when a shard failed for good)."""
+    group: list[tuple[Shard, ShardResult]] = []
+    number, done = 0, 0
+
+    def commit() -> None:
+        nonlocal group, number
+        with report.timed("commit", sum(len(shard) for shard, _ in group)):
+            outcome = committer.commit(group, number)
+        report.counters["commits"] += 1
+        if outcome.already_committed:
+            report.notes.append(f"group {number} was already committed (a retried commit)")
+        group, number = [], number + 1
+
+    with ReadAhead(shards, LOOKAHEAD_SHARDS) as listing:
+        try:
+            for shard, result in engine.map(_counted(listing, report)):
+                _absorb(report, result)
+                scanned = {f.id for f in shard.scan_failures}
+                guard.judge([i for i in result.done_ids if i not in scanned], result.failures)
+                group.append((shard, result))
+                done += shard.count
+                if len(group) >= commit_every:
+                    commit()
+                if progress is not None:
+                    planned = report.new + report.changed if report.kind == "index" else done
+                    progress(ProgressUpdate(done, planned, report.scanned, listing.finished))
+        finally:
+            if group:
+                commit()
+
+
+def _regrouped(
+    batches: Iterable[list[SourceItem]], size: int, report: RunReport
+) -> Iterator[list[SourceItem]]:
+    """Batches of items regrouped into lists of `size` (the backfill's selection comes in small batches)."""
+    pending: list[SourceItem] = []
+    for batch in batches:
+        report.scanned += len(batch)
+        pending.extend(batch)
+        while len(pending) >= size:
+            yield pending[:size]
+            pending = pending[size:]
+    if pending:
+        yield pending
+
+
 def _counted(shards: Iterable[Shard], report: RunReport) -> Iterator[Shard]:
     for shard in shards:
         report.counters["shards"] += 1
@@ -135,6 +205,8 @@ def _absorb(report: RunReport, result: ShardResult) -> None:
         report.add_time(stage, seconds, result.stage_items.get(stage, 0))
     report.indexed += result.appended + result.upserted
     report.captioned += result.counters.get("captioned", 0)
+    if report.kind == "caption":
+        report.indexed -= result.appended + result.upserted  # a backfill counts captions, not rows
     report.unexpected.update(result.unexpected)
     for failure in result.failures:
         if failure.stage != "scan":

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from mmindex.distributed.shards import Shard
-from mmindex.distributed.worker import ModelInfo, ShardResult, ShardWorker
+from mmindex.distributed.worker import CaptionShardWorker, ModelInfo, ShardResult, ShardWorker
 from mmindex.errors import ConfigError, MMIndexError
-from mmindex.jobs.spec import IndexJob
+from mmindex.jobs.spec import CaptionJob, IndexJob
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,12 @@ class Engine(Protocol):
 class InProcessEngine:
     """Runs shards one after another in this process, with the same worker code as a cluster."""
 
-    def __init__(self, job: IndexJob, run_id: str, max_attempts: int = 3) -> None:
+    def __init__(self, job: IndexJob | CaptionJob, run_id: str, max_attempts: int = 3) -> None:
         self.job, self.run_id, self.max_attempts = job, run_id, max_attempts
         self.worker: ShardWorker | None = None
 
     def start(self) -> ModelInfo:
-        self.worker = ShardWorker(self.job, self.run_id)
+        self.worker = worker_class(self.job)(self.job, self.run_id)  # type: ignore[arg-type]
         return self.worker.info()
 
     def map(self, shards: Iterable[Shard]) -> Iterator[tuple[Shard, ShardResult]]:
@@ -63,7 +63,12 @@ class InProcessEngine:
         self.worker = None
 
 
-def engine_for(job: IndexJob, run_id: str) -> Engine:
+def worker_class(job: IndexJob | CaptionJob) -> type[ShardWorker]:
+    """The shard function's holder for a job: indexing, or a caption backfill."""
+    return CaptionShardWorker if isinstance(job, CaptionJob) else ShardWorker
+
+
+def engine_for(job: IndexJob | CaptionJob, run_id: str) -> Engine:
     """The engine `job.runner` names (local runs never get here: they stream through the pipeline)."""
     if job.runner == "sharded":
         return InProcessEngine(job, run_id, job.max_attempts)

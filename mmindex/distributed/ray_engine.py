@@ -13,11 +13,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from mmindex.distributed.engines import ShardFailed
+from mmindex.distributed.engines import ShardFailed, worker_class
 from mmindex.distributed.shards import Shard
-from mmindex.distributed.worker import ModelInfo, ShardResult, ShardWorker
+from mmindex.distributed.worker import ModelInfo, ShardResult
 from mmindex.errors import ConfigError
-from mmindex.jobs.spec import IndexJob
+from mmindex.jobs.spec import CaptionJob, IndexJob
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def import_ray() -> Any:
 
 
 class RayEngine:
-    def __init__(self, job: IndexJob, run_id: str) -> None:
+    def __init__(self, job: IndexJob | CaptionJob, run_id: str) -> None:
         self.ray = import_ray()
         self.job, self.run_id = job, run_id
         self.address = job.ray_address or os.environ.get(RAY_ADDRESS_ENV) or None
@@ -55,8 +55,8 @@ class RayEngine:
             self._started_ray = True
         gpus = self._gpus_per_actor()
         env = {k: v for k, v in os.environ.items() if k.startswith(SHIPPED_ENV) and k != RAY_ADDRESS_ENV}
-        self._actor_class = ray.remote(ShardWorker).options(
-            num_cpus=self.job.workers or 1,
+        self._actor_class = ray.remote(worker_class(self.job)).options(
+            num_cpus=getattr(self.job, "workers", None) or 1,
             num_gpus=gpus,
             max_restarts=0,
             max_task_retries=0,

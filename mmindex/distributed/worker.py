@@ -24,7 +24,7 @@ from mmindex.ingest.backfill import inherit_captions
 from mmindex.ingest.pipeline import load_pools, overlapped
 from mmindex.ingest.steps import EmbeddedBatch, Preprocessor, caption_batch, embed_batch, load_batch
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
-from mmindex.jobs.spec import IndexJob
+from mmindex.jobs.spec import CaptionJob, IndexJob
 from mmindex.report import RunReport
 from mmindex.schema import FailureRecord
 from mmindex.store.staging import staging_uri
@@ -42,6 +42,7 @@ class ModelInfo:
     model_id: str
     dim: int
     compute: str
+    caption_model: str | None = None
 
 
 @dataclass
@@ -91,7 +92,8 @@ class ShardWorker:
 
     def info(self) -> ModelInfo:
         models = [m.compute for m in (self.embedder, self.captioner) if m is not None]
-        return ModelInfo(self.embedder.model_id, self.embedder.dim, "; ".join(models))
+        captioner = self.captioner.model_id if self.captioner is not None else None
+        return ModelInfo(self.embedder.model_id, self.embedder.dim, "; ".join(models), captioner)
 
     def schema(self) -> pa.Schema:
         if self._schema is None:  # read once the driver has created the table
@@ -162,13 +164,75 @@ class ShardWorker:
             result.upsert_uri, result.upserted = uri, old_rows.num_rows
 
 
+class CaptionShardWorker(ShardWorker):
+    """Runs shards of a caption backfill: each item (an indexed row) is read again by uri, captioned,
+    and its caption embedded; the partial rows (caption, provenance, text embedding) are staged for
+    the driver's one update per group."""
+
+    def __init__(self, job: CaptionJob, run_id: str) -> None:
+        from mmindex.jobs.prepare import prepare_caption
+        from mmindex.jobs.run import load_captioner, load_embedder
+
+        self.run_id = run_id
+        self.caption = prepare_caption(job, check=False)
+        self.embedder = load_embedder(self.caption.models)
+        self.captioner = load_captioner(self.caption.models)
+        self.preprocessors = {"caption": self.captioner.preprocess}
+        store = self.caption.store
+        self.table_uri = table_uri(store.db_uri, store.table_name)
+        self.storage_options = store.storage_options or None
+        self._schema = None
+
+    def run(self, shard: Shard) -> ShardResult:
+        from mmindex.ingest.backfill import embed_caption_rows
+
+        started = time.perf_counter()
+        _injected_faults()
+        report = RunReport(kind="caption")
+        options, reader = self.caption.options, self.caption.reader
+        assert self.captioner is not None
+        parts: list[EmbeddedBatch] = []
+        size = max(options.batch_size, 1)
+        batches = [(start, min(start + size, shard.count)) for start in range(0, shard.count, size)]
+        with load_pools(options.workers, getattr(reader, "fetch_concurrency", 1)) as pools:
+
+            def load(bounds: tuple[int, int]) -> Any:
+                return load_batch(reader, shard.items_in(*bounds), self.preprocessors, report, *pools)
+
+            for _, loaded in overlapped(iter(batches), load, options.prefetch):
+                captioned = caption_batch(self.captioner, loaded, report)
+                parts.append(embed_caption_rows(self.embedder, captioned, report))
+        tables = [part.rows for part in parts if part.rows is not None]
+        done = [row_id for part in parts for row_id in part.done_ids]
+        result = ShardResult(shard.id, uuid.uuid4().hex[:12], done, [f for p in parts for f in p.failures])
+        if tables:
+            rows = pa.concat_tables(tables)
+            with report.timed("write", rows.num_rows):
+                self._stage_update(shard, null_bad_vectors(rows), result)
+        result.stage_seconds, result.stage_items = report.stage_seconds, report.stage_items
+        result.counters = dict(report.counters) | {"captioned": report.captioned}
+        result.unexpected = dict(report.unexpected)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _stage_update(self, shard: Shard, rows: pa.Table, result: ShardResult) -> None:
+        import lance
+
+        store = self.caption.store
+        uri = staging_uri(store.db_uri, store.table_name, self.run_id, f"{shard.id}-{result.attempt}")
+        lance.write_dataset(rows, uri, storage_options=self.storage_options)
+        result.upsert_uri, result.upserted = uri, rows.num_rows
+
+
 def null_bad_vectors(rows: pa.Table) -> pa.Table:
     """Vectors with NaN or infinite values become null (as LanceDB's on_bad_vectors="null" does)."""
     for name in ("image_embedding", "text_embedding"):
+        if name not in rows.column_names:
+            continue
         column = rows.column(name).combine_chunks()
         dim = column.type.list_size
         values = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-        valid = np.asarray(column.is_valid())
+        valid = np.asarray(column.is_valid(), dtype=bool)
         bad = valid & ~np.isfinite(values).all(axis=1)
         if bad.any():
             fixed = pa.FixedSizeListArray.from_arrays(column.values, dim, mask=pa.array(~(valid & ~bad)))

@@ -32,7 +32,15 @@ from mmindex.ingest.sources import ScanFilter, Source, open_source
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.ingest.thumbnail import Thumbnailer
 from mmindex.ingest.thumbnail_backfill import ThumbnailOptions
-from mmindex.jobs.spec import CaptionJob, CaptionSpec, FinetuneJob, IndexJob, MaintainJob, ThumbnailJob
+from mmindex.jobs.spec import (
+    CaptionJob,
+    CaptionSpec,
+    FinetuneJob,
+    IndexJob,
+    MaintainJob,
+    ScaleSpec,
+    ThumbnailJob,
+)
 from mmindex.models.captioner import GenerationSettings, check_caption_config
 from mmindex.models.clip import check_embedding_config
 from mmindex.models.precision import check_precision
@@ -157,6 +165,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
 def prepare_caption(job: CaptionJob, *, check: bool = True) -> PreparedCaption:
     """Validate a caption backfill: the table must exist; its embedding model embeds the captions."""
     settings = job.settings()
+    check_runner(job)
     if job.limit is not None and job.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {job.limit}")
     store = Store.from_settings(settings)
@@ -353,7 +362,7 @@ def _aware(moment: datetime | None) -> datetime | None:
 RUNNERS = ("local", "sharded", "ray")
 
 
-def check_runner(job: IndexJob) -> None:
+def check_runner(job: ScaleSpec) -> None:
     """A runner that exists, and for ray, an installed Ray (one line naming the extra otherwise)."""
     if job.runner not in RUNNERS:
         raise ConfigError(f"--runner {job.runner!r} is not one of {', '.join(RUNNERS)}")

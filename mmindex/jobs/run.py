@@ -109,6 +109,10 @@ def _index(job: IndexJob, hooks: RunHooks, progress: Progress | None) -> RunRepo
 
 def _caption(job: CaptionJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
     prepared = prepare_caption(job)
+    if job.runner != "local":
+        from mmindex.distributed.driver import run_sharded_captions
+
+        return run_sharded_captions(job, prepared, progress=progress)
     embedder = hooks.load_embedder(prepared.models)
     captioner = hooks.load_captioner(prepared.models)
     return run_caption(

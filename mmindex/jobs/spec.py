@@ -142,12 +142,35 @@ class ThumbnailSpec:
     thumbnail_format: str = option(THUMBNAIL_FORMAT, help="webp (smaller) or jpeg (faster)")
 
 
+@dataclass(kw_only=True)
+class ScaleSpec:
+    """Where a run's shards go (shared by `index` and `caption`)."""
+
+    runner: str = option(
+        "local",
+        help="local (this process, committing as it goes), ray (shards on a Ray cluster, one commit per "
+        "group of shards) or sharded (the ray runner's shards and commits, in this process)",
+    )
+    ray_address: str | None = option(
+        None,
+        help="Ray cluster to join: auto or ray://HEAD:10001 [env MMINDEX_RAY_ADDRESS; default: a local Ray]",
+    )
+    ray_workers: int | None = option(None, min=1, help="model actors on the cluster [one per GPU, else 1]")
+    shard_size: int = option(SHARD_SIZE, min=1, help="items per shard (ray and sharded runners)")
+    commit_every: int = option(
+        COMMIT_EVERY, min=1, help="shards per commit: a crashed run loses at most this many shards' work"
+    )
+    max_attempts: int = option(
+        3, min=1, help="tries per shard before the run stops (ray and sharded runners)"
+    )
+
+
 PRECISION_HELP = "auto (bf16/fp16 on CUDA, bf16 on a CPU with fast native bf16, else fp32), fp32, bf16, fp16"
 DEVICE_HELP = "auto, cpu, cuda or mps"
 
 
 @dataclass(kw_only=True)
-class IndexJob(CaptionSpec, ThumbnailSpec, Job):
+class IndexJob(CaptionSpec, ThumbnailSpec, ScaleSpec, Job):
     """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
 
     kind: ClassVar[str] = "index"
@@ -188,27 +211,10 @@ class IndexJob(CaptionSpec, ThumbnailSpec, Job):
     thumbnails: bool = option(
         True, flag="--thumbnails/--no-thumbnails", help="store a small preview of each image in the table"
     )
-    runner: str = option(
-        "local",
-        help="local (this process, committing as it goes), ray (shards on a Ray cluster, one commit per "
-        "group of shards) or sharded (the ray runner's shards and commits, in this process)",
-    )
-    ray_address: str | None = option(
-        None,
-        help="Ray cluster to join: auto or ray://HEAD:10001 [env MMINDEX_RAY_ADDRESS; default: a local Ray]",
-    )
-    ray_workers: int | None = option(None, min=1, help="model actors on the cluster [one per GPU, else 1]")
-    shard_size: int = option(SHARD_SIZE, min=1, help="items per shard (ray and sharded runners)")
-    commit_every: int = option(
-        COMMIT_EVERY, min=1, help="shards per commit: a crashed run loses at most this many shards' work"
-    )
-    max_attempts: int = option(
-        3, min=1, help="tries per shard before the run stops (ray and sharded runners)"
-    )
 
 
 @dataclass(kw_only=True)
-class CaptionJob(CaptionSpec, Job):
+class CaptionJob(CaptionSpec, ScaleSpec, Job):
     """Generate captions for indexed images that have none; resumable; human captions are never touched."""
 
     kind: ClassVar[str] = "caption"

@@ -180,6 +180,13 @@ def test_ray_runner_matches_local_and_survives_a_dead_worker(
     assert_same_tables(rows_of(db), rows_of(local_reference))
     assert failures_of(db) == failures_of(local_reference)
 
+    uncaptioned = sum(row["caption"] is None for row in rows_of(db).values())
+    captions = mmindex.caption(
+        db=db, caption_model="toy-captioner", progress=False, runner="ray", shard_size=4
+    )
+    assert captions.captioned == uncaptioned > 0
+    assert all(row["caption"] and row["text_embedding"] for row in rows_of(db).values())
+
 
 def test_ray_runner_on_s3_matches_local(
     local_ray: None, s3_bucket: S3Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -210,3 +217,23 @@ def test_maintenance_sweeps_the_staging_data_of_interrupted_runs(tmp_path: Path,
     runs = {p.name for p in (tmp_path / "db" / "_mmindex_staging" / "images").iterdir()}
     assert runs == {new}
     assert any("staging data of 1 interrupted" in action for action in report.actions)
+
+
+def test_sharded_caption_backfill_matches_a_local_one(mixed_corpus: Path, tmp_path: Path) -> None:
+    dbs = {}
+    for runner in ("local", "sharded"):
+        db = str(tmp_path / runner)
+        mmindex.index(str(mixed_corpus), db=db, model="toy-clip", progress=False)
+        report = mmindex.caption(db=db, caption_model="toy-captioner", progress=False, runner=runner,
+                                 shard_size=3, commit_every=2)  # fmt: skip
+        dbs[runner] = (db, report)
+    (local_db, local), (sharded_db, sharded) = dbs["local"], dbs["sharded"]
+    assert sharded.captioned == local.captioned > 0
+    ours, reference = rows_of(sharded_db), rows_of(local_db)
+    assert {u: (r["caption"], r["caption_source"]) for u, r in ours.items()} == {
+        u: (r["caption"], r["caption_source"]) for u, r in reference.items()
+    }
+    for uri, row in ours.items():
+        np.testing.assert_allclose(row["text_embedding"], reference[uri]["text_embedding"], atol=1e-5)
+    again = mmindex.caption(db=sharded_db, caption_model="toy-captioner", progress=False, runner="sharded")
+    assert again.captioned == 0

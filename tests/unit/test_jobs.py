@@ -30,7 +30,7 @@ CONTRACT = {
     "caption": {
         "--db", "--table", "--caption-model", "--limit", "--where", "--recaption", "--retry-failed",
         "--batch-size", "--device", "--max-new-tokens", "--num-beams", "--prompt", "--precision",
-        "--lock-timeout", "--json", "--progress", "--no-progress",
+        "--lock-timeout", "--json", "--progress", "--no-progress", "--runner", "--ray-address",
     },
     "maintain": {"--db", "--table", "--retention", "--lock-timeout", "--json"},
     "thumbnails": {"--db", "--table", "--limit", "--where", "--retry-failed", "--json"},
