@@ -23,6 +23,10 @@ def flow_for(job: Job) -> Flow[..., dict[str, Any]]:
         from mmindex.flows.finetune import finetune
 
         return finetune
+    if job.kind == "generate":
+        from mmindex.flows.generate import generate
+
+        return generate
     if job.kind == "thumbnails":
         from mmindex.flows.thumbnails import thumbnails
 

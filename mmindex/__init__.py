@@ -28,6 +28,8 @@ _EXPORTS = {
     "maintain": "mmindex.api",
     "thumbnails": "mmindex.api",
     "finetune": "mmindex.api",
+    "generate": "mmindex.api",
+    "GenerateJob": "mmindex.jobs.spec",
     "FinetuneJob": "mmindex.jobs.spec",
     "FinetuneReport": "mmindex.finetuning.report",
     "ThumbnailJob": "mmindex.jobs.spec",
@@ -66,6 +68,8 @@ __all__ = [
     "ThumbnailJob",
     "finetune",
     "FinetuneJob",
+    "generate",
+    "GenerateJob",
     "FinetuneReport",
     "IndexJob",
     "CaptionJob",
@@ -91,14 +95,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mmindex.api import caption, finetune, index, maintain, open_searcher, thumbnails
+    from mmindex.api import caption, finetune, generate, index, maintain, open_searcher, thumbnails
     from mmindex.config import Settings
     from mmindex.errors import ConfigError, MMIndexError
     from mmindex.finetuning.report import FinetuneReport
     from mmindex.ingest.pipeline import IndexOptions, run_index
     from mmindex.ingest.sources import ScanFilter, SourceItem, open_source
     from mmindex.jobs.run import run_job
-    from mmindex.jobs.spec import CaptionJob, FinetuneJob, IndexJob, MaintainJob, ThumbnailJob
+    from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, MaintainJob, ThumbnailJob
     from mmindex.models.captioner import Captioner
     from mmindex.models.clip import ClipEmbedder
     from mmindex.query.handle import ImageIndex, connect

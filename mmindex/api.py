@@ -20,7 +20,7 @@ from mmindex.config import (
 )
 from mmindex.finetuning.report import FinetuneReport
 from mmindex.jobs.run import run_job
-from mmindex.jobs.spec import CaptionJob, FinetuneJob, IndexJob, MaintainJob, ThumbnailJob
+from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, MaintainJob, ThumbnailJob
 from mmindex.progress import TerminalProgress
 from mmindex.query.search import Searcher
 from mmindex.report import RunReport
@@ -288,3 +288,53 @@ def open_searcher(db: str | None = None, table: str | None = None, *, device: st
 
     settings = Settings.from_env(db=db, table=table)
     return Searcher(Store.from_settings(settings), device=device)
+
+
+def generate(
+    prompts: Sequence[str] = (),
+    *,
+    out: str,
+    prompts_file: str | None = None,
+    n: int = 1,
+    seed: int = 0,
+    model: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    size: str = "512x512",
+    batch_size: int = 4,
+    index: bool = True,
+    embed_model: str | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    db: str | None = None,
+    table: str | None = None,
+    lock_timeout: float | None = None,
+    progress: bool | None = None,
+) -> RunReport:
+    """Generate `n` images per prompt with a text-to-image model (default: sd-turbo; any diffusers
+    pipeline id or directory, or "toy-generator") into `out`, each with a JSON sidecar holding its
+    prompt and provenance, then index them (unless `index=False`). Image i of a run gets seed + i,
+    so every image can be made again on its own; a rerun makes only the images `out` lacks."""
+    job = GenerateJob(
+        prompts=list(prompts),
+        out=out,
+        prompts_file=prompts_file,
+        n=n,
+        seed=seed,
+        model=model,
+        steps=steps,
+        guidance=guidance,
+        size=size,
+        batch_size=batch_size,
+        index=index,
+        embed_model=embed_model,
+        device=device,
+        precision=precision,
+        db=db,
+        table=table,
+        lock_timeout=lock_timeout,
+    )
+    with TerminalProgress("generating", enabled=progress) as bar:
+        report = run_job(job, progress=bar)
+    assert isinstance(report, RunReport)
+    return report

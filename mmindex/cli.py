@@ -27,6 +27,7 @@ from mmindex.jobs.spec import (
     PRECISION_HELP,
     CaptionJob,
     FinetuneJob,
+    GenerateJob,
     IndexJob,
     Job,
     MaintainJob,
@@ -119,7 +120,11 @@ def cli_parameters(job_class: type[Job]) -> list[inspect.Parameter]:
                 spec_field.name, kind, default=default, annotation=Annotated[annotation, marker]
             )
         )
-    return arguments + options
+    # Python wants parameters without defaults first; typer orders positionals among themselves only
+    ordered = arguments + options
+    return [p for p in ordered if p.default is inspect.Parameter.empty] + [
+        p for p in ordered if p.default is not inspect.Parameter.empty
+    ]
 
 
 def job_command(job_class: type[Job]) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -185,6 +190,13 @@ def maintain(job: MaintainJob, json_output: JsonOption = False) -> None:
 @job_command(ThumbnailJob)
 def thumbnails(job: ThumbnailJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
     """Make the thumbnails a table's rows lack (indexed before thumbnails or with --no-thumbnails)."""
+    run_job_command(job, json_output=json_output, progress=progress)
+
+
+@job_command(GenerateJob)
+def generate(job: GenerateJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
+    """Generate images from text prompts into a folder or prefix (each with a sidecar holding its
+    prompt, model and seed), then index them into the table, marked as synthetic."""
     run_job_command(job, json_output=json_output, progress=progress)
 
 

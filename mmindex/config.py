@@ -18,6 +18,8 @@ DEFAULT_DB = "./mmindex.lancedb"
 DEFAULT_TABLE = "images"
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+# a distilled SD 2.1: 512 px in 1-4 steps; Stability AI's licence for it limits commercial use (model card)
+DEFAULT_GENERATOR = "stabilityai/sd-turbo"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # Defaults of the jobs' tunables, written once (the job specs, options and models read them here).

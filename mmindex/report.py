@@ -71,7 +71,7 @@ class FailureLike(Protocol):
     def error(self) -> str: ...
 
 
-STAGES = ("list", "read", "decode", "thumbnail", "caption", "embed", "write")
+STAGES = ("start", "list", "generate", "read", "decode", "thumbnail", "caption", "embed", "write", "commit")
 
 
 @dataclass
@@ -102,6 +102,7 @@ class RunReport:
     captioned: int = 0
     caption_failed: int = 0
     thumbnails: int = 0  # thumbnails made by a thumbnail backfill
+    generated: int = 0  # images made by a text-to-image model
     listing_incomplete: bool = False
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -166,7 +167,9 @@ class RunReport:
 
     @property
     def items_per_second(self) -> float:
-        done = {"index": self.indexed, "thumbnails": self.thumbnails}.get(self.kind, self.captioned)
+        done = {"index": self.indexed, "thumbnails": self.thumbnails, "generate": self.generated}.get(
+            self.kind, self.captioned
+        )
         return done / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,6 +187,7 @@ class RunReport:
             "captioned": self.captioned,
             "caption_failed": self.caption_failed,
             "thumbnails": self.thumbnails,
+            "generated": self.generated,
             "unexpected_failures": sum(self.unexpected.values()),
             "seconds": round(self.seconds, 3),
             "items_per_second": round(self.items_per_second, 2),
@@ -224,6 +228,12 @@ class RunReport:
             lines = [
                 f"caption {self.table}",
                 f"  rows {self.scanned}  captioned {self.captioned}  failed {self.failed}",
+            ]
+        elif self.kind == "generate":
+            lines = [
+                f"generate -> {self.source} -> {self.table}",
+                f"  images {self.scanned}  generated {self.generated}  already there {self.unchanged}"
+                f"  failed {self.failed}  indexed {self.indexed}",
             ]
         elif self.kind == "thumbnails":
             lines = [

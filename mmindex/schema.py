@@ -13,10 +13,15 @@ Table `<name>` (default `images`), one row per image uri:
     width, height    int32      pixels of the upright original (after EXIF orientation)
     format           string     Pillow format name: JPEG, PNG, WEBP, ...
     caption          string     the caption, or null
-    caption_source   string     `human` (sidecar or manifest), `generated`, or null
+    caption_source   string     `human` (sidecar or manifest), `generated`, `prompt` (the prompt a
+                                generated image was made from), or null
     caption_model    string     the captioning model of a generated caption, else null
     captioned_at     timestamp  when a generated caption was written, else null
     thumbnail        binary     a small WebP/JPEG preview (long side ~256 px), or null (schema v2)
+    synthetic        bool       true for an image made by a text-to-image model (schema v3)
+    generator        string     that model's id or directory, else null (schema v3)
+    generation_seed, generation_steps, generation_guidance
+                     int64, int32, float32   how it was made, so it can be made again (schema v3)
     image_embedding  float32[d] L2-normalised CLIP image embedding
     text_embedding   float32[d] L2-normalised CLIP embedding of the caption; null without caption
     embed_model      string     the CLIP model id (or absolute directory) that made the embeddings
@@ -48,19 +53,27 @@ if TYPE_CHECKING:
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 META_MODEL = b"mmindex.embed_model"
 META_DIM = b"mmindex.embedding_dim"
 META_SCHEMA_VERSION = b"mmindex.schema_version"
 
 CAPTION_HUMAN = "human"
 CAPTION_GENERATED = "generated"
+CAPTION_PROMPT = "prompt"
 
 SEVERITY_ERROR = "error"
 SEVERITY_WARNING = "warning"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 THUMBNAIL_FIELD = pa.field("thumbnail", pa.binary())
+PROVENANCE_FIELDS = (
+    pa.field("synthetic", pa.bool_()),
+    pa.field("generator", pa.string()),
+    pa.field("generation_seed", pa.int64()),
+    pa.field("generation_steps", pa.int32()),
+    pa.field("generation_guidance", pa.float32()),
+)
 
 
 def images_schema(dim: int, model: str) -> pa.Schema:
@@ -83,6 +96,7 @@ def images_schema(dim: int, model: str) -> pa.Schema:
             pa.field("caption_model", pa.string()),
             pa.field("captioned_at", _TIMESTAMP),
             THUMBNAIL_FIELD,
+            *PROVENANCE_FIELDS,
             pa.field("image_embedding", vector, nullable=False),
             pa.field("text_embedding", vector),
             pa.field("embed_model", pa.string()),

@@ -18,10 +18,10 @@ import pyarrow as pa
 from mmindex.errors import ItemError
 from mmindex.ingest.decode import decode
 from mmindex.ingest.sources.base import SourceItem
-from mmindex.ingest.sources.sidecar import parse_sidecar
+from mmindex.ingest.sources.sidecar import Provenance, parse_sidecar
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
 from mmindex.report import RunReport
-from mmindex.schema import CAPTION_GENERATED, CAPTION_HUMAN, SEVERITY_WARNING, FailureRecord
+from mmindex.schema import CAPTION_GENERATED, CAPTION_HUMAN, CAPTION_PROMPT, SEVERITY_WARNING, FailureRecord
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -87,6 +87,7 @@ class LoadedItem:
     caption_source: str | None = None
     caption_model: str | None = None
     captioned_at: datetime | None = None
+    provenance: Provenance | None = None  # set for an image a text-to-image model made
     problems: list[FailureRecord] = field(default_factory=list)  # recorded, but the item is indexed
 
 
@@ -151,7 +152,7 @@ def load_item(
         return FailureRecord.from_item(
             item, stage, report.record_unexpected(item.key, stage, exc), retryable=True
         )
-    caption, problems = _caption_of(item, fetched)
+    caption, problems, provenance = _caption_of(item, fetched)
     thumbnail = _thumbnail_of(item, decoded.image, preprocessors.get(THUMBNAIL_ROLE), report, problems)
     return LoadedItem(
         item=item,
@@ -162,7 +163,8 @@ def load_item(
         sha256=hashlib.sha256(fetched.data).hexdigest(),
         caption=caption,
         thumbnail=thumbnail,
-        caption_source=CAPTION_HUMAN if caption else None,
+        caption_source=(CAPTION_PROMPT if provenance else CAPTION_HUMAN) if caption else None,
+        provenance=provenance,
         problems=problems,
     )
 
@@ -186,27 +188,32 @@ def _thumbnail_of(
         return None
 
 
-def _caption_of(item: SourceItem, fetched: Fetched) -> tuple[str | None, list[FailureRecord]]:
-    """The human caption (manifest, else sidecar) and warnings about the sidecar."""
+def _caption_of(
+    item: SourceItem, fetched: Fetched
+) -> tuple[str | None, list[FailureRecord], Provenance | None]:
+    """The human caption (manifest, else sidecar), warnings about the sidecar, and the provenance a
+    generated image's sidecar records."""
     if fetched.sidecar_error is not None:
         warning = FailureRecord.from_item(
             item, "sidecar", fetched.sidecar_error, severity=SEVERITY_WARNING, retryable=True
         )
-        return item.caption, [warning]
+        return item.caption, [warning], None
     if item.caption is not None or fetched.sidecar is None or item.sidecar is None:
-        return item.caption, []
+        return item.caption, [], None
     try:
         parsed = parse_sidecar(fetched.sidecar, item.sidecar)
     except (
         Exception
     ) as exc:  # pathological JSON (huge numbers, deep nesting): the caption is lost, not the image
-        return None, [
-            FailureRecord.from_item(item, "sidecar", f"unusable sidecar: {exc}", severity=SEVERITY_WARNING)
-        ]
+        return (
+            None,
+            [FailureRecord.from_item(item, "sidecar", f"unusable sidecar: {exc}", severity=SEVERITY_WARNING)],
+            None,
+        )
     problems = []
     if parsed.warning:
         problems.append(FailureRecord.from_item(item, "sidecar", parsed.warning, severity=SEVERITY_WARNING))
-    return parsed.caption, problems
+    return parsed.caption, problems, parsed.provenance
 
 
 def load_batch(
@@ -369,6 +376,17 @@ def build_rows(
             "caption_model": pa.array([x.caption_model for x in items], pa.string()),
             "captioned_at": pa.array([x.captioned_at for x in items], _TIMESTAMP),
             "thumbnail": pa.array([x.thumbnail for x in items], pa.binary()),
+            "synthetic": pa.array([x.provenance is not None for x in items], pa.bool_()),
+            "generator": pa.array([x.provenance.model if x.provenance else None for x in items], pa.string()),
+            "generation_seed": pa.array(
+                [x.provenance.seed if x.provenance else None for x in items], pa.int64()
+            ),
+            "generation_steps": pa.array(
+                [x.provenance.steps if x.provenance else None for x in items], pa.int32()
+            ),
+            "generation_guidance": pa.array(
+                [x.provenance.guidance if x.provenance else None for x in items], pa.float32()
+            ),
             "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
             "text_embedding": vector_column(text_vectors, dim),
             "embed_model": [model_id] * len(items),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mmindex.config import (
     CAPTION_WRITE_ROWS,
@@ -36,6 +37,7 @@ from mmindex.jobs.spec import (
     CaptionJob,
     CaptionSpec,
     FinetuneJob,
+    GenerateJob,
     IndexJob,
     MaintainJob,
     ScaleSpec,
@@ -47,6 +49,9 @@ from mmindex.models.precision import check_precision
 from mmindex.models.resolve import resolve_model
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import parse_retention
+
+if TYPE_CHECKING:
+    from mmindex.models.generator import ImageSettings
 
 
 @dataclass
@@ -373,3 +378,54 @@ def check_runner(job: ScaleSpec) -> None:
     for module, package in (("lance", "pylance"), ("ray", "ray")):
         if find_spec(module) is None and (module == "lance" or job.runner == "ray"):
             raise ConfigError(f'--runner {job.runner} needs {package}: pip install "mmindex[ray]"')
+
+
+@dataclass
+class PreparedGenerate:
+    prompts: list[str]
+    settings: ImageSettings
+    model: str
+    output_location: str
+    s3_config: Any | None
+    index_job: IndexJob | None
+
+
+def prepare_generate(job: GenerateJob, *, check: bool = True) -> PreparedGenerate:
+    """Validate a generation job: prompts, size, the model's pipeline class (exit 2 for a model that
+    is not a text-to-image pipeline) and, when the images are indexed, the index job that follows."""
+    from mmindex.models.generator import ImageSettings, check_generator, parse_size
+
+    prompts = [p.strip() for p in job.prompts if p.strip()]
+    if job.prompts_file:
+        path = Path(job.prompts_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--prompts {job.prompts_file}: no such file")
+        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError("give at least one prompt (PROMPT... or --prompts FILE)")
+    width, height = parse_size(job.size)
+    settings = ImageSettings(job.steps, job.guidance, width, height)
+    settings.validate()
+    model = resolve_generator(job.model)
+    if check:
+        check_generator(model)
+    s3_config = _s3_config(job.settings()) if job.out.startswith("s3://") else None
+    index_job = None
+    if job.index:
+        index_job = IndexJob(
+            source=job.out, db=job.db, table=job.table, model=job.embed_model, device=job.device,
+            lock_timeout=job.lock_timeout,
+        )  # fmt: skip
+    return PreparedGenerate(prompts, settings, model, job.out, s3_config, index_job)
+
+
+def resolve_generator(name: str | None) -> str:
+    """The generator a job names: a toy name, a directory (made absolute) or a hub id."""
+    from mmindex.config import DEFAULT_GENERATOR
+    from mmindex.toy import TOY_MODELS
+
+    name = (name or DEFAULT_GENERATOR).strip()
+    if name in TOY_MODELS:
+        return str(TOY_MODELS[name])
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name

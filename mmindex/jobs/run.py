@@ -24,11 +24,12 @@ from mmindex.jobs.prepare import (
     PreparedIndex,
     prepare_caption,
     prepare_finetune,
+    prepare_generate,
     prepare_index,
     prepare_maintain,
     prepare_thumbnails,
 )
-from mmindex.jobs.spec import CaptionJob, FinetuneJob, IndexJob, Job, MaintainJob, ThumbnailJob
+from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, Job, MaintainJob, ThumbnailJob
 from mmindex.models.captioner import Captioner
 from mmindex.models.clip import ClipEmbedder
 from mmindex.report import RunReport
@@ -80,6 +81,8 @@ def run_job(job: Job, *, hooks: RunHooks | None = None, progress: Progress | Non
         return run_thumbnails(made.store, made.options, reader=made.reader, progress=progress)
     if isinstance(job, FinetuneJob):
         return _finetune(job, progress)
+    if isinstance(job, GenerateJob):
+        return _generate(job, hooks, progress)
     raise TypeError(f"not an mmindex job: {job!r}")
 
 
@@ -149,6 +152,33 @@ def _finetune(job: FinetuneJob, progress: Progress | None) -> FinetuneReport:
     return report
 
 
+def _generate(job: GenerateJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
+    """Make the images (the ones a previous run made are kept), then index the output location."""
+    from mmindex.ingest.synthetic import Output, plan_images, run_generate
+    from mmindex.models.generator import TextToImage
+
+    prepared = prepare_generate(job)
+    generator = TextToImage.load(prepared.model, device=job.device or "auto", precision=job.precision)
+    output = Output(prepared.output_location, prepared.s3_config)
+    planned = plan_images(prepared.prompts, job.n, job.seed)
+    report = run_generate(
+        generator, planned, prepared.settings, output, batch_size=job.batch_size, progress=progress
+    )
+    if prepared.index_job is not None:
+        del generator  # the diffusion model's memory goes back before CLIP loads
+        indexed = _index(prepared.index_job, hooks, None)
+        report.table, report.indexed, report.failed = (
+            indexed.table,
+            indexed.indexed,
+            report.failed + indexed.failed,
+        )
+        report.notes.append(
+            f"indexed {indexed.indexed} images ({indexed.unchanged} already in the table) "
+            f"with {indexed.models}"
+        )
+    return report
+
+
 def validate(job: Job) -> Any:
     """Check a job without running it: what the CLI does before it starts a flow."""
     if isinstance(job, IndexJob):
@@ -161,6 +191,8 @@ def validate(job: Job) -> Any:
         return prepare_thumbnails(job)
     if isinstance(job, FinetuneJob):
         return prepare_finetune(job)
+    if isinstance(job, GenerateJob):
+        return prepare_generate(job)
     raise TypeError(f"not an mmindex job: {job!r}")
 
 

@@ -18,6 +18,7 @@ from mmindex.config import (
     CPU_CAPTION_BATCH_SIZE,
     DEFAULT_CAPTION_MODEL,
     DEFAULT_DB,
+    DEFAULT_GENERATOR,
     DEFAULT_MODEL,
     DEFAULT_TABLE,
     FINETUNE_CPU_BATCH,
@@ -305,6 +306,35 @@ class FinetuneJob(Job):
     precision: str = option("auto", help=PRECISION_HELP)
 
 
+@dataclass(kw_only=True)
+class GenerateJob(Job):
+    """Generate images from text prompts into a folder or prefix, with their provenance, and index them."""
+
+    kind: ClassVar[str] = "generate"
+    doing: ClassVar[str] = "generating"
+
+    prompts: list[str] = option(factory=list, help="text prompts (or --prompts FILE)", argument=True)
+    out: str = option(help="folder or s3://bucket/prefix the images and their sidecars go to")
+    prompts_file: str | None = option(None, flag="--prompts", help="file with one prompt per line")
+    n: int = option(1, min=1, help="images per prompt")
+    seed: int = option(0, min=0, help="seed of the first image; image i of a run gets seed + i")
+    model: str | None = option(
+        None, help=f"text-to-image pipeline id or directory, or toy-generator [default {DEFAULT_GENERATOR}]"
+    )
+    steps: int | None = option(None, min=1, help="denoising steps [the pipeline's default]")
+    guidance: float | None = option(
+        None, min=0, help="classifier-free guidance scale [the pipeline's default]"
+    )
+    size: str = option("512x512", help="WIDTHxHEIGHT of the images, multiples of 8")
+    batch_size: int = option(4, min=1, help="images per pipeline call")
+    index: bool = option(True, flag="--index/--no-index", help="index the images into the table afterwards")
+    embed_model: str | None = option(
+        None, help="CLIP model for the index run [the table's, else the default]"
+    )
+    device: str | None = option(None, help=DEVICE_HELP)
+    precision: str = option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+
+
 JOBS: dict[str, type[Job]] = {
-    job.kind: job for job in (IndexJob, CaptionJob, MaintainJob, ThumbnailJob, FinetuneJob)
+    job.kind: job for job in (IndexJob, CaptionJob, MaintainJob, ThumbnailJob, FinetuneJob, GenerateJob)
 }

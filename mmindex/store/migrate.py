@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from mmindex.errors import TableError
-from mmindex.schema import META_SCHEMA_VERSION, SCHEMA_VERSION, THUMBNAIL_FIELD
+from mmindex.schema import META_SCHEMA_VERSION, PROVENANCE_FIELDS, SCHEMA_VERSION, THUMBNAIL_FIELD
 
 Migration = Callable[[Any], None]
 
@@ -69,4 +69,5 @@ def add_columns(*fields: pa.Field) -> Migration:
 # version N -> the step that brings a version N - 1 table to N
 MIGRATIONS: dict[int, Migration] = {
     2: add_columns(THUMBNAIL_FIELD),  # previews; filled by new runs and `mmindex thumbnails`
+    3: add_columns(*PROVENANCE_FIELDS),  # generated images: synthetic flag, generator, seed, steps, guidance
 }

@@ -15,7 +15,7 @@ from mmindex.errors import TableError
 from mmindex.ingest.pipeline import IndexOptions, run_index
 from mmindex.ingest.sources import open_source
 from mmindex.models.clip import ClipEmbedder
-from mmindex.schema import META_SCHEMA_VERSION
+from mmindex.schema import META_SCHEMA_VERSION, PROVENANCE_FIELDS
 from mmindex.store import migrate
 from mmindex.store.lock import TableBusy
 from mmindex.store.reader import Store
@@ -57,19 +57,20 @@ def test_a_table_written_by_a_newer_mmindex_is_refused(indexed: Path, cli: CliRu
 def test_an_older_table_is_migrated_by_its_writer_and_its_rows_keep_working(
     indexed: Path, corpus: Path, tiny_clip: str
 ) -> None:
-    """A version 1 table (no thumbnail column) gets the column from its first writer: old rows read
-    it as null, and runs after the migration write whole rows again."""
+    """A version 1 table (no thumbnail nor provenance columns) gets them from its first writer, one
+    version at a time: old rows read them as null, and runs after the migration write whole rows."""
     old = Store(str(indexed)).lancedb_table()
-    old.drop_columns(["thumbnail"])
+    old.drop_columns(["thumbnail", *(field.name for field in PROVENANCE_FIELDS)])
     old.update_field_metadata({"path": "id", "metadata": {META_SCHEMA_VERSION.decode(): "1"}})
     store = Store(str(indexed))
     assert migrate.table_version(store.lancedb_table().schema) == 1
     with store.open_writer() as writer:
         writer.prepare(store.info().model or "", store.info().dim or 0)
-        assert writer.migrations == [f"migrated {store.describe()} to schema version 2"]
+        assert writer.migrations == [f"migrated {store.describe()} to schema version {v}" for v in (2, 3)]
     table = Store(str(indexed)).lancedb_table()
-    assert migrate.table_version(table.schema) == 2 and "thumbnail" in table.schema.names
+    assert migrate.table_version(table.schema) == 3 and "thumbnail" in table.schema.names
     assert table.to_arrow().column("thumbnail").null_count == 24
+    assert table.to_arrow().column("synthetic").null_count == 24
 
     (corpus / "set-a" / "new.png").write_bytes(next(corpus.glob("set-a/*.png")).read_bytes())
     report = run_index(open_source(str(corpus)), ClipEmbedder.load(tiny_clip), Store(str(indexed)))

@@ -34,6 +34,10 @@ CONTRACT = {
     },
     "maintain": {"--db", "--table", "--retention", "--lock-timeout", "--json"},
     "thumbnails": {"--db", "--table", "--limit", "--where", "--retry-failed", "--json"},
+    "generate": {
+        "--prompts", "--n", "--seed", "--model", "--steps", "--guidance", "--size", "--out", "--db",
+        "--table", "--no-index", "--json",
+    },
     "finetune": {
         "--db", "--table", "--out", "--base", "--epochs", "--lr", "--batch-size", "--train-part",
         "--holdout", "--where", "--include-generated", "--wise-alpha", "--device", "--precision",
@@ -46,6 +50,7 @@ API = {
     "maintain": mmindex.maintain,
     "thumbnails": mmindex.thumbnails,
     "finetune": mmindex.finetune,
+    "generate": mmindex.generate,
 }
 
 

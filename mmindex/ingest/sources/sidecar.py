@@ -1,4 +1,5 @@
-"""Caption sidecars: `photo.txt` (the caption as text) or `photo.json` (a `caption` field).
+"""Caption sidecars: `photo.txt` (the caption as text) or `photo.json` (a `caption` field, and for an
+image mmindex generated, a `generated` object: the generator model, seed, steps and guidance).
 
 A sidecar never costs the image its place in the index: undecodable bytes are decoded with U+FFFD
 replacement characters and a warning is recorded; JSON without a usable caption gives no caption.
@@ -11,12 +12,27 @@ from dataclasses import dataclass
 
 SIDECAR_SUFFIXES = (".txt", ".json")
 JSON_CAPTION_FIELDS = ("caption", "text", "alt", "title")
+GENERATED_FIELD = "generated"
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """How a synthetic image was made (the `generated` object of its JSON sidecar)."""
+
+    model: str
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"model": self.model, "seed": self.seed, "steps": self.steps, "guidance": self.guidance}
 
 
 @dataclass(frozen=True, slots=True)
 class SidecarCaption:
     caption: str | None
     warning: str | None = None
+    provenance: Provenance | None = None
 
 
 def sidecar_names(image_name: str) -> list[str]:
@@ -68,11 +84,23 @@ def _parse_json(text: str, warning: str | None) -> SidecarCaption:
         )
     if not isinstance(document, dict):
         return SidecarCaption(None, _join(warning, "sidecar JSON is not an object"))
+    provenance = _provenance(document.get(GENERATED_FIELD))
     for field in JSON_CAPTION_FIELDS:
         value = document.get(field)
         if isinstance(value, str):
-            return SidecarCaption(clean_caption(value), warning)
-    return SidecarCaption(None, warning)
+            return SidecarCaption(clean_caption(value), warning, provenance)
+    return SidecarCaption(None, warning, provenance)
+
+
+def _provenance(value: object) -> Provenance | None:
+    if not isinstance(value, dict) or not isinstance(value.get("model"), str):
+        return None
+
+    def number(name: str, kind: type) -> object:
+        raw = value.get(name)
+        return kind(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+
+    return Provenance(value["model"], number("seed", int), number("steps", int), number("guidance", float))  # type: ignore[arg-type]
 
 
 def _join(first: str | None, second: str) -> str:
