@@ -237,6 +237,9 @@ def search(
     ] = "a photo of a {}",
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
     offset: Annotated[int, typer.Option("--offset", min=0, help="skip the first N results (paging)")] = 0,
+    synthetic: Annotated[
+        str, typer.Option("--synthetic", help="generated images: include, exclude or only")
+    ] = "include",
     server: Annotated[
         str | None,
         typer.Option(
@@ -256,20 +259,21 @@ def search(
     if text is not None and image is not None:
         raise ConfigError("give either a TEXT query or --image, not both")
     if server:
-        if labels or captions:
-            raise ConfigError("--labels and --captions run locally: leave out --server")
+        if labels or captions or synthetic != "include":
+            raise ConfigError("--labels, --captions and --synthetic run locally: leave out --server")
         from mmindex.server.client import search_remote
 
         mode = "text" if text_only else "hybrid" if hybrid else "vector"
         hits = search_remote(server, text=text, image=image, k=k, offset=offset, where=where, mode=mode)
         print_hits(hits, json_output)
         return
-    from mmindex.query.search import Searcher
+    from mmindex.query.search import Searcher, with_synthetic
     from mmindex.store.reader import Store
 
     settings = _settings(db, table)
     searcher = Searcher(Store.from_settings(settings), device=device or settings.device)
-    searcher.store.lancedb_table()  # noqa: B018 - a missing table is a configuration error, before any model loads
+    schema = searcher.store.lancedb_table().schema  # a missing table is an error before any model loads
+    where = with_synthetic(where, synthetic, schema)
     if image is not None and labels is not None:
         scores = searcher.labels(image, labels.split(","), template)
         if json_output:

@@ -59,6 +59,8 @@ class PairQuery:
 
     @property
     def condition(self) -> str:
+        """Captioned rows; human captions only unless `include_generated` (generated captions and the
+        prompts of generated images)."""
         condition = "caption IS NOT NULL AND caption != ''"
         if not self.include_generated:
             condition += f" AND caption_source = '{CAPTION_HUMAN}'"
@@ -73,14 +75,17 @@ class PairQuery:
         return version
 
     def _rows(self, columns: list[str]) -> Iterator[dict[str, object]]:
-        query = self.store.lancedb_table().search().where(self.condition).select(columns).limit(None)
+        table = self.store.lancedb_table()
+        if "synthetic" in table.schema.names:
+            columns = [*columns, "synthetic"]
+        query = table.search().where(self.condition).select(columns).limit(None)
         for record_batch in query.to_batches(1024):
             yield from record_batch.to_pylist()
 
     def pairs(self, split: Split, side: str) -> Iterator[Pair]:
         """The pairs on one side of the split, in table order, streamed."""
         for row in self._rows(_COLUMNS):
-            if split.side(str(row["sha256"] or row["id"])) == side:
+            if _side(split, row) == side:
                 yield _pair(row)
 
     def count(self, split: Split) -> dict[str, int]:
@@ -89,12 +94,20 @@ class PairQuery:
         counts = {TRAIN: 0, HOLDOUT: 0}
         try:
             for row in self._rows(["id", "sha256"]):
-                counts[split.side(str(row["sha256"] or row["id"]))] += 1
+                counts[_side(split, row)] += 1
         except (ValueError, RuntimeError, OSError) as exc:
             if self.where is None:
                 raise
             raise ConfigError(f"--where {self.where!r} is not a valid filter: {first_line(exc)}") from exc
         return counts
+
+
+def _side(split: Split, row: dict[str, object]) -> str:
+    """A generated image (with --include-generated) only ever trains: held-out figures measure real
+    images."""
+    if row.get("synthetic"):
+        return TRAIN
+    return split.side(str(row["sha256"] or row["id"]))
 
 
 def _pair(row: dict[str, object]) -> Pair:

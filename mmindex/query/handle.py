@@ -19,7 +19,7 @@ from mmindex.config import Settings
 from mmindex.errors import ConfigError, TableError
 from mmindex.models.clip import ClipEmbedder
 from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Results
-from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher
+from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher, with_synthetic
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_in, sql_string
 
@@ -68,11 +68,14 @@ class ImageIndex:
         where: str | None = None,
         mode: str = "vector",
         offset: int = 0,
+        synthetic: str = "include",
     ) -> Results:
         """Images for one query: `text`, `image` (path, bytes or PIL image) or a `vector` from the
         table's model. `mode`: "vector" (CLIP similarity, the default), "text" (BM25 over captions)
         or "hybrid" (both, fused by reciprocal rank). `where` is an SQL filter over the columns;
-        `offset` skips that many results (paging)."""
+        `offset` skips that many results (paging); `synthetic`: "include" generated images (the
+        default), "exclude" them or search "only" them."""
+        where = with_synthetic(where, synthetic, self.searcher.store.lancedb_table().schema)
         given = [
             name
             for name, value in (("text", text), ("image", image), ("vector", vector))

@@ -17,7 +17,9 @@ import pyarrow as pa
 
 from mmindex.errors import ConfigError
 
-HIT_FIELDS = ("id", "uri", "key", "caption", "score", "caption_source", "width", "height", "format")
+HIT_FIELDS = (
+    "id", "uri", "key", "caption", "score", "caption_source", "width", "height", "format", "synthetic",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Hit:
     width: int | None = None
     height: int | None = None
     format: str | None = None
+    synthetic: bool | None = None  # made by a text-to-image model (None: a table from before schema v3)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +60,7 @@ def hit_from_row(row: dict[str, Any], score: float) -> Hit:
         width=row.get("width"),
         height=row.get("height"),
         format=row.get("format"),
+        synthetic=row.get("synthetic"),
     )
 
 
@@ -121,7 +125,13 @@ class Results(Sequence[Hit]):
 
     def _repr_html_(self) -> str:
         cells = [
-            _figure(self.thumbnail(i), hit.key, hit.caption, f"{hit.score:.3f}", hit.id)
+            _figure(
+                self.thumbnail(i),
+                hit.key,
+                hit.caption,
+                f"{hit.score:.3f}" + (" · synthetic" if hit.synthetic else ""),
+                hit.id,
+            )
             for i, hit in enumerate(self._hits)
         ]
         title = html.escape(f"{len(self)} results" + (f" for {self.query!r}" if self.query else ""))

@@ -265,3 +265,19 @@ def _run(query: Any, where: str | None) -> Any:
         if where:
             raise TableError(f"query failed; check the --where filter {where!r}: {first_line(exc)}") from exc
         raise
+
+
+SYNTHETIC_CHOICES = ("include", "exclude", "only")
+
+
+def with_synthetic(where: str | None, synthetic: str, schema: Any) -> str | None:
+    """`where` narrowed to real images (`exclude`), generated ones (`only`), or left as it is."""
+    if synthetic not in SYNTHETIC_CHOICES:
+        raise ConfigError(f"synthetic must be one of {', '.join(SYNTHETIC_CHOICES)}, got {synthetic!r}")
+    if synthetic == "include":
+        return where
+    if "synthetic" not in schema.names:  # a table from before generated images: all of it is real
+        clause = "TRUE" if synthetic == "exclude" else "FALSE"
+    else:
+        clause = "synthetic IS NOT TRUE" if synthetic == "exclude" else "synthetic = TRUE"
+    return f"({where}) AND {clause}" if where else clause

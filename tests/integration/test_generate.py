@@ -13,6 +13,7 @@ from conftest import CliRunner
 from PIL import Image
 
 import mmindex
+from mmindex.finetuning.data import HOLDOUT, TRAIN, PairQuery, Split
 from mmindex.store.reader import Store
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -60,6 +61,23 @@ def test_generated_images_carry_their_provenance_into_the_table(
     )
     assert (row["generation_seed"], row["generation_steps"], row["generation_guidance"]) == (8, 2, 0.0)
     assert sum(1 for r in rows if r["synthetic"] is False) == 24  # the real images say so too
+
+    # search selects, excludes or includes them, and says which hits are synthetic
+    found = mmindex.connect(db)
+    only = found.search("a red circle", k=50, synthetic="only")
+    assert len(only) == 4 and all(hit.synthetic for hit in only)
+    assert {hit.uri for hit in only} == {str(p) for p in images}
+    real = found.search("a red circle", k=50, synthetic="exclude")
+    assert len(real) == 24 and not any(hit.synthetic for hit in real)
+    assert len(found.search("a red circle", k=50)) == 28 and "synthetic" in only.to_list()[0]
+
+    # fine-tuning may train on them (with generated captions allowed) but never holds them out
+    split = Split(holdout=0.9, seed=1)
+    query = PairQuery(Store(db), include_generated=True)
+    held_out = {pair.item.uri for pair in query.pairs(split, HOLDOUT)}
+    trained = {pair.item.uri for pair in query.pairs(split, TRAIN)}
+    assert {str(p) for p in images} <= trained and not held_out & {str(p) for p in images}
+    assert held_out  # real images are held out as usual
 
     # each image is made again from its seed alone, in another batch, and a rerun makes nothing
     again = mmindex.generate(
