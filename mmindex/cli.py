@@ -240,6 +240,15 @@ def search(
     synthetic: Annotated[
         str, typer.Option("--synthetic", help="generated images: include, exclude or only")
     ] = "include",
+    imagine: Annotated[
+        int,
+        typer.Option(
+            "--imagine", min=0, help="also make N images for the TEXT and fuse their image search (RRF)"
+        ),
+    ] = 0,
+    generator: Annotated[
+        str | None, typer.Option("--generator", help="text-to-image model for --imagine [sd-turbo]")
+    ] = None,
     server: Annotated[
         str | None,
         typer.Option(
@@ -259,8 +268,10 @@ def search(
     if text is not None and image is not None:
         raise ConfigError("give either a TEXT query or --image, not both")
     if server:
-        if labels or captions or synthetic != "include":
-            raise ConfigError("--labels, --captions and --synthetic run locally: leave out --server")
+        if labels or captions or synthetic != "include" or imagine:
+            raise ConfigError(
+                "--labels, --captions, --synthetic and --imagine run locally: leave out --server"
+            )
         from mmindex.server.client import search_remote
 
         mode = "text" if text_only else "hybrid" if hybrid else "vector"
@@ -286,6 +297,14 @@ def search(
         results = searcher.captions(image, k, where)
     elif image is not None:
         results = searcher.image(image, k, where, offset=offset)
+    elif imagine:
+        from mmindex.query.handle import ImageIndex
+
+        mode = "text" if text_only else "hybrid" if hybrid else "vector"
+        handle = ImageIndex(searcher.store, embedder=searcher.embedder)
+        results = handle.search(
+            text, k=k, where=where, offset=offset, mode=mode, imagine=imagine, generator=generator
+        )
     elif text_only:
         results = searcher.fulltext(text or "", k, where, offset=offset)
     elif hybrid:
@@ -438,7 +457,14 @@ def demo(
     """Index a generated sample corpus of coloured shapes, caption the images without a caption and
     run a few queries, offline. With --finetune: fine-tune the toy CLIP on shapes in colours it never
     saw, and compare its search results before and after."""
-    from mmindex.demo import prepare_corpus, show_captions, show_queries, table_for
+    from mmindex.demo import (
+        DEMO_PROMPTS,
+        prepare_corpus,
+        show_captions,
+        show_generated,
+        show_queries,
+        table_for,
+    )
     from mmindex.jobs.runner import runner_named
     from mmindex.query.search import Searcher
     from mmindex.store.reader import Store
@@ -466,6 +492,17 @@ def demo(
     searcher = Searcher(Store(db, table))
     show_captions(searcher, echo=typer.echo)
     show_queries(searcher, corpus, echo=typer.echo)
+    if model is None:  # the toy generator draws for the toy CLIP's vocabulary
+        generate = GenerateJob(
+            prompts=list(DEMO_PROMPTS), out=str(directory / "generated"), n=2, model="toy-generator",
+            size="128x128", db=db, table=table, embed_model="toy-clip",
+        )  # fmt: skip
+        made = runner_named().run(generate, progress_bar=False)
+        typer.echo(
+            f"\ngenerated {made['generated']} images with toy-generator into {generate.out} "
+            "(indexed as synthetic)"
+        )
+        show_generated(Store(db, table), DEMO_PROMPTS, echo=typer.echo)
     typer.echo(f'\nexplore: mmindex search "a red circle" --db {db} --table {table}')
     typer.echo(f'         mmindex search --text-only "blue star" --db {db} --table {table}')
     typer.echo(f"         mmindex serve --db {db} --table {table}   # a search page on 127.0.0.1:8000")

@@ -4,10 +4,11 @@ judge at a glance, since every sample's file name says what it shows."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mmindex.query.search import Searcher
+from mmindex.store.reader import Store
 from mmindex.toy.shapes import COLOURS, NEW_COLOURS, write_corpus
 
 DEMO_QUERIES = ["a red circle", "a blue star", "a yellow triangle", "a green square", "a purple shape"]
@@ -126,3 +127,23 @@ def show_queries(searcher: Searcher, corpus: Path, echo: Callable[[str], None] =
             echo(f"  {label.probability:6.1%}  {label.label}")
     echo(f"\n{found} of {existing} matching images were ranked ahead of every other image.")
     return found, existing
+
+
+DEMO_PROMPTS = ("a red star", "a blue triangle")
+
+
+def show_generated(store: Store, prompts: Sequence[str], echo: Callable[[str], None] = print) -> int:
+    """Text search for the prompts among generated images: the images made for each prompt should come
+    first. Returns how many of the top hits were made for their query."""
+    from mmindex.query.handle import ImageIndex
+
+    index = ImageIndex(store)
+    right = 0
+    for prompt in prompts:
+        hits = index.search(prompt, k=2, synthetic="only")
+        echo(f'  "{prompt}" among generated images:')
+        for hit in hits:
+            made_for = hit.caption or "?"
+            right += made_for == prompt
+            echo(f"    {hit.score:.3f}  {hit.key}  (made for {made_for!r})")
+    return right

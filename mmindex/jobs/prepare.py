@@ -426,6 +426,6 @@ def resolve_generator(name: str | None) -> str:
 
     name = (name or DEFAULT_GENERATOR).strip()
     if name in TOY_MODELS:
-        return str(TOY_MODELS[name])
+        return name
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name

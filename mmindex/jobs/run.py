@@ -155,10 +155,10 @@ def _finetune(job: FinetuneJob, progress: Progress | None) -> FinetuneReport:
 def _generate(job: GenerateJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
     """Make the images (the ones a previous run made are kept), then index the output location."""
     from mmindex.ingest.synthetic import Output, plan_images, run_generate
-    from mmindex.models.generator import TextToImage
+    from mmindex.models.generator import load_generator
 
     prepared = prepare_generate(job)
-    generator = TextToImage.load(prepared.model, device=job.device or "auto", precision=job.precision)
+    generator = load_generator(prepared.model, device=job.device or "auto", precision=job.precision)
     output = Output(prepared.output_location, prepared.s3_config)
     planned = plan_images(prepared.prompts, job.n, job.seed)
     report = run_generate(

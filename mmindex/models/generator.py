@@ -53,8 +53,12 @@ def import_diffusers() -> Any:
 
 def check_generator(name: str) -> str:
     """The pipeline class a model declares; ModelError (exit 2) when it is not a text-to-image one."""
+    from mmindex.toy.generator import is_toy_generator
+
+    path = toy_path(name)
+    if path.is_dir() and is_toy_generator(path):
+        return "ToyTextToImage"
     diffusers = import_diffusers()
-    path = Path(name).expanduser()
     try:
         if path.is_dir():
             index_file = path / "model_index.json"
@@ -141,3 +145,20 @@ class TextToImage:
         return ImageSettings(
             int(steps), None if guidance is None else float(guidance), settings.width, settings.height
         )
+
+
+def load_generator(name: str, *, device: str = "auto", precision: str = "auto") -> Any:
+    """A text-to-image model by resolved name: the toy generator, or a diffusers pipeline."""
+    from mmindex.toy.generator import ToyTextToImage, is_toy_generator
+
+    path = toy_path(name)
+    if path.is_dir() and is_toy_generator(path):
+        return ToyTextToImage(path, name)
+    return TextToImage.load(name, device=device, precision=precision)
+
+
+def toy_path(name: str) -> Path:
+    """Where a toy model name (or any directory) lives."""
+    from mmindex.toy import TOY_MODELS
+
+    return TOY_MODELS.get(name, Path(name).expanduser())

@@ -69,12 +69,16 @@ class ImageIndex:
         mode: str = "vector",
         offset: int = 0,
         synthetic: str = "include",
+        imagine: int = 0,
+        generator: str | None = None,
     ) -> Results:
         """Images for one query: `text`, `image` (path, bytes or PIL image) or a `vector` from the
         table's model. `mode`: "vector" (CLIP similarity, the default), "text" (BM25 over captions)
         or "hybrid" (both, fused by reciprocal rank). `where` is an SQL filter over the columns;
         `offset` skips that many results (paging); `synthetic`: "include" generated images (the
-        default), "exclude" them or search "only" them."""
+        default), "exclude" them or search "only" them. `imagine=N` (text queries) also makes N
+        images for the text with `generator` (a text-to-image model; default sd-turbo) and fuses their
+        image-to-image results with the text results by reciprocal rank (mmindex.query.imagine)."""
         where = with_synthetic(where, synthetic, self.searcher.store.lancedb_table().schema)
         given = [
             name
@@ -94,11 +98,39 @@ class ImageIndex:
         if image is not None:
             return self.searcher.image(image, k, where, offset=offset)
         assert text is not None
+        if imagine:
+            return self._imagined(text, imagine, generator, k, where, offset, mode)
         if mode == "text":
             return self.searcher.fulltext(text, k, where, offset=offset)
         if mode == "hybrid":
             return self.searcher.hybrid(text, k, where, offset=offset)
         return self.searcher.text(text, k, where, offset=offset)
+
+    def _imagined(
+        self, text: str, count: int, generator: str | None, k: int, where: str | None, offset: int, mode: str
+    ) -> Results:
+        from mmindex.query.imagine import fuse, imagine_vectors
+
+        if count < 0:
+            raise ConfigError(f"imagine must be 0 or more images, got {count}")
+        depth = offset + k
+        words = {"text": self.searcher.fulltext, "hybrid": self.searcher.hybrid}.get(mode, self.searcher.text)
+        from_text = words(text, depth, where)
+        size = self.searcher.embedder.preprocess.min_side * 2
+        vectors = imagine_vectors(self._generator(generator), self.searcher.embedder, text, count, size)
+        imagined = [self.searcher.vector(vector, depth, where) for vector in vectors]
+        return fuse(from_text, imagined, k, offset, query=text)
+
+    def _generator(self, name: str | None) -> Any:
+        """The text-to-image model for imagined queries, loaded once per handle and name."""
+        from mmindex.jobs.prepare import resolve_generator
+        from mmindex.models.generator import load_generator
+
+        resolved = resolve_generator(name)
+        cache: dict[str, Any] = self.__dict__.setdefault("_generators", {})
+        if resolved not in cache:
+            cache[resolved] = load_generator(resolved, device=self.searcher.device)
+        return cache[resolved]
 
     def similar(self, row_id: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
         """ "More like this": the images closest to an indexed one (itself left out)."""

@@ -107,3 +107,33 @@ def test_what_cannot_be_generated_exits_2_with_one_line(
     assert bad_size.returncode == 2 and "multiples of 8" in bad_size.stderr
     nothing = cli("generate", "--out", str(tmp_path / "o"), "--model", tiny_pipeline)
     assert nothing.returncode == 2 and "at least one prompt" in nothing.stderr
+
+
+def test_the_toy_generator_draws_what_it_is_told_and_imagined_search_uses_it(tmp_path: Path) -> None:
+    from mmindex.models.clip import ClipEmbedder
+    from mmindex.toy.shapes import COLOURS, SHAPES, Shape, write_corpus
+
+    specs = [Shape(c, s) for c in COLOURS for s in SHAPES]
+    out = tmp_path / "drawn"
+    report = mmindex.generate(
+        [s.caption for s in specs], out=str(out), n=2, model="toy-generator", size="64x64", index=False,
+        progress=False,
+    )  # fmt: skip
+    assert report.generated == 48 and report.models.startswith("toy-generator")
+    files = sorted(out.glob("*.png"))
+    asked = [json.loads(p.with_suffix(".json").read_text())["caption"] for p in files]
+    clip = ClipEmbedder.load("toy-clip")
+    labels = clip.embed_texts([s.caption for s in specs])
+    guesses = [
+        specs[i] for i in np.argmax(clip.embed_images([Image.open(p) for p in files]) @ labels.T, axis=1)
+    ]
+    colour_right = np.mean([g.colour in a for g, a in zip(guesses, asked, strict=True)])
+    both_right = np.mean([g.caption == a for g, a in zip(guesses, asked, strict=True)])
+    assert colour_right >= 0.9 and both_right >= 0.6, (colour_right, both_right)
+
+    corpus, db = tmp_path / "corpus", str(tmp_path / "db")
+    write_corpus(corpus, 48, seed=2, captioned_fraction=0.0)
+    mmindex.index(str(corpus), db=db, model="toy-clip", progress=False)
+    found = mmindex.connect(db).search("a red circle", k=5, imagine=2, generator="toy-generator")
+    assert found.score_kind == "rrf" and len(found) == 5
+    assert sum("red-circle" in hit.key for hit in found) >= 1
