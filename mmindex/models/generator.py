@@ -16,6 +16,13 @@ from typing import Any
 
 from mmindex.errors import ConfigError, ModelError, first_line
 
+# steps and guidance a model's card prescribes, where the pipeline class's own defaults (50 steps,
+# guidance 7.5) would be wrong: the distilled turbo models make an image in one step, unguided
+RECOMMENDED: dict[str, tuple[int, float]] = {
+    "stabilityai/sd-turbo": (1, 0.0),
+    "stabilityai/sdxl-turbo": (1, 0.0),
+}
+
 
 @dataclass(frozen=True)
 class ImageSettings:
@@ -123,6 +130,15 @@ class TextToImage:
         """One PIL image per prompt, each from its own seed."""
         import torch
 
+        recommended = RECOMMENDED.get(self.model_id)
+        if recommended is not None:
+            steps, guidance = recommended
+            settings = ImageSettings(
+                settings.steps or steps,
+                guidance if settings.guidance is None else settings.guidance,
+                settings.width,
+                settings.height,
+            )
         generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
         options: dict[str, Any] = {"height": settings.height, "width": settings.width}
         if settings.steps is not None:
@@ -138,8 +154,13 @@ class TextToImage:
         import inspect
 
         parameters = inspect.signature(self.pipeline.__call__).parameters
-        steps = settings.steps or parameters["num_inference_steps"].default
+        recommended = RECOMMENDED.get(self.model_id)
+        steps = settings.steps or (
+            recommended[0] if recommended else parameters["num_inference_steps"].default
+        )
         guidance = settings.guidance
+        if guidance is None and recommended:
+            guidance = recommended[1]
         if guidance is None and "guidance_scale" in parameters:
             guidance = parameters["guidance_scale"].default
         return ImageSettings(

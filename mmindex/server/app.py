@@ -49,6 +49,9 @@ WHERE = Annotated[
     Query(max_length=2000, description="filter: comparisons of columns with values, AND/OR/NOT"),
 ]
 DISTINCT = Annotated[bool, Query(description="hide exact duplicates (same file content) of better hits")]
+SYNTHETIC = Annotated[
+    str, Query(pattern="^(include|exclude|only)$", description="generated images: include, exclude or only")
+]
 
 
 class SearchService:
@@ -114,21 +117,32 @@ class SearchService:
         offset: int,
         where: str | None,
         distinct: bool,
+        synthetic: str = "include",
     ) -> Results:
         checked = self.where(where)
         fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if distinct else (k, offset)
         if vector is not None:
-            found = self.index.search(vector=vector, k=fetch_k, where=checked, offset=fetch_offset)
+            found = self.index.search(
+                vector=vector, k=fetch_k, where=checked, offset=fetch_offset, synthetic=synthetic
+            )
         elif mode == "vector":
             assert text is not None
             found = self.index.search(
-                vector=self.text_vector(text), k=fetch_k, where=checked, offset=fetch_offset
+                vector=self.text_vector(text),
+                k=fetch_k,
+                where=checked,
+                offset=fetch_offset,
+                synthetic=synthetic,
             )
         elif mode == "hybrid":  # embeds the text itself
             with self._model_lock:
-                found = self.index.search(text, mode=mode, k=fetch_k, where=checked, offset=fetch_offset)
+                found = self.index.search(
+                    text, mode=mode, k=fetch_k, where=checked, offset=fetch_offset, synthetic=synthetic
+                )
         else:
-            found = self.index.search(text, mode=mode, k=fetch_k, where=checked, offset=fetch_offset)
+            found = self.index.search(
+                text, mode=mode, k=fetch_k, where=checked, offset=fetch_offset, synthetic=synthetic
+            )
         if not distinct:
             return found
         return _without_exact_duplicates(found, offset, k)
@@ -218,10 +232,13 @@ def create_app(index: ImageIndex, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, w
         where: WHERE = None,
         mode: Annotated[str, Query(pattern="^(" + "|".join(SEARCH_MODES) + ")$")] = "vector",
         distinct: DISTINCT = False,
+        synthetic: SYNTHETIC = "include",
     ) -> dict[str, Any]:
         if not q.strip():
             raise ConfigError("the query is empty")
-        found = service.search(text=q, mode=mode, k=k, offset=offset, where=where, distinct=distinct)
+        found = service.search(
+            text=q, mode=mode, k=k, offset=offset, where=where, distinct=distinct, synthetic=synthetic
+        )
         return page_json(found, mode=mode, k=k, offset=offset, query=q)
 
     @app.post("/api/search", summary="image query: the image as multipart field `image`")
@@ -231,12 +248,15 @@ def create_app(index: ImageIndex, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, w
         offset: OFFSET = 0,
         where: WHERE = None,
         distinct: DISTINCT = False,
+        synthetic: SYNTHETIC = "include",
     ) -> dict[str, Any]:
         data = await image.read()
         if not data:
             raise DecodeError("the uploaded image is empty")
         vector = service.image_vector(data)
-        found = service.search(vector=vector, k=k, offset=offset, where=where, distinct=distinct)
+        found = service.search(
+            vector=vector, k=k, offset=offset, where=where, distinct=distinct, synthetic=synthetic
+        )
         return page_json(found, mode="image", k=k, offset=offset, query=image.filename or "image")
 
     @app.get("/api/similar/{row_id}", summary='"more like this": the images nearest an indexed one')
@@ -246,9 +266,12 @@ def create_app(index: ImageIndex, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, w
         offset: OFFSET = 0,
         where: WHERE = None,
         distinct: DISTINCT = False,
+        synthetic: SYNTHETIC = "include",
     ) -> dict[str, Any]:
         vector = index.embedding(_checked_id(row_id))
-        found = service.search(vector=vector, k=k + 1, offset=offset, where=where, distinct=distinct)
+        found = service.search(
+            vector=vector, k=k + 1, offset=offset, where=where, distinct=distinct, synthetic=synthetic
+        )
         table = found.to_arrow()
         keep = [i for i, other in enumerate(table.column("id").to_pylist()) if other != row_id][:k]
         kept = Results(table.take(keep), score_kind=found.score_kind)

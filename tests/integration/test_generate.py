@@ -137,3 +137,31 @@ def test_the_toy_generator_draws_what_it_is_told_and_imagined_search_uses_it(tmp
     found = mmindex.connect(db).search("a red circle", k=5, imagine=2, generator="toy-generator")
     assert found.score_kind == "rrf" and len(found) == 5
     assert sum("red-circle" in hit.key for hit in found) >= 1
+
+
+def test_a_batch_the_model_fails_on_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    from mmindex.ingest.synthetic import Output, plan_images, run_generate
+    from mmindex.models.generator import ImageSettings, load_generator
+
+    class RunsOutOfMemoryOnStars:  # the toy generator, failing the way a GPU would on one batch
+        def __init__(self) -> None:
+            self.inner = load_generator("toy-generator")
+            self.model_id, self.compute = self.inner.model_id, self.inner.compute
+
+        def generate(
+            self, prompts: list[str], seeds: list[int], settings: ImageSettings
+        ) -> list[Image.Image]:
+            if any("star" in prompt for prompt in prompts):
+                raise RuntimeError("CUDA out of memory")
+            return self.inner.generate(prompts, seeds, settings)
+
+        def defaults(self, settings: ImageSettings) -> ImageSettings:
+            return self.inner.defaults(settings)
+
+    planned = plan_images(["a red circle", "a blue star", "a green square"], 2, 0)
+    report = run_generate(RunsOutOfMemoryOnStars(), planned, ImageSettings(width=32, height=32),
+                          Output(str(tmp_path)), batch_size=2)  # fmt: skip
+    assert (report.generated, report.failed) == (4, 2) and report.failures_by_stage["generate"] == 2
+    assert sorted(p.stem for p in tmp_path.glob("*.png")) == [
+        "a-green-square-s4", "a-green-square-s5", "a-red-circle-s0", "a-red-circle-s1"
+    ]  # fmt: skip

@@ -108,6 +108,15 @@ def test_hide_duplicates_drops_exact_copies(client: httpx.Client) -> None:
     assert len(distinct) == 5 and len({hit["id"] for hit in distinct}) == 5
 
 
+def test_generated_images_can_be_excluded_or_selected(client: httpx.Client) -> None:
+    real = client.get("/api/search", params={"q": "a red square", "k": 5, "synthetic": "exclude"}).json()
+    assert len(real["hits"]) == 5 and all(hit["synthetic"] is False for hit in real["hits"])
+    only = client.get("/api/search", params={"q": "a red square", "synthetic": "only"}).json()
+    assert only["hits"] == []  # this table holds no generated image
+    wrong = client.get("/api/search", params={"q": "a red square", "synthetic": "sometimes"})
+    assert wrong.status_code == 422 and "error" in wrong.json()
+
+
 def test_image_upload_finds_the_image(client: httpx.Client, served: tuple[str, Path]) -> None:
     hit = client.get("/api/search", params={"q": "an orange circle", "k": 1}).json()["hits"][0]
     data = Path(hit["uri"]).read_bytes()
