@@ -26,6 +26,8 @@ PUBLIC = {
     "ThumbnailJob",
     "finetune",
     "FinetuneJob",
+    "generate",
+    "GenerateJob",
     "FinetuneReport",
     "IndexJob",
     "CaptionJob",

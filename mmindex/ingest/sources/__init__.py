@@ -105,9 +105,9 @@ def _holds_only_tars(location: str, s3_config: Any | None) -> bool:
         bucket, prefix = parse_s3_uri(location)
         prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         try:
-            entries = S3Objects(s3_config or S3Config()).list_objects(
-                bucket, prefix, page_size=DETECT_ENTRIES
-            )
+            # one short LIST with the check's timeouts: a dead endpoint costs seconds, then check() says why
+            objects = S3Objects(s3_config or S3Config())
+            entries = objects.check_listing(bucket, prefix, max_keys=DETECT_ENTRIES)
             return looks_like_webdataset(entry["Key"] for entry in entries)
         except SourceError:
             return False  # the source's own check says what is wrong

@@ -131,8 +131,8 @@ class S3Objects:
         except (ClientError, BotoCoreError) as exc:
             raise SourceError(f"listing s3://{bucket}/{prefix} failed: {self.explain(exc, bucket)}") from exc
 
-    def check_listing(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
-        """One LIST of at most one key, with short timeouts; SourceError says what is wrong."""
+    def check_listing(self, bucket: str, prefix: str, max_keys: int = 1) -> list[dict[str, Any]]:
+        """One LIST of at most `max_keys` keys, with short timeouts; SourceError says what is wrong."""
         client = _client(
             self.session,
             self.config,
@@ -141,7 +141,7 @@ class S3Objects:
             min(self.config.read_timeout, CHECK_READ_TIMEOUT),
         )
         try:
-            response = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            response = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=max_keys)
         except (ClientError, BotoCoreError) as exc:
             raise SourceError(self.explain(exc, bucket)) from exc
         contents: list[dict[str, Any]] = response.get("Contents", [])
