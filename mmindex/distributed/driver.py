@@ -203,10 +203,9 @@ def _absorb(report: RunReport, result: ShardResult) -> None:
     """Add a shard's figures to the run's report."""
     for stage, seconds in result.stage_seconds.items():
         report.add_time(stage, seconds, result.stage_items.get(stage, 0))
-    report.indexed += result.appended + result.upserted
+    if report.kind == "index":  # a caption backfill counts captions, not rows
+        report.indexed += result.appended + result.upserted
     report.captioned += result.counters.get("captioned", 0)
-    if report.kind == "caption":
-        report.indexed -= result.appended + result.upserted  # a backfill counts captions, not rows
     report.unexpected.update(result.unexpected)
     for failure in result.failures:
         if failure.stage != "scan":
