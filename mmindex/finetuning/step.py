@@ -15,6 +15,7 @@ import numpy as np
 
 from mmindex.finetuning.objective import clamp_logit_scale, contrastive_loss, decay_groups
 from mmindex.models.clip import text_inputs
+from mmindex.models.preprocess import model_input
 
 
 def warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
@@ -45,11 +46,13 @@ class TrainingStep:
         warmup: float,
         autocast: Any | None,
         max_text_tokens: int,
+        preprocess: object = None,
     ) -> None:
         import torch
 
         self.model, self.tokenizer, self.max_text_tokens = model, tokenizer, max_text_tokens
         self.autocast = autocast
+        self.preprocess = preprocess  # rescales and normalises uint8 pixels (see models.preprocess)
         self.optimiser = torch.optim.AdamW(
             decay_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6
         )
@@ -65,7 +68,7 @@ class TrainingStep:
         model = self.model
         model_type = str(getattr(model.config, "model_type", ""))
         inputs = text_inputs(self.tokenizer, captions, self.max_text_tokens, model_type, model.device)
-        pixel_tensor = torch.from_numpy(pixels).to(model.device, non_blocking=True)
+        pixel_tensor = model_input(pixels, self.preprocess, model.device)
         context = (
             torch.autocast(model.device.type, dtype=self.autocast)
             if self.autocast

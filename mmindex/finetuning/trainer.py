@@ -49,6 +49,7 @@ from mmindex.finetuning.step import TrainingStep
 from mmindex.ingest.pipeline import ProgressUpdate, overlapped
 from mmindex.ingest.steps import Reader
 from mmindex.models.clip import ClipEmbedder, load_parts
+from mmindex.models.execution import autocast_mode
 from mmindex.models.precision import autocast_dtype, compute_label
 from mmindex.models.resolve import ModelRef, pick_device, quiet_transformers
 from mmindex.report import RunReport
@@ -156,7 +157,9 @@ class Finetune:
         self.report.hyperparameters = self._hyperparameters()
         autocast = autocast_dtype(device, settings.precision)
         self.report.models = compute_label(self.ref.name, device, autocast)
-        embedder = ClipEmbedder(model, tokenizer, image_processor, self.ref, device, settings.precision)
+        embedder = ClipEmbedder(
+            model, tokenizer, image_processor, self.ref, device, mode=autocast_mode(autocast)
+        )
         if not trainable:
             raise ConfigError(f"--train-part {settings.part} leaves nothing to train in {self.ref.name}")
 
@@ -170,6 +173,7 @@ class Finetune:
             warmup=settings.warmup,
             autocast=autocast,
             max_text_tokens=embedder.max_text_tokens,
+            preprocess=embedder.preprocess,
         )
         fingerprint = settings.fingerprint(self.report.table, self.ref.name, self.split, self.query)
         checkpoint = settings.out / CHECKPOINT

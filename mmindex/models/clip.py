@@ -2,8 +2,10 @@
 
 Any dual-encoder checkpoint whose model exposes `get_image_features` and `get_text_features` works
 (CLIP and its relatives: SigLIP, Chinese-CLIP, AltCLIP, MetaCLIP). With `precision="auto"` the
-forward passes run under bf16/fp16 autocast on CUDA, under bf16 autocast on a CPU with fast native
-bf16, and in fp32 elsewhere; on CPU, int8 dynamic quantisation of the linear layers is offered too.
+number format is chosen at load (mmindex.models.execution): half-precision weights on CUDA, the
+fastest bf16 form that stays right on a CPU with fast native bf16, fp32 elsewhere; on CPU, int8
+dynamic quantisation of the linear layers is offered too. Pixels travel as uint8 and are rescaled
+and normalised on the model's device.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from mmindex.errors import ModelError, first_line
-from mmindex.models.precision import autocast_dtype, check_precision, compute_label
-from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for
+from mmindex.models.execution import FP32, PROBE_IMAGES, Mode, apply_mode, choose_mode, model_fingerprint
+from mmindex.models.precision import check_precision
+from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, model_input, preprocessor_for
 from mmindex.models.resolve import ModelRef, load_config, pick_device, quiet_transformers, resolve_model
 
 
@@ -33,17 +36,19 @@ class ClipEmbedder:
         precision: str = "auto",
         *,
         quantized: bool = False,
+        mode: Mode | None = None,
     ) -> None:
-        import torch
+        """`mode` fixes how the model runs (and leaves its weights alone, as training needs); without
+        it the mode is chosen for `precision` on `device` (mmindex.models.execution) and applied."""
 
-        self.model = model
         self.tokenizer = tokenizer
         self.ref = ref
         self.model_id = ref.name
         self.device = device
-        self.autocast = autocast_dtype(device, precision)
-        self.compute = compute_label(ref.name, device, self.autocast, int8=quantized)
-        self.preprocess: ImagePreprocessor | ProcessorCall = preprocessor_for(image_processor)
+        preprocess = preprocessor_for(image_processor)
+        self.preprocess: ImagePreprocessor | ProcessorCall = (
+            preprocess.as_uint8() if isinstance(preprocess, ImagePreprocessor) else preprocess
+        )
         config = model.config
         self.model_type = getattr(config, "model_type", "")
         text_config = getattr(config, "text_config", None)
@@ -51,10 +56,36 @@ class ClipEmbedder:
         self.max_text_tokens = min(
             int(getattr(tokenizer, "model_max_length", positions) or positions), positions
         )
-        probe = self._forward_images(torch.zeros((1, *self._input_shape()), dtype=torch.float32))
+        self.model = model
+        if mode is None:
+            mode = FP32 if quantized else self._choose_mode(precision)
+            self.model = apply_mode(model, mode)
+        self.mode = mode
+        self.autocast = mode.autocast_dtype()
+        self.compute = f"{ref.name} on {device} in {'int8' if quantized else mode.name}"
+        probe = self._forward_images(self._probe_pixels(1))
         self.dim = int(probe.shape[1])
         scale = getattr(model, "logit_scale", None)
-        self.logit_scale = float(scale.exp().item()) if scale is not None else 100.0
+        self.logit_scale = float(scale.float().exp().item()) if scale is not None else 100.0
+
+    def _choose_mode(self, precision: str) -> Mode:
+
+        pixels = self._probe_pixels(PROBE_IMAGES)
+        texts = ["a photo of a dog", "two red bicycles leaning on a brick wall at night"]
+
+        def images(model: Any, mode: Mode) -> Any:
+            return self._forward_images(pixels, model=model, mode=mode)
+
+        def captions(model: Any, mode: Mode) -> Any:
+            return self._forward_texts(texts, model=model, mode=mode)
+
+        return choose_mode(
+            self.model,
+            self.device,
+            precision,
+            [images, captions],
+            cache_key=model_fingerprint(self.ref.name, self.model.config),
+        )
 
     @classmethod
     def load(
@@ -80,36 +111,40 @@ class ClipEmbedder:
         except RuntimeError as exc:
             raise ModelError(f"model {ref.name!r} cannot run on {torch_device}: {first_line(exc)}") from exc
 
+    def _probe_pixels(self, count: int) -> np.ndarray:
+        """Fixed noise images in the form `preprocess` gives (uint8, or float for a processor call)."""
+        rng = np.random.default_rng(0)
+        shape = (count, *self._input_shape())
+        if isinstance(self.preprocess, ImagePreprocessor):
+            return rng.integers(0, 256, shape, dtype=np.uint8)
+        return rng.standard_normal(shape, dtype=np.float32)
+
     def _input_shape(self) -> tuple[int, int, int]:
         from PIL import Image
 
         side = max(self.preprocess.min_side, 8)
         return tuple(self.preprocess(Image.new("RGB", (side, side))).shape)  # type: ignore[return-value]
 
-    def _forward_images(self, pixels: Any) -> Any:
+    def _forward_images(self, pixels: Any, *, model: Any = None, mode: Mode | None = None) -> Any:
         import torch
 
-        with torch.inference_mode(), self._autocast():
-            output = self.model.get_image_features(pixel_values=pixels.to(self.device, non_blocking=True))
-            return _normalise(_pooled(output))
+        model, mode = self.model if model is None else model, mode or self.mode
+        tensor = model_input(pixels, self.preprocess, self.device, mode.weights_dtype())
+        with torch.inference_mode(), mode.autocast_context(self.device):
+            return _normalise(_pooled(model.get_image_features(pixel_values=tensor)))
 
-    def _autocast(self) -> Any:
-        import contextlib
-
+    def _forward_texts(self, texts: Sequence[str], *, model: Any = None, mode: Mode | None = None) -> Any:
         import torch
 
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
+        model, mode = self.model if model is None else model, mode or self.mode
+        inputs = text_inputs(self.tokenizer, texts, self.max_text_tokens, self.model_type, self.device)
+        with torch.inference_mode(), mode.autocast_context(self.device):
+            return _normalise(_pooled(model.get_text_features(**inputs)))
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """[B, 3, H, W] preprocessed pixels -> [B, dim] float32 unit vectors."""
-        import torch
-
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory()
-        vectors: np.ndarray = self._forward_images(tensor).float().cpu().numpy()
+        """[B, 3, H, W] pixels (uint8 from `preprocess`, or float32 already normalised) -> [B, dim]
+        float32 unit vectors."""
+        vectors: np.ndarray = self._forward_images(pixels).cpu().numpy()
         return vectors
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
@@ -118,13 +153,8 @@ class ClipEmbedder:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> [B, dim] float32 unit vectors (truncated to the model's context length)."""
-        import torch
-
-        inputs = text_inputs(self.tokenizer, texts, self.max_text_tokens, self.model_type, self.device)
-        with torch.inference_mode(), self._autocast():
-            output = self.model.get_text_features(**inputs)
-            vectors: np.ndarray = _normalise(_pooled(output)).float().cpu().numpy()
-            return vectors
+        vectors: np.ndarray = self._forward_texts(texts).cpu().numpy()
+        return vectors
 
 
 def text_inputs(tokenizer: Any, texts: Sequence[str], max_tokens: int, model_type: str, device: Any) -> Any:

@@ -8,6 +8,7 @@ called as it is (`ProcessorCall`), which is slower but always right.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,12 @@ class ImagePreprocessor:
     rescale_factor: float | None
     mean: np.ndarray | None
     std: np.ndarray | None
+    uint8: bool = False  # return the resized, cropped pixels as uint8; `model_input` rescales them
+
+    def as_uint8(self) -> ImagePreprocessor:
+        """This preprocessor with uint8 output: a quarter of the bytes to queue, pin and copy, and the
+        rescale and normalisation done by `model_input` on the model's device, batched."""
+        return dataclasses.replace(self, uint8=True)
 
     @property
     def min_side(self) -> int:
@@ -54,13 +61,10 @@ class ImagePreprocessor:
             size = (self.resize_to[1], self.resize_to[0])
         pixels = np.asarray(image.resize(size, resample=self.resample))
         if self.crop is not None:
-            crop_h, crop_w = self.crop
-            top, left = (pixels.shape[0] - crop_h) // 2, (pixels.shape[1] - crop_w) // 2
-            if top < 0 or left < 0:
-                raise ValueError(
-                    f"image resized to {pixels.shape[1]}x{pixels.shape[0]} is smaller than the crop"
-                )
-            pixels = pixels[top : top + crop_h, left : left + crop_w]
+            top, left = centre_crop_origin(pixels.shape[0], pixels.shape[1], self.crop)
+            pixels = pixels[top : top + self.crop[0], left : left + self.crop[1]]
+        if self.uint8:
+            return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.uint8)
         array = (
             pixels.astype(np.float64) * self.rescale_factor
             if self.rescale_factor
@@ -70,6 +74,40 @@ class ImagePreprocessor:
         if self.mean is not None and self.std is not None:
             result = (result - self.mean) / self.std
         return np.ascontiguousarray(result.transpose(2, 0, 1), dtype=np.float32)
+
+
+def model_input(pixels: np.ndarray, preprocessor: object, device: Any, dtype: Any = None) -> Any:
+    """A batch of pixels [B, 3, H, W] as the model's input tensor on `device` (in `dtype`, default fp32).
+
+    uint8 pixels (from an `as_uint8` preprocessor) travel as bytes, through pinned memory and a
+    non-blocking copy on CUDA, and are rescaled and normalised there; float pixels are used as they are.
+    """
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels))
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    tensor = tensor.to(device, non_blocking=True)
+    if tensor.dtype == torch.uint8:
+        assert isinstance(preprocessor, ImagePreprocessor)
+        tensor = tensor.to(torch.float32)
+        if preprocessor.rescale_factor:
+            tensor = tensor * preprocessor.rescale_factor
+        if preprocessor.mean is not None and preprocessor.std is not None:
+            mean = torch.from_numpy(preprocessor.mean).to(device).view(1, -1, 1, 1)
+            std = torch.from_numpy(preprocessor.std).to(device).view(1, -1, 1, 1)
+            tensor = (tensor - mean) / std
+    else:
+        tensor = tensor.to(torch.float32)
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def centre_crop_origin(height: int, width: int, crop: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of a centred `crop` (height, width) of a resized image; ValueError if it does not fit."""
+    top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
+    if top < 0 or left < 0:
+        raise ValueError(f"image resized to {width}x{height} is smaller than the crop")
+    return top, left
 
 
 def _trim_extreme_aspect(image: Any, short: int, crop: int, window: int = 8) -> Any:

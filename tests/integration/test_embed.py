@@ -15,8 +15,20 @@ from transformers import AutoImageProcessor
 
 from mmindex.errors import ModelError
 from mmindex.ingest.decode import decode
-from mmindex.models.clip import ClipEmbedder
-from mmindex.models.precision import autocast_dtype, cpu_bf16_is_faster
+from mmindex.models.clip import ClipEmbedder, load_parts
+from mmindex.models.execution import (
+    BF16_AUTOCAST,
+    BF16_WEIGHTS,
+    FP16_WEIGHTS,
+    FP32,
+    Mode,
+    apply_mode,
+    candidates,
+    choose_mode,
+)
+from mmindex.models.precision import cpu_bf16_is_faster
+from mmindex.models.preprocess import model_input
+from mmindex.models.resolve import resolve_model
 from mmindex.toy.models import real_size_clip
 from mmindex.toy.shapes import all_shapes, render
 
@@ -54,10 +66,12 @@ def both_paths(embedder: ClipEmbedder, blobs: list[bytes]) -> tuple[np.ndarray, 
             for b in blobs
         ]
     )
+    assert ours.dtype == np.uint8  # pixels travel as bytes; the model's device normalises them
+    normalised = model_input(ours, embedder.preprocess, torch.device("cpu")).numpy()
     return (
         embedder.embed_pixels(ours),
         embedder.embed_pixels(reference),
-        float(np.abs(ours - reference).mean()),
+        float(np.abs(normalised - reference).mean()),
     )
 
 
@@ -76,10 +90,15 @@ def test_fast_jpeg_path_matches_reference_with_the_trained_toy_model(jpegs: list
     assert pixel_error < 0.05
 
 
-def test_fast_jpeg_path_matches_reference_at_vit_b32_scale(tmp_path: Path, jpegs: list[bytes]) -> None:
+@pytest.fixture(scope="module")
+def vit_b32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return real_size_clip(tmp_path_factory.mktemp("vit-b32"))
+
+
+def test_fast_jpeg_path_matches_reference_at_vit_b32_scale(vit_b32: Path, jpegs: list[bytes]) -> None:
     """A randomly initialised ViT-B/32 (real input size and depth). Random towers map every image to
     nearly the same direction, so embeddings are centred on the set's mean before comparing."""
-    embedder = ClipEmbedder.load(str(real_size_clip(tmp_path / "vit-b32")))
+    embedder = ClipEmbedder.load(str(vit_b32))
     ours, reference, pixel_error = both_paths(embedder, jpegs)
     centre = reference.mean(axis=0)
     assert cosine(ours - centre, reference - centre).min() >= 0.99
@@ -112,38 +131,99 @@ def test_int8_quantisation_stays_within_cosine_099_of_fp32() -> None:
     )
 
 
-def test_bf16_embeddings_stay_within_cosine_0999_of_fp32_and_rank_alike() -> None:
-    """`auto` picks bf16 on CPUs with fast native bf16, so bf16 must not change what a search finds."""
-    fp32 = ClipEmbedder.load("toy-clip", precision="fp32")
-    bf16 = ClipEmbedder.load("toy-clip", precision="bf16")
-    assert fp32.autocast is None and bf16.autocast is torch.bfloat16
+def in_mode(reference: str, mode: Mode) -> ClipEmbedder:
+    """An embedder that runs in `mode`, whatever this CPU would choose."""
+    ref = resolve_model(reference)
+    model, tokenizer, processor = load_parts(ref)
+    return ClipEmbedder(
+        apply_mode(model.eval(), mode), tokenizer, processor, ref, torch.device("cpu"), mode=mode
+    )
+
+
+@pytest.mark.parametrize("mode", [BF16_WEIGHTS, BF16_AUTOCAST, FP16_WEIGHTS], ids=lambda m: m.name)
+def test_every_mode_auto_can_pick_stays_within_cosine_099_and_finds_the_same_best_match(mode: Mode) -> None:
+    """`auto` may pick any of these (bf16 on CPUs with fast native bf16, fp16 on CUDA): none may
+    change what a search finds on the toy model."""
+    fp32, other = in_mode("toy-clip", FP32), in_mode("toy-clip", mode)
+    assert other.mode is mode and next(other.model.parameters()).dtype == mode.weights_dtype()
     rng = random.Random(11)
     images = [render(spec, (160, 120), rng) for spec in all_shapes()]
     texts = [f"a photo of a {s.colour} {s.shape}" for s in all_shapes()]
-    image_vectors = fp32.embed_images(images), bf16.embed_images(images)
-    text_vectors = fp32.embed_texts(texts), bf16.embed_texts(texts)
-    assert cosine(*image_vectors).min() >= 0.999 and cosine(*text_vectors).min() >= 0.999
+    image_vectors = fp32.embed_images(images), other.embed_images(images)
+    text_vectors = fp32.embed_texts(texts), other.embed_texts(texts)
+    assert cosine(*image_vectors).min() >= 0.99 and cosine(*text_vectors).min() >= 0.99
     best_fp32 = (text_vectors[0] @ image_vectors[0].T).argmax(axis=1)
-    best_bf16 = (text_vectors[1] @ image_vectors[1].T).argmax(axis=1)
-    np.testing.assert_array_equal(best_fp32, best_bf16)
+    best_other = (text_vectors[1] @ image_vectors[1].T).argmax(axis=1)
+    np.testing.assert_array_equal(best_fp32, best_other)
+    assert image_vectors[1].dtype == np.float32
 
 
-def test_auto_precision_on_cpu_is_bf16_only_where_bf16_is_native_and_faster(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("mode", [BF16_WEIGHTS, BF16_AUTOCAST], ids=lambda m: m.name)
+def test_bf16_modes_stay_within_cosine_099_at_vit_b32_scale(
+    vit_b32: Path, jpegs: list[bytes], mode: Mode
 ) -> None:
-    cpu = torch.device("cpu")
-    native_and_faster = cpu_bf16_is_faster()
-    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if native_and_faster else None)
-    assert ClipEmbedder.load("toy-clip").autocast is autocast_dtype(cpu, "auto")
-    assert ClipEmbedder.load("toy-clip", quantize="int8").autocast is None  # int8 kernels compute in fp32
-    cpu_bf16_is_faster.cache_clear()
+    """Twelve layers accumulate rounding that two toy layers do not (bf16 is emulated, slowly, where the
+    CPU lacks it, so a few images)."""
+    fp32, other = in_mode(str(vit_b32), FP32), in_mode(str(vit_b32), mode)
+    pixels = np.stack([fp32.preprocess(decode(b, min_side=224).image) for b in jpegs[:3]])
+    reference, vectors = fp32.embed_pixels(pixels), other.embed_pixels(pixels)
+    centre = reference.mean(axis=0)  # random towers map every image near one direction
+    assert cosine(vectors, reference).min() >= 0.99
+    assert cosine(vectors - centre, reference - centre).min() >= 0.9
+    texts = ["a photo of a dog", "two red bicycles leaning on a wall"]
+    assert cosine(fp32.embed_texts(texts), other.embed_texts(texts)).min() >= 0.99
+
+
+def test_without_native_bf16_auto_keeps_fp32_and_never_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     # A CPU without native bf16 cannot be conjured here; its capability report can.
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    cpu_bf16_is_faster.cache_clear()
     try:
-        assert autocast_dtype(cpu, "auto") is None
-        assert autocast_dtype(cpu, "bf16") is torch.bfloat16  # asked for explicitly, it is given
+        assert not cpu_bf16_is_faster()
+        assert candidates("cpu", "auto", fast_bf16=False).modes == (FP32,)
+        assert ClipEmbedder.load("toy-clip").mode is FP32
+        assert "on cpu in fp32" in ClipEmbedder.load("toy-clip").compute
+        assert ClipEmbedder.load("toy-clip", precision="bf16").mode in (BF16_WEIGHTS, BF16_AUTOCAST)
     finally:
         cpu_bf16_is_faster.cache_clear()
+
+
+def test_candidates_per_device_and_precision() -> None:
+    assert candidates("cuda", "auto", fast_bf16=False).modes == (FP16_WEIGHTS, BF16_WEIGHTS, FP32)
+    assert candidates("cuda", "auto", fast_bf16=False, cuda_bf16=False).modes == (FP16_WEIGHTS, FP32)
+    assert not candidates("cuda", "auto", fast_bf16=False).timed  # half precision always wins on a GPU
+    fast = candidates("cpu", "auto", fast_bf16=True)
+    assert fast.modes == (BF16_WEIGHTS, BF16_AUTOCAST, FP32) and fast.timed
+    assert candidates("cpu", "fp32", fast_bf16=True).modes == (FP32,)
+    assert candidates("cuda", "bf16", fast_bf16=False).modes == (BF16_WEIGHTS,)
+
+
+def test_with_fast_native_bf16_the_fastest_mode_that_stays_right_wins_and_is_cached(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The probe's inputs are forced: a CPU that reports fast native bf16. The real toy model is timed
+    in each mode; a mode whose embeddings go wrong is never chosen, however fast; the verdict is
+    cached for the next load."""
+    monkeypatch.setenv("MMINDEX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("mmindex.models.execution.cpu_bf16_is_faster", lambda: True)
+    embedder = ClipEmbedder.load("toy-clip")
+    assert embedder.mode in (BF16_WEIGHTS, BF16_AUTOCAST, FP32)
+    cached = json.loads((tmp_path / "execution.json").read_text())
+    assert list(cached.values()) == [embedder.mode.name]
+    key = next(iter(cached))
+    (tmp_path / "execution.json").write_text(json.dumps({key: "bf16 autocast"}))
+    assert ClipEmbedder.load("toy-clip").mode is BF16_AUTOCAST  # read back, not re-measured
+
+    model = ClipEmbedder.load("toy-clip", precision="fp32")
+    pixels = model._probe_pixels(2)
+
+    def broken_in_bf16(candidate: object, mode: Mode) -> torch.Tensor:
+        vectors = model._forward_images(pixels, model=candidate, mode=mode)
+        return vectors.flip(0) if mode.weights == "bf16" or mode.autocast == "bf16" else vectors
+
+    monkeypatch.setenv("MMINDEX_CACHE_DIR", str(tmp_path / "fresh"))
+    chosen = choose_mode(model.model, torch.device("cpu"), "auto", [broken_in_bf16], cache_key="k")
+    assert chosen is FP32
 
 
 def test_model_errors_are_one_clear_line(tmp_path: Path, tiny_clip: str) -> None:
