@@ -5,11 +5,12 @@
 Each mode runs in a fresh process (plain transformers, a randomly initialised CLIP with the
 ViT-B/32 configuration: the compute cost of openai/clip-vit-base-patch32) and reports image-tower
 images/s on pre-made tensors, the latency of one short text query, and the lowest cosine of its
-image embeddings to fp32's on the same inputs. The modes take turns, round after round, and each
-figure is the median over the rounds of its ratio to fp32 in the same round, so the machine's drift
-cancels. The modes: fp32 (SDPA attention, transformers' default), eager attention, torch.compile,
-bf16 autocast, bf16 weights, dynamic int8, one thread instead of all, OpenMP's passive wait policy,
-and batch 16 / 64 instead of 32. Results: bench/results/modes.json and a Markdown table.
+image embeddings to fp32's on the same inputs. The modes take turns, round after round (each round
+starting one mode later), and each figure is the median over the rounds of its ratio to fp32 in the
+same round, so the machine's drift cancels. The modes: fp32 (SDPA attention, transformers'
+default), eager attention, torch.compile, bf16 autocast, bf16 weights, dynamic int8, one thread
+instead of all, OpenMP's passive wait policy, and batch 16 / 64 instead of 32. Results:
+bench/results/modes.json and a Markdown table.
 """
 
 from __future__ import annotations
@@ -148,8 +149,11 @@ def main() -> None:
     modes = {name: MODES[name] for name in (args.mode or MODES)}
     print(f"CPU: {cpu_model()} ({'native bf16' if native else 'no native bf16: bf16 is emulated'})")
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+    names = list(modes)
     for round_number in range(1, args.rounds + 1):
-        for name, extra in modes.items():
+        shift = (round_number - 1) % len(names)  # each round starts with another mode: no place bias
+        for name in names[shift:] + names[:shift]:
+            extra = modes[name]
             emulated = ("autocast" in extra or "weights" in extra) and not native
             spec = {
                 "model": str(model), "inputs": str(inputs), "reference": str(ref), "batch": 32,

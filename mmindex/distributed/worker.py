@@ -22,7 +22,14 @@ import pyarrow as pa
 from mmindex.distributed.shards import Shard
 from mmindex.ingest.backfill import inherit_captions
 from mmindex.ingest.pipeline import load_pools, overlapped
-from mmindex.ingest.steps import EmbeddedBatch, Preprocessor, caption_batch, embed_batch, load_batch
+from mmindex.ingest.steps import (
+    EmbeddedBatch,
+    Preprocessor,
+    caption_batch,
+    embed_batch,
+    embed_role,
+    load_batch,
+)
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
 from mmindex.jobs.spec import CaptionJob, IndexJob
 from mmindex.report import RunReport
@@ -80,7 +87,8 @@ class ShardWorker:
         self.prepared = prepare_index(job, check=False)
         self.embedder = load_embedder(self.prepared.models)
         self.captioner = load_captioner(self.prepared.models) if self.prepared.caption is not None else None
-        self.preprocessors: dict[str, Preprocessor] = {"embed": self.embedder.preprocess}
+        alone = self.captioner is None and self.prepared.options.thumbnails is None
+        self.preprocessors: dict[str, Preprocessor] = {"embed": embed_role(self.embedder, alone=alone)}
         if self.captioner is not None:
             self.preprocessors["caption"] = self.captioner.preprocess
         if self.prepared.options.thumbnails is not None:

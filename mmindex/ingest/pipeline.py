@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 import pyarrow as pa
 
@@ -37,9 +37,11 @@ from mmindex.ingest.steps import (
     Preprocessor,
     caption_batch,
     embed_batch,
+    embed_role,
     load_batch,
 )
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE, Thumbnailer
+from mmindex.models.compiled import Compilable, CompilePolicy
 from mmindex.report import RunReport, UnexpectedErrors
 from mmindex.schema import SEVERITY_ERROR, FailureRecord
 from mmindex.store.reader import Store
@@ -74,6 +76,7 @@ class IndexOptions:
     write_seconds: float = WRITE_SECONDS
     lock_timeout: float | None = None  # wait this long for another run writing the table; None: no limit
     thumbnails: Thumbnailer | None = field(default_factory=Thumbnailer)  # None: store no previews
+    compile: str = "auto"  # torch.compile the image tower: auto | on | off (mmindex.models.compiled)
 
 
 def write_batch(writer: Writer, batch: EmbeddedBatch, report: RunReport) -> None:
@@ -140,12 +143,18 @@ def run_index(
             retry_failed=options.retry_failed,
             seen=seen.add if options.prune else None,
         )
-        preprocessors: dict[str, Preprocessor] = {"embed": embedder.preprocess}
+        alone = captioner is None and options.thumbnails is None
+        preprocessors: dict[str, Preprocessor] = {"embed": embed_role(embedder, alone=alone)}
         if captioner is not None:
             preprocessors["caption"] = captioner.preprocess
         if options.thumbnails is not None:
             preprocessors[THUMBNAIL_ROLE] = options.thumbnails
         done = 0
+        compiling = (
+            CompilePolicy(options.compile, options.batch_size, report.notes)
+            if hasattr(embedder, "compile") and options.compile != "off"
+            else None
+        )
         with (
             ReadAhead(planned, options.lookahead) as listing,
             writer.buffer(flush_rows=options.write_rows, flush_seconds=options.write_seconds) as rows,
@@ -163,7 +172,12 @@ def run_index(
                     loaded = caption_donor(loaded, report)
                 if captioner is not None:
                     loaded = steps.caption(captioner, loaded, report, options.caption_batch_size)
+                embed_started = time.perf_counter()
                 embedded = steps.embed(embedder, loaded, report, options.batch_size)
+                if compiling is not None:
+                    left = report.new + report.changed - done - len(embedded.done_ids)
+                    seconds = time.perf_counter() - embed_started
+                    compiling.after_batch(cast(Compilable, embedder), len(loaded.items), seconds, left)
                 _count_failures(embedded, report)
                 steps.write(rows, embedded, report)
                 scanned_ids = {failure.id for failure in scan_failures}

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmindex.errors import ItemError
-from mmindex.ingest.decode import decode
+from mmindex.ingest.decode import decode, inspect
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.sidecar import Provenance, parse_sidecar
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
@@ -33,6 +33,30 @@ class Preprocessor(Protocol):
     def min_side(self) -> int: ...
 
     def __call__(self, image: object) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """The embed role for an embedder that decodes JPEGs on its own device, in batches
+    (`embed_encoded`; see mmindex.models.device_decode): a JPEG reaches it still encoded, with only
+    its header read here. Other formats are decoded here and preprocessed as usual."""
+
+    preprocess: Preprocessor
+
+    @property
+    def min_side(self) -> int:
+        return self.preprocess.min_side
+
+    def __call__(self, image: object) -> np.ndarray:
+        return self.preprocess(image)
+
+
+def embed_role(embedder: Embedder, *, alone: bool) -> Preprocessor:
+    """The embed role's preprocessor. JPEGs stay encoded for an embedder that decodes them on its
+    device, when no other role (thumbnails, a captioner) needs their pixels decoded here."""
+    if alone and getattr(embedder, "device_decoder", None) is not None:
+        return EncodedJpeg(embedder.preprocess)
+    return embedder.preprocess
 
 
 class Embedder(Protocol):
@@ -139,13 +163,17 @@ def load_item(
             fetched = fetch_item(source, item) if fetched is None else fetched
         stage = "decode"
         with report.timed("decode", 1):
-            # the models' needs alone choose the decode scale, so embeddings do not depend on thumbnails
-            decoded = decode(fetched.data, min_side=max(p.min_side for p in preprocessors.values()))
-            pixels = {
-                role: preprocess(decoded.image)
-                for role, preprocess in preprocessors.items()
-                if role != THUMBNAIL_ROLE
-            }
+            if _stays_encoded(fetched.data, preprocessors):
+                decoded = inspect(fetched.data)
+                pixels = {role: np.frombuffer(fetched.data, np.uint8) for role in preprocessors}
+            else:
+                # the models' needs alone choose the decode scale, so embeddings do not depend on thumbnails
+                decoded = decode(fetched.data, min_side=max(p.min_side for p in preprocessors.values()))
+                pixels = {
+                    role: preprocess(decoded.image)
+                    for role, preprocess in preprocessors.items()
+                    if role != THUMBNAIL_ROLE
+                }
     except ItemError as exc:
         return FailureRecord.from_item(item, exc.stage, str(exc), retryable=exc.retryable)
     except Exception as exc:  # not known to describe the item: recorded as retryable, with its cause logged
@@ -167,6 +195,10 @@ def load_item(
         provenance=provenance,
         problems=problems,
     )
+
+
+def _stays_encoded(data: bytes, preprocessors: dict[str, Preprocessor]) -> bool:
+    return all(isinstance(p, EncodedJpeg) for p in preprocessors.values()) and data[:3] == b"\xff\xd8\xff"
 
 
 def _thumbnail_of(
@@ -317,20 +349,38 @@ def embed_batch(
         return EmbeddedBatch(None, failures, done_ids)
     size = batch_size or len(batch.items)
     with report.timed("embed", len(batch.items)):
-        image_vectors = np.concatenate(
-            [
-                embedder.embed_pixels(
-                    np.stack([loaded.pixels["embed"] for loaded in batch.items[i : i + size]])
-                )
-                for i in range(0, len(batch.items), size)
-            ]
-        )
-        text_vectors = embed_captions(embedder, [loaded.caption for loaded in batch.items], size)
-    rows = build_rows(batch.items, image_vectors, text_vectors, embedder.model_id)
-    for loaded in batch.items:
+        image_vectors, undecodable = _embed_images(embedder, batch.items, size)
+        items = [loaded for i, loaded in enumerate(batch.items) if i not in undecodable]
+        text_vectors = embed_captions(embedder, [loaded.caption for loaded in items], size)
+    for i in sorted(undecodable):
+        item = batch.items[i].item
+        failures.append(FailureRecord.from_item(item, "decode", UNDECODABLE, retryable=False))
+        done_ids.append(item.id)
+    rows = build_rows(items, image_vectors, text_vectors, embedder.model_id) if items else None
+    for loaded in items:
         failures.extend(loaded.problems)
         done_ids.append(loaded.item.id)
     return EmbeddedBatch(rows, failures, done_ids)
+
+
+UNDECODABLE = "corrupt or truncated image: its header reads, its pixels do not (GPU and Pillow decoders)"
+
+
+def _embed_images(embedder: Embedder, items: Sequence[LoadedItem], size: int) -> tuple[np.ndarray, set[int]]:
+    """Image vectors of the items that decode, and the positions of those that do not (a JPEG kept
+    encoded for the embedder's device decoder can turn out corrupt only there)."""
+    vectors: list[np.ndarray] = []
+    undecodable: set[int] = set()
+    for start in range(0, len(items), size):
+        inputs = [loaded.pixels["embed"] for loaded in items[start : start + size]]
+        if all(array.ndim == 3 for array in inputs):
+            vectors.append(embedder.embed_pixels(np.stack(inputs)))
+            continue
+        encoded_vectors, failed = embedder.embed_encoded(inputs)  # type: ignore[attr-defined]
+        vectors.append(encoded_vectors)
+        undecodable.update(start + i for i in failed)
+    dim = vectors[0].shape[1] if vectors else 0
+    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), undecodable
 
 
 def embed_captions(

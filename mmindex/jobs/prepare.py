@@ -45,6 +45,7 @@ from mmindex.jobs.spec import (
 )
 from mmindex.models.captioner import GenerationSettings, check_caption_config
 from mmindex.models.clip import check_embedding_config
+from mmindex.models.compiled import check_compile
 from mmindex.models.precision import check_precision
 from mmindex.models.resolve import resolve_model
 from mmindex.store.reader import Store
@@ -114,6 +115,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
     denied credentials or an unknown model stop the run before any model is loaded."""
     settings = job.settings()
     check_runner(job)
+    check_compile(job.compile)
     since, until = _aware(job.since), _aware(job.until)
     if since and until and since >= until:
         raise ConfigError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
@@ -163,6 +165,7 @@ def prepare_index(job: IndexJob, *, check: bool = True) -> PreparedIndex:
         write_seconds=settings.write_seconds,
         lock_timeout=job.lock_timeout,
         thumbnails=Thumbnailer(job.thumbnail_size, job.thumbnail_format) if job.thumbnails else None,
+        compile=job.compile,
     )
     return PreparedIndex(source, store, models, options, caption, donor)
 

@@ -204,6 +204,11 @@ class IndexJob(CaptionSpec, ThumbnailSpec, ScaleSpec, Job):
     workers: int | None = option(None, min=1, help="decode threads [1 on CPU, cores-1 on GPU]")
     precision: str = option("auto", help=PRECISION_HELP)
     quantize: str | None = option(None, help="int8: dynamic int8 linear layers (CPU)")
+    compile: str = option(
+        "auto",
+        help="torch.compile the image tower: auto (once minutes of work are left, kept only if "
+        "measured faster), on, off",
+    )
     retry_failed: bool = option(False, help="retry items that failed before, unchanged")
     caption_missing: bool = option(False, help="generate captions for images that have none")
     new_table: str | None = option(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mmindex.errors import ModelError, first_line
+from mmindex.models.compiled import compile_forward, describe_failure
 from mmindex.models.execution import FP32, PROBE_IMAGES, Mode, apply_mode, choose_mode, model_fingerprint
 from mmindex.models.precision import check_precision
 from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, model_input, preprocessor_for
@@ -57,11 +58,13 @@ class ClipEmbedder:
             int(getattr(tokenizer, "model_max_length", positions) or positions), positions
         )
         self.model = model
+        self._compiled: tuple[int, Any] | None = None  # (batch size, compiled image forward)
         if mode is None:
             mode = FP32 if quantized else self._choose_mode(precision)
             self.model = apply_mode(model, mode)
         self.mode = mode
         self.autocast = mode.autocast_dtype()
+        self.device_decoder = device_decoder_for(self.preprocess, device)
         self.compute = f"{ref.name} on {device} in {'int8' if quantized else mode.name}"
         probe = self._forward_images(self._probe_pixels(1))
         self.dim = int(probe.shape[1])
@@ -130,8 +133,37 @@ class ClipEmbedder:
 
         model, mode = self.model if model is None else model, mode or self.mode
         tensor = model_input(pixels, self.preprocess, self.device, mode.weights_dtype())
-        with torch.inference_mode(), mode.autocast_context(self.device):
-            return _normalise(_pooled(model.get_image_features(pixel_values=tensor)))
+        with torch.inference_mode():
+            if self._compiled is not None and model is self.model and tensor.shape[0] == self._compiled[0]:
+                output = self._compiled[1](tensor)
+            else:
+                with mode.autocast_context(self.device):
+                    output = model.get_image_features(pixel_values=tensor)
+            return _normalise(_pooled(output))
+
+    def compile(self, batch_size: int) -> str | None:
+        """Compile the image tower for batches of `batch_size` (mmindex.models.compiled decides when);
+        None once it runs, else why it cannot (the eager pass stays)."""
+        import torch
+
+        model, mode, device = self.model, self.mode, self.device
+
+        def forward(pixels: Any) -> Any:
+            with mode.autocast_context(device):
+                return model.get_image_features(pixel_values=pixels)
+
+        compiled = compile_forward(forward)
+        probe = model_input(self._probe_pixels(batch_size), self.preprocess, device, mode.weights_dtype())
+        try:
+            with torch.inference_mode():
+                compiled(probe)  # compiles now, not in the middle of a batch
+        except Exception as exc:  # any compiler failure (no C++ compiler, an unsupported op) means eager
+            return describe_failure(exc)
+        self._compiled = (batch_size, compiled)
+        return None
+
+    def uncompile(self) -> None:
+        self._compiled = None
 
     def _forward_texts(self, texts: Sequence[str], *, model: Any = None, mode: Mode | None = None) -> Any:
         import torch
@@ -147,6 +179,31 @@ class ClipEmbedder:
         vectors: np.ndarray = self._forward_images(pixels).cpu().numpy()
         return vectors
 
+    def embed_encoded(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+        """A batch mixing encoded JPEGs (1-D uint8, decoded here by `device_decoder`, on the GPU
+        where it can) and preprocessed uint8 pixels -> (vectors of those that decoded, in order;
+        the positions of those that did not)."""
+        import torch
+
+        from mmindex.models.device_decode import DeviceDecoder
+
+        decoder = self.device_decoder or DeviceDecoder(self.preprocess, self.device)  # type: ignore[arg-type]
+        encoded = [i for i, array in enumerate(inputs) if array.ndim == 1]
+        decoded, failed_encoded = decoder([inputs[i].tobytes() for i in encoded])
+        failed = [encoded[i] for i in failed_encoded]
+        decoded_at = iter(range(len(decoded)))
+        batch = []
+        for i, array in enumerate(inputs):
+            if i in failed:
+                continue
+            batch.append(
+                decoded[next(decoded_at)] if array.ndim == 1 else torch.from_numpy(array).to(self.device)
+            )
+        if not batch:
+            return np.zeros((0, self.dim), np.float32), failed
+        vectors: np.ndarray = self._forward_images(torch.stack(batch)).cpu().numpy()
+        return vectors, failed
+
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         """PIL images (any mode) -> [B, dim] unit vectors."""
         return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
@@ -155,6 +212,22 @@ class ClipEmbedder:
         """Texts -> [B, dim] float32 unit vectors (truncated to the model's context length)."""
         vectors: np.ndarray = self._forward_texts(texts).cpu().numpy()
         return vectors
+
+
+def device_decoder_for(preprocess: Any, device: Any) -> Any | None:
+    """A batch JPEG decoder on `device` for the pipeline's encoded inputs, where one runs there
+    (CUDA with nvImageCodec; `MMINDEX_GPU_DECODE=0` turns it off); None: decode on the CPU."""
+    import os
+
+    if device.type != "cuda" or not isinstance(preprocess, ImagePreprocessor):
+        return None
+    if os.environ.get("MMINDEX_GPU_DECODE", "1").lower() in ("0", "off", "false", "no"):
+        return None
+    from mmindex.models.device_decode import DeviceDecoder, nvimgcodec_decoder
+
+    if nvimgcodec_decoder(device.index or 0) is None:
+        return None
+    return DeviceDecoder(preprocess, device)
 
 
 def text_inputs(tokenizer: Any, texts: Sequence[str], max_tokens: int, model_type: str, device: Any) -> Any:

@@ -76,17 +76,21 @@ class ImagePreprocessor:
         return np.ascontiguousarray(result.transpose(2, 0, 1), dtype=np.float32)
 
 
-def model_input(pixels: np.ndarray, preprocessor: object, device: Any, dtype: Any = None) -> Any:
-    """A batch of pixels [B, 3, H, W] as the model's input tensor on `device` (in `dtype`, default fp32).
+def model_input(pixels: Any, preprocessor: object, device: Any, dtype: Any = None) -> Any:
+    """A batch of pixels [B, 3, H, W] (numpy, or a tensor on any device) as the model's input
+    tensor on `device` (in `dtype`, default fp32).
 
     uint8 pixels (from an `as_uint8` preprocessor) travel as bytes, through pinned memory and a
     non-blocking copy on CUDA, and are rescaled and normalised there; float pixels are used as they are.
     """
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels))
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
+    if isinstance(pixels, torch.Tensor):
+        tensor = pixels
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels))
+        if device.type == "cuda":
+            tensor = tensor.pin_memory()
     tensor = tensor.to(device, non_blocking=True)
     if tensor.dtype == torch.uint8:
         assert isinstance(preprocessor, ImagePreprocessor)

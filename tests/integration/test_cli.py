@@ -62,6 +62,7 @@ def test_index_refusals_exit_2_with_one_line(
         (["--precision", "fp8"], "--precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
         (["--quantize", "int4"], "--quantize must be int8 or none, got 'int4'"),
         (["--quantize", "int8", "--precision", "bf16"], "--quantize int8 computes in fp32"),
+        (["--compile", "always"], "--compile must be one of auto, on, off, got 'always'"),
     ]:
         refused = cli("index", str(corpus), "--db", db, *arguments)
         assert refused.returncode == 2 and message in refused.stderr

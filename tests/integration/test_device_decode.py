@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +13,13 @@ import torch
 from PIL import Image, ImageFilter
 
 from mmindex.ingest.decode import decode
+from mmindex.ingest.pipeline import IndexOptions, run_index
+from mmindex.ingest.sources import open_source
+from mmindex.ingest.steps import embed_role
 from mmindex.models.clip import ClipEmbedder
 from mmindex.models.device_decode import DeviceDecoder, resize_and_crop
 from mmindex.models.preprocess import ImagePreprocessor, model_input
+from mmindex.store.reader import Store
 from mmindex.toy.shapes import all_shapes, render
 
 CPU = torch.device("cpu")
@@ -96,3 +101,40 @@ def test_resize_keeps_the_aspect_and_crops_the_centre() -> None:
     assert crop[:, :, 14:18].float().mean() > 250 and crop[:, :, :4].float().mean() < 5
     pillow = torch.from_numpy(preprocess(Image.fromarray(image.permute(1, 2, 0).numpy())))
     assert (crop.int() - pillow.int()).abs().float().mean() < 4
+
+
+def test_a_run_that_keeps_jpegs_encoded_for_the_embedder_indexes_like_the_cpu_path(
+    tmp_path: Path, embedder: ClipEmbedder
+) -> None:
+    """The pipeline's GPU decode path (JPEGs reach the embedder encoded; only headers are read while
+    loading), run with the batch decoder's CPU fallback: the same rows as the CPU path, and a JPEG
+    whose header reads but whose body is corrupt becomes a decode failure, not a lost batch."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for seed, size in enumerate([(500, 375), (375, 500), (1920, 1080), (640, 480), (333, 500)]):
+        (source / f"{seed}.jpg").write_bytes(encoded(size, seed))
+    (source / "flat.png").write_bytes(encoded((320, 240), 7, "PNG"))
+    good = encoded((640, 480), 8)
+    (source / "broken.jpg").write_bytes(good[: len(good) // 3] + bytes(len(good) // 3))
+    on_device = ClipEmbedder.load("toy-clip")
+    on_device.device_decoder = DeviceDecoder(on_device.preprocess, CPU)  # type: ignore[arg-type]
+    assert embed_role(on_device, alone=True).__class__.__name__ == "EncodedJpeg"
+    assert embed_role(on_device, alone=False) is on_device.preprocess  # thumbnails need the pixels here
+    results = {}
+    for name, model in (("cpu", embedder), ("device", on_device)):
+        store = Store(str(tmp_path / f"db-{name}"))
+        report = run_index(
+            open_source(str(source)), model, store, IndexOptions(batch_size=4, thumbnails=None)
+        )
+        table = store.lancedb_table().to_arrow().sort_by("key").to_pylist()
+        results[name] = (report, table, store.failure_rows())
+    (cpu_report, cpu_rows, cpu_failures), (report, rows, failures) = results["cpu"], results["device"]
+    assert [r["key"] for r in rows] == [r["key"] for r in cpu_rows] and len(rows) == 6
+    for ours, reference in zip(rows, cpu_rows, strict=True):
+        assert (ours["width"], ours["height"], ours["format"], ours["sha256"]) == (
+            reference["width"], reference["height"], reference["format"], reference["sha256"],
+        )  # fmt: skip
+        assert float(np.dot(ours["image_embedding"], reference["image_embedding"])) >= 0.99
+    assert [f["key"] for f in failures] == [f["key"] for f in cpu_failures] == ["broken.jpg"]
+    assert failures[0]["stage"] == "decode" and not failures[0]["retryable"]
+    assert report.indexed == cpu_report.indexed == 6

@@ -25,7 +25,7 @@ CONTRACT = {
         "--path-column", "--caption-column", "--include", "--exclude", "--prefix", "--since", "--until",
         "--workers", "--precision", "--quantize", "--retry-failed", "--progress", "--no-progress",
         "--caption-missing", "--caption-model", "--max-new-tokens", "--num-beams", "--prompt",
-        "--new-table", "--lock-timeout", "--runner", "--ray-address", "--format",
+        "--new-table", "--lock-timeout", "--runner", "--ray-address", "--format", "--compile",
     },
     "caption": {
         "--db", "--table", "--caption-model", "--limit", "--where", "--recaption", "--retry-failed",
