@@ -8,17 +8,18 @@ prompt prefix conditions the caption and is stripped from it. Batched on the emb
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS
 from mmindex.errors import ModelError, first_line
 from mmindex.ingest.sources.sidecar import clean_caption
-from mmindex.models.precision import autocast_dtype, check_precision, compute_label
+from mmindex.models.execution import Mode, apply_mode, choose_mode, model_fingerprint
+from mmindex.models.precision import check_precision
 from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for
 from mmindex.models.resolve import ModelRef, load_config, pick_device, quiet_transformers, resolve_model
 
@@ -52,18 +53,43 @@ class Captioner:
         precision: str = "auto",
         settings: GenerationSettings | None = None,
     ) -> None:
-        self.model = model
         self.tokenizer = tokenizer
         self.ref = ref
         self.model_id = ref.name
         self.device = device
-        self.autocast = autocast_dtype(device, precision)
-        self.compute = compute_label(ref.name, device, self.autocast)
         self.settings = settings or GenerationSettings()
         self.family = model.config.model_type
         self.preprocess: ImagePreprocessor | ProcessorCall = preprocessor_for(image_processor)
+        self.mode = self._choose_mode(model, precision)
+        self.model = apply_mode(model, self.mode)
+        self.autocast = self.mode.autocast_dtype()
+        self.compute = f"{ref.name} on {device} in {self.mode.name}"
         if device.type == "cpu":
             _one_image_at_a_time(_vision_tower(model, self.family))
+
+    def _choose_mode(self, model: Any, precision: str) -> Mode:
+        """As for the embedder (mmindex.models.execution), judged on the vision tower's output for
+        fixed noise images: what the decoder attends to."""
+        import torch
+
+        side = max(self.preprocess.min_side, 8)
+        shape = self.preprocess(Image.new("RGB", (side, side))).shape
+        pixels = torch.from_numpy(np.random.default_rng(0).standard_normal((2, *shape), dtype=np.float32))
+
+        def vision(candidate: Any, mode: Mode) -> Any:
+            tower = _vision_tower(candidate, self.family)
+            with mode.autocast_context(self.device):
+                output = tower(pixel_values=pixels.to(self.device, mode.weights_dtype()))
+            hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            return hidden.flatten(1)
+
+        return choose_mode(
+            model,
+            self.device,
+            precision,
+            [vision],
+            cache_key=model_fingerprint(f"caption:{self.ref.name}", model.config),
+        )
 
     @classmethod
     def load(
@@ -129,14 +155,9 @@ class Captioner:
 
         prompt = self._prompt_inputs(pixels.shape[0])
         prompt_length = _prompt_length(self.family, prompt)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast)
-            if self.autocast is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self.mode.autocast_context(self.device):
             ids = self.model.generate(
-                pixel_values=pixels.to(self.device),
+                pixel_values=pixels.to(self.device, self.mode.weights_dtype()),
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=1,  # start = eos checkpoints may otherwise stop at once and say ""
                 num_beams=self.settings.num_beams,

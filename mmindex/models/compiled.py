@@ -1,8 +1,8 @@
 """torch.compile for the image tower, used only where it pays: a long run, and measured faster.
 
 Compiling ViT-B/32 costs 15-55 s on 2 CPU cores (less with inductor's on-disk cache warm) and made
-forward passes 1.2-1.3x faster there (bench/modes.py), so it pays only for runs with minutes of
-embedding left. `--compile auto` (the default) therefore waits until the work left would take
+forward passes about 1.12x faster there (bench/modes.py, balanced A/B), so it pays only for runs
+with minutes of embedding left. `--compile auto` (the default) therefore waits until the work left would take
 COMPILE_WORTH_S in eager mode, compiles for the run's batch size (a short last batch runs eagerly,
 as a recompile for it would cost more than it saves), times the next batches, and keeps the
 compiled pass only if it beats the eager rate by MIN_GAIN. A compile that fails leaves the eager
