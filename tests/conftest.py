@@ -36,6 +36,7 @@ os.environ.update(
     }
 )
 os.environ.setdefault("PREFECT_HOME", str(_PRIVATE / "prefect-home"))
+os.environ["MMINDEX_CACHE_DIR"] = str(_PRIVATE / "cache")  # execution-mode verdicts: never the user's
 for variable in ("MMINDEX_DB", "MMINDEX_TABLE", "MMINDEX_MODEL", "MMINDEX_CAPTION_MODEL", "MMINDEX_DEVICE"):
     os.environ.pop(variable, None)
 
