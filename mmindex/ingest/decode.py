@@ -9,14 +9,13 @@ several times cheaper than a full decode followed by a resize (parity is checked
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import math
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,34 +114,34 @@ def decode(data: bytes, *, min_side: int | None = None) -> DecodedImage:
     With `min_side`, a JPEG may be decoded at a reduced scale whose shorter side is still at least
     `min_side` pixels (width/height in the result always describe the original).
     """
-    with _decoding(data):
-        return _decode_opened(_open(data), data, min_side)
-    raise AssertionError("unreachable")  # pragma: no cover - _decoding raises or the block returns
+    return _reading(data, lambda: _decode_opened(_open(data), data, min_side))
 
 
 def inspect(data: bytes) -> DecodedImage:
     """The facts `decode` gives (upright width and height, format) from the header alone, for an
     image whose pixels another decoder (the GPU's) will read; `image` is the unloaded Pillow image.
     The decompression-bomb guard applies; a body too corrupt to decode is found by that decoder."""
-    with _decoding(data):
+
+    def header() -> DecodedImage:
         image = _open(data)
         width, height = image.size
         if _orientation(image)[0] in _TRANSPOSING_ORIENTATIONS:
             width, height = height, width
         return DecodedImage(image=image, width=width, height=height, format=image.format or "UNKNOWN")
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return _reading(data, header)
 
 
-@contextlib.contextmanager
-def _decoding(data: bytes) -> Iterator[None]:
-    """Pillow's failures on bad bytes as DecodeErrors that say why; anything else propagates."""
+def _reading(data: bytes, read: Callable[[], DecodedImage]) -> DecodedImage:
+    """`read()`, with Pillow's failures on bad bytes turned into DecodeErrors that say why; anything
+    else propagates."""
     if not data:
         raise DecodeError("empty file")
     try:
         with warnings.catch_warnings():
             # Pillow warns between 1x and 2x MAX_IMAGE_PIXELS and refuses above 2x; the refusal stays on.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
+            return read()
     except DecodeError:
         raise
     except UnidentifiedImageError as exc:

@@ -10,6 +10,7 @@ and normalised on the model's device.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -117,11 +118,12 @@ class ClipEmbedder:
     def _probe_pixels(self, count: int) -> np.ndarray:
         """Fixed noise images in the form `preprocess` gives (uint8, or float for a processor call)."""
         rng = np.random.default_rng(0)
-        shape = (count, *self._input_shape())
+        shape = (count, *self._input_shape)
         if isinstance(self.preprocess, ImagePreprocessor):
             return rng.integers(0, 256, shape, dtype=np.uint8)
         return rng.standard_normal(shape, dtype=np.float32)
 
+    @functools.cached_property
     def _input_shape(self) -> tuple[int, int, int]:
         from PIL import Image
 
@@ -191,14 +193,13 @@ class ClipEmbedder:
         encoded = [i for i, array in enumerate(inputs) if array.ndim == 1]
         decoded, failed_encoded = decoder([inputs[i].tobytes() for i in encoded])
         failed = [encoded[i] for i in failed_encoded]
-        decoded_at = iter(range(len(decoded)))
-        batch = []
-        for i, array in enumerate(inputs):
-            if i in failed:
-                continue
-            batch.append(
-                decoded[next(decoded_at)] if array.ndim == 1 else torch.from_numpy(array).to(self.device)
-            )
+        undecoded = set(failed)
+        decoded_in_order = iter(decoded)
+        batch = [
+            next(decoded_in_order) if array.ndim == 1 else torch.from_numpy(array).to(self.device)
+            for i, array in enumerate(inputs)
+            if i not in undecoded
+        ]
         if not batch:
             return np.zeros((0, self.dim), np.float32), failed
         vectors: np.ndarray = self._forward_images(torch.stack(batch)).cpu().numpy()

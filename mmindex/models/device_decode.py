@@ -12,10 +12,13 @@ which differs from Pillow's by a fraction of a grey level on average (embeddings
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from mmindex.errors import DecodeError
+from mmindex.ingest.decode import decode
 from mmindex.models.preprocess import ImagePreprocessor, centre_crop_origin
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -82,11 +85,7 @@ class DeviceDecoder:
             return [None] * len(jpegs)
 
     def _on_cpu(self, blob: bytes) -> Any | None:
-        import numpy as np
         import torch
-
-        from mmindex.errors import DecodeError
-        from mmindex.ingest.decode import decode
 
         try:
             image = decode(blob, min_side=self.preprocessor.min_side).image
@@ -104,16 +103,10 @@ def resize_and_crop(image: Any, preprocessor: ImagePreprocessor) -> Any:
     import torch
 
     _, height, width = image.shape
-    if preprocessor.shortest_edge is not None:
-        short = preprocessor.shortest_edge
-        if preprocessor.crop is not None:  # a panorama: keep the centre window the crop needs
-            image, height, width = _trim(image, short, max(preprocessor.crop))
-        size = (
-            (int(short * height / width), short) if width <= height else (short, int(short * width / height))
-        )
-    else:
-        assert preprocessor.resize_to is not None
-        size = preprocessor.resize_to
+    if (box := preprocessor.trim_box(width, height)) is not None:
+        left, top, right, bottom = box
+        image = image[:, top:bottom, left:right]
+    size = preprocessor.resized_size(image.shape[2], image.shape[1])
     resized = torch.nn.functional.interpolate(
         image[None].float(), size=size, mode="bicubic", antialias=True, align_corners=False
     )[0]
@@ -121,18 +114,3 @@ def resize_and_crop(image: Any, preprocessor: ImagePreprocessor) -> Any:
         top, left = centre_crop_origin(resized.shape[1], resized.shape[2], preprocessor.crop)
         resized = resized[:, top : top + preprocessor.crop[0], left : left + preprocessor.crop[1]]
     return resized.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _trim(image: Any, short: int, crop: int, window: int = 8) -> tuple[Any, int, int]:
-    _, height, width = image.shape
-    scale = short / min(width, height)
-    if max(width, height) * scale <= window * crop:
-        return image, height, width
-    keep = math.ceil(window * crop / scale)
-    if width > height:
-        left = (width - keep) // 2
-        image = image[:, :, left : left + keep]
-    else:
-        top = (height - keep) // 2
-        image = image[:, top : top + keep, :]
-    return image, image.shape[1], image.shape[2]

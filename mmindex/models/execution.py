@@ -55,11 +55,6 @@ class Mode:
         dtype = self.autocast_dtype()
         return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
-    @property
-    def label(self) -> str:
-        """The short form used in run reports: fp32, bf16, fp16 (the arithmetic's format)."""
-        return self.autocast or self.weights
-
 
 FP32 = Mode("fp32")
 BF16_WEIGHTS = Mode("bf16 weights", weights="bf16")

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+TRIM_WINDOW = 8  # crops' lengths of a panorama kept around its centre before resizing
+
 
 @dataclass(frozen=True)
 class ImagePreprocessor:
@@ -43,22 +45,40 @@ class ImagePreprocessor:
         assert self.resize_to is not None
         return max(self.resize_to)
 
+    def trim_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
+        """(left, top, right, bottom) of the centre window to keep of a panorama-like image (say
+        100 x 1,000,000) before resizing, or None to keep it whole. Resized whole, its long side would
+        reach millions of pixels (gigabytes) only for the centre crop to keep a few hundred of them;
+        the window is `TRIM_WINDOW` crops long, so the final crop is unchanged up to a pixel."""
+        if self.shortest_edge is None or self.crop is None:
+            return None
+        scale = self.shortest_edge / min(width, height)
+        if max(width, height) * scale <= TRIM_WINDOW * max(self.crop):
+            return None
+        keep = math.ceil(TRIM_WINDOW * max(self.crop) / scale)
+        if width > height:
+            left = (width - keep) // 2
+            return left, 0, left + keep, height
+        top = (height - keep) // 2
+        return 0, top, width, top + keep
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) an image of this size is resized to (the transformers processors truncate)."""
+        if self.shortest_edge is None:
+            assert self.resize_to is not None
+            return self.resize_to
+        short = self.shortest_edge
+        return (
+            (int(short * height / width), short) if width <= height else (short, int(short * width / height))
+        )
+
     def __call__(self, image: Any) -> np.ndarray:
         if image.mode != "RGB":
             image = image.convert("RGB")
-        if self.shortest_edge is not None and self.crop is not None:
-            image = _trim_extreme_aspect(image, self.shortest_edge, max(self.crop))
-        width, height = image.size
-        if self.shortest_edge is not None:
-            short = self.shortest_edge
-            size = (
-                (short, int(short * height / width))
-                if width <= height
-                else (int(short * width / height), short)
-            )
-        else:
-            assert self.resize_to is not None
-            size = (self.resize_to[1], self.resize_to[0])
+        if (box := self.trim_box(*image.size)) is not None:
+            image = image.crop(box)
+        height, width = self.resized_size(*image.size)
+        size = (width, height)
         pixels = np.asarray(image.resize(size, resample=self.resample))
         if self.crop is not None:
             top, left = centre_crop_origin(pixels.shape[0], pixels.shape[1], self.crop)
@@ -112,22 +132,6 @@ def centre_crop_origin(height: int, width: int, crop: tuple[int, int]) -> tuple[
     if top < 0 or left < 0:
         raise ValueError(f"image resized to {width}x{height} is smaller than the crop")
     return top, left
-
-
-def _trim_extreme_aspect(image: Any, short: int, crop: int, window: int = 8) -> Any:
-    """Crop a panorama-like image (say 100 x 1,000,000) to its centre before resizing: resized whole, its
-    long side would reach millions of pixels (gigabytes) only for the centre crop to keep `crop` of
-    them. The window kept is `window` crops long, so the final crop is unchanged up to a pixel."""
-    width, height = image.size
-    scale = short / min(width, height)
-    if max(width, height) * scale <= window * crop:
-        return image
-    keep = math.ceil(window * crop / scale)
-    if width > height:
-        left = (width - keep) // 2
-        return image.crop((left, 0, left + keep, height))
-    top = (height - keep) // 2
-    return image.crop((0, top, width, top + keep))
 
 
 @dataclass(frozen=True)
