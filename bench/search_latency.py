@@ -7,13 +7,17 @@ Builds a table of clustered synthetic 512-d rows (written with mmindex's schema,
 own upkeep, so the index type and query settings are the defaults), records the embedding model as a
 randomly initialised CLIP with the ViT-B/32 configuration (the text tower's real cost), and reports:
 
-- the text tower alone (`ClipEmbedder.embed_texts`): one query, eight at once, one with int8;
+- the text tower alone (`ClipEmbedder.embed_texts`): one query and eight at once, in fp32 and with
+  the search server's int8 text tower (`speed_up_text_queries`), interleaved;
 - index build seconds (`refresh_indices`: IVF_RQ by default);
 - vector search p50/p95 in this process (`Searcher.vector`, k=10, exact cosine re-ranking) and its
   recall@10 against exact search;
-- text queries through the server, one client: p50/p95/p99 end to end (HTTP, tokenise, text
-  tower, search, JSON), each query distinct so no cache helps;
-- the same with 8 concurrent clients: p50/p99 and the number of errors;
+- eight vector queries one by one vs in one multi-vector LanceDB query (`Searcher.vectors`, what
+  the server does with concurrent queries), interleaved;
+- text queries through two servers running side by side, `--text-int8 off` and `auto`: one client
+  (queries alternate between the servers), p50/p95/p99 end to end (HTTP, tokenise, text tower,
+  search, JSON), each query distinct so no cache helps; then 8 concurrent clients, rounds
+  alternating between the servers: p50/p99 and the number of errors;
 - near-duplicate grouping (`duplicates(threshold=0.97)`) seconds, up to 200,000 rows.
 """
 
@@ -77,22 +81,91 @@ def query_text(n: int) -> str:
 
 
 def text_tower_ms(model: str) -> str:
-    """Median ms of `embed_texts` alone: one short query, eight at once, and one with int8."""
+    """Median ms of `embed_texts`, fp32 vs the int8 text tower, interleaved: one query, eight at once."""
     from mmindex.models.clip import ClipEmbedder
 
+    fp32 = ClipEmbedder.load(model, device="cpu")
+    int8 = ClipEmbedder.load(model, device="cpu")
+    print(f"int8 text tower verdict: {int8.speed_up_text_queries([query_text(n) for n in range(64)])}")
     figures = []
-    for quantize, batch in ((None, 1), (None, 8), ("int8", 1)):
-        embedder = ClipEmbedder.load(model, device="cpu", quantize=quantize)
-        embedder.embed_texts(["warm up"] * batch)
-        times = []
+    for batch in (1, 8):
+        times: dict[str, list[float]] = {"fp32": [], "int8": []}
         for n in range(20):
-            started = time.perf_counter()
-            embedder.embed_texts([query_text(n * 8 + i) for i in range(batch)])
-            times.append((time.perf_counter() - started) * 1000)
+            for name, embedder in (("fp32", fp32), ("int8", int8))[:: 1 if n % 2 else -1]:
+                started = time.perf_counter()
+                embedder.embed_texts([query_text(n * 8 + i) for i in range(batch)])
+                times[name].append((time.perf_counter() - started) * 1000)
+        fp32_ms, int8_ms = statistics.median(times["fp32"]), statistics.median(times["int8"])
         figures.append(
-            f"{batch} text{'s' if batch > 1 else ''} {quantize or 'fp32'} {statistics.median(times):.0f} ms"
+            f"{batch} text{'s' if batch > 1 else ''}: fp32 {fp32_ms:.0f} ms, int8 {int8_ms:.0f} ms"
         )
-    return ", ".join(figures)
+    return "; ".join(figures)
+
+
+def batched_search_ms(searcher: Searcher, queries: np.ndarray) -> str:
+    """Eight queries one by one vs in one multi-vector query, interleaved rounds (median ms per 8)."""
+    times: dict[str, list[float]] = {"one by one": [], "one query": []}
+    for round_ in range(0, len(queries) - 7, 8):
+        group = list(queries[round_ : round_ + 8])
+        for name in ("one by one", "one query")[:: 1 if round_ % 16 else -1]:
+            started = time.perf_counter()
+            if name == "one query":
+                searcher.vectors(group, k=10)
+            else:
+                for query in group:
+                    searcher.vector(query, k=10)
+            times[name].append((time.perf_counter() - started) * 1000)
+    alone, together = statistics.median(times["one by one"]), statistics.median(times["one query"])
+    ratio = alone / together
+    return f"8 vector queries: one by one {alone:.0f} ms, in one query {together:.0f} ms ({ratio:.1f}x)"
+
+
+def start_server(db_uri: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mmindex.cli", "serve", "--db", db_uri, "--port", str(port), *extra],
+        env={**os.environ, "MMINDEX_DEVICE": "cpu"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def wait_until_up(base: str) -> None:
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            timed_get(base + "/healthz")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def concurrent_round(url: str, clients: int, per_client: int, first: int) -> tuple[list[float], int]:
+    """`clients` threads each sending `per_client` distinct queries; (latencies, errors)."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        nonlocal errors
+        for n in range(per_client):
+            try:
+                elapsed = timed_get(url + urllib.parse.quote(query_text(first + worker * 1000 + n)))
+                with lock:
+                    latencies.append(elapsed)
+            except OSError:
+                with lock:
+                    errors += 1
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, errors
 
 
 def timed_get(url: str) -> float:
@@ -108,7 +181,6 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--quantize", default=None, help="passed to mmindex serve (int8)")
     args = parser.parse_args()
     model = str(model_dir())
     print(f"text tower alone: {text_tower_ms(model)}")
@@ -157,61 +229,43 @@ def main() -> None:
             groups = ImageIndex(store).duplicates(threshold=0.97)
             print(f"duplicates(0.97): {len(groups)} groups in {time.perf_counter() - started:.1f} s")
 
-        port = free_port()
-        env = {**os.environ, "MMINDEX_DEVICE": "cpu"}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mmindex.cli", "serve", "--db", store.db_uri, "--port", str(port)]
-            + (["--quantize", args.quantize] if args.quantize else []),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
+        print(batched_search_ms(searcher, queries))
+        servers = {
+            "--text-int8 off": start_server(store.db_uri, ["--text-int8", "off"]),
+            "--text-int8 auto": start_server(store.db_uri, ["--text-int8", "auto"]),
+        }
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    timed_get(base + "/healthz")
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
-            url = base + "/api/search?k=10&q="
-            for n in range(10):
-                timed_get(url + urllib.parse.quote(query_text(900_000 + n)))  # warm-up
-            one = [timed_get(url + urllib.parse.quote(query_text(n))) for n in range(args.queries)]
-            print(
-                f"text query via server, 1 client: p50 {percentile(one, 0.5):.1f} ms, "
-                f"p95 {percentile(one, 0.95):.1f} ms, p99 {percentile(one, 0.99):.1f} ms"
-            )
-            many: list[float] = []
-            errors = 0
-            lock = threading.Lock()
-
-            def client(worker: int) -> None:
-                nonlocal errors
-                for n in range(args.queries // 8):
-                    try:
-                        elapsed = timed_get(url + urllib.parse.quote(query_text(10_000 + worker * 1000 + n)))
-                        with lock:
-                            many.append(elapsed)
-                    except OSError:
-                        with lock:
-                            errors += 1
-
-            threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            print(
-                f"text query via server, 8 clients: p50 {percentile(many, 0.5):.1f} ms, "
-                f"p99 {percentile(many, 0.99):.1f} ms, errors {errors}"
-            )
+            for _, base in servers.values():
+                wait_until_up(base)
+            urls = {name: base + "/api/search?k=10&q=" for name, (_, base) in servers.items()}
+            for url in urls.values():
+                for n in range(10):
+                    timed_get(url + urllib.parse.quote(query_text(900_000 + n)))  # warm-up
+            one: dict[str, list[float]] = {name: [] for name in urls}
+            for n in range(args.queries):
+                for name in list(urls)[:: 1 if n % 2 else -1]:
+                    one[name].append(timed_get(urls[name] + urllib.parse.quote(query_text(n))))
+            many: dict[str, list[float]] = {name: [] for name in urls}
+            errors = dict.fromkeys(urls, 0)
+            rounds = 4
+            for round_ in range(rounds):
+                for name in list(urls)[:: 1 if round_ % 2 else -1]:
+                    latencies, failed = concurrent_round(
+                        urls[name], 8, max(1, args.queries // 8 // rounds), 10_000 + round_ * 100_000
+                    )
+                    many[name] += latencies
+                    errors[name] += failed
+            for name in urls:
+                print(
+                    f"text query via server ({name}), 1 client: p50 {percentile(one[name], 0.5):.1f} ms, "
+                    f"p95 {percentile(one[name], 0.95):.1f} ms, p99 {percentile(one[name], 0.99):.1f} ms; "
+                    f"8 clients: p50 {percentile(many[name], 0.5):.1f} ms, "
+                    f"p99 {percentile(many[name], 0.99):.1f} ms, errors {errors[name]}"
+                )
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            for server, _ in servers.values():
+                server.terminate()
+                server.wait(timeout=30)
 
 
 if __name__ == "__main__":

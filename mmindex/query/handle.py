@@ -167,6 +167,13 @@ class ImageIndex:
         value: bytes | None = rows[0]["thumbnail"]
         return value
 
+    def sample_captions(self, count: int = 64) -> list[str]:
+        """Up to `count` of the table's captions (human or generated), for judging a text model."""
+        if "caption" not in self.table.schema.names:
+            return []
+        query = self.table.search().where("caption IS NOT NULL").select(["caption"]).limit(count)
+        return [text for text in query.to_arrow().column("caption").to_pylist() if text]
+
     def duplicates(self, threshold: float = 0.97, where: str | None = None) -> Duplicates:
         """Exact duplicates (same SHA-256 of the file) and near-duplicate groups: images whose
         embeddings have a cosine of at least `threshold`, linked transitively. Exact copies count once

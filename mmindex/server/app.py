@@ -1,7 +1,8 @@
 """The search server's app: a page, and a JSON API over one table, read only.
 
 The table's model is loaded once, at start-up; model calls are serialised (one forward pass at a time
-uses the cores best), concurrent text queries share one forward pass, and repeated text queries
+uses the cores best), concurrent text queries share one forward pass, concurrent vector searches
+with the same page and filter share one LanceDB query (`coalesce`), and repeated text queries
 (paging) reuse their embedding. Every read goes to the
 table's newest version, so rows an index run commits while the server is up are searched at once.
 Inputs from the network are checked: the body size is counted as it arrives (`limits.BodyLimit`),
@@ -15,9 +16,8 @@ import io
 import re
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, File, Path, Query, Request, UploadFile
@@ -31,6 +31,8 @@ from mmindex.errors import ConfigError, DecodeError, MMIndexError, TableError
 from mmindex.query.filters import check_filter
 from mmindex.query.handle import SEARCH_MODES, ImageIndex
 from mmindex.query.results import Results
+from mmindex.query.search import with_synthetic
+from mmindex.server.coalesce import Coalescer
 from mmindex.server.limits import BodyLimit
 
 MAX_K = 200
@@ -39,6 +41,8 @@ MAX_QUERY_LENGTH = 1000
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_QUERY_PIXELS = 50_000_000
 TEXT_CACHE_SIZE = 256
+PROBE_CAPTIONS = 64  # captions the int8 text tower is judged on at start-up
+TEXT_INT8_CHOICES = ("auto", "off")
 ROW_ID = re.compile(r"^[0-9a-f]{32}$")
 HIDDEN_COLUMNS = ("image_embedding", "text_embedding", "thumbnail")
 
@@ -54,48 +58,64 @@ SYNTHETIC = Annotated[
 ]
 
 
+class SearchKey(NamedTuple):
+    """What vector queries must share to be answered by one LanceDB query."""
+
+    k: int
+    offset: int
+    where: str | None
+
+
 class SearchService:
     """The model, the table and the caches behind the routes."""
 
     def __init__(self, index: ImageIndex) -> None:
         self.index = index
         self._model_lock = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending: list[tuple[str, Future[np.ndarray]]] = []
+        self._texts: Coalescer[None, str, np.ndarray] = Coalescer(self._embed_texts, self._model_lock)
+        self._searches: Coalescer[SearchKey, np.ndarray, Results] = Coalescer(self._search_vectors)
+        self._cache_lock = threading.Lock()
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self.filter_columns = [name for name in index.table.schema.names if name not in HIDDEN_COLUMNS]
 
-    def warm(self) -> None:
+    def warm(self, text_int8: str = "auto") -> None:
+        """Load the model, choose how text queries run (`text_int8`: "auto" tries an int8 text tower,
+        judged on the table's captions; "off" keeps the model's own mode) and run one query."""
+        embedder = self.index.searcher.embedder
+        if text_int8 == "auto":
+            embedder.speed_up_text_queries(self.index.sample_captions(PROBE_CAPTIONS))
         self.text_vector("warm-up")
 
     def text_vector(self, text: str) -> np.ndarray:
-        """The text's embedding. Concurrent queries are embedded together: whoever takes the model
-        embeds every text waiting at that moment in one forward pass (8 at once cost little more
-        than one), so waiting clients do not queue one forward pass each."""
-        with self._pending_lock:
+        """The text's embedding; concurrent queries share one forward pass, repeated ones (paging)
+        reuse it."""
+        with self._cache_lock:
             cached = self._vectors.get(text)
             if cached is not None:
                 self._vectors.move_to_end(text)
                 return cached
-            waiting: Future[np.ndarray] = Future()
-            self._pending.append((text, waiting))
-        with self._model_lock:
-            if not waiting.done():
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                try:
-                    vectors = self.index.searcher.embedder.embed_texts([item for item, _ in batch])
-                except BaseException as exc:
-                    for _, future in batch:
-                        future.set_exception(exc)
-                    raise
-                with self._pending_lock:
-                    for (item, future), vector in zip(batch, vectors, strict=True):
-                        future.set_result(vector)
-                        self._vectors[item] = vector
-                    while len(self._vectors) > TEXT_CACHE_SIZE:
-                        self._vectors.popitem(last=False)
-        return waiting.result()
+        vector = self._texts(None, text)
+        with self._cache_lock:
+            self._vectors[text] = vector
+            while len(self._vectors) > TEXT_CACHE_SIZE:
+                self._vectors.popitem(last=False)
+        return vector
+
+    def _embed_texts(self, _: None, texts: list[str]) -> list[np.ndarray]:
+        unique = list(dict.fromkeys(texts))
+        vectors = dict(zip(unique, self.index.searcher.embedder.embed_texts(unique), strict=True))
+        return [vectors[text] for text in texts]
+
+    def nearest(
+        self, vector: np.ndarray, *, k: int, offset: int, where: str | None, synthetic: str
+    ) -> Results:
+        """Images nearest a query vector; concurrent queries with the same page and filter are
+        answered by one multi-vector LanceDB query."""
+        schema = self.index.table.schema
+        return self._searches(SearchKey(k, offset, with_synthetic(where, synthetic, schema)), vector)
+
+    def _search_vectors(self, key: SearchKey, vectors: list[np.ndarray]) -> list[Results]:
+        return self.index.searcher.vectors(vectors, key.k, key.where, offset=key.offset)
 
     def image_vector(self, data: bytes) -> np.ndarray:
         check_query_image(data)
@@ -121,19 +141,11 @@ class SearchService:
     ) -> Results:
         checked = self.where(where)
         fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if distinct else (k, offset)
-        if vector is not None:
-            found = self.index.search(
-                vector=vector, k=fetch_k, where=checked, offset=fetch_offset, synthetic=synthetic
-            )
-        elif mode == "vector":
-            assert text is not None
-            found = self.index.search(
-                vector=self.text_vector(text),
-                k=fetch_k,
-                where=checked,
-                offset=fetch_offset,
-                synthetic=synthetic,
-            )
+        if vector is not None or mode == "vector":
+            if vector is None:
+                assert text is not None
+                vector = self.text_vector(text)
+            found = self.nearest(vector, k=fetch_k, offset=fetch_offset, where=checked, synthetic=synthetic)
         elif mode == "hybrid":  # embeds the text itself
             with self._model_lock:
                 found = self.index.search(
@@ -199,11 +211,16 @@ def page_json(results: Results, *, mode: str, k: int, offset: int, query: str) -
     }
 
 
-def create_app(index: ImageIndex, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, warm: bool = True) -> Any:
-    """The ASGI app serving `index` (the FastAPI app wrapped in the body-size limit)."""
+def create_app(
+    index: ImageIndex, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, warm: bool = True, text_int8: str = "auto"
+) -> Any:
+    """The ASGI app serving `index` (the FastAPI app wrapped in the body-size limit). `warm` loads
+    the model now rather than at the first query; `text_int8` is `SearchService.warm`'s."""
+    if text_int8 not in TEXT_INT8_CHOICES:
+        raise ConfigError(f"text_int8 must be one of {', '.join(TEXT_INT8_CHOICES)}, got {text_int8!r}")
     service = SearchService(index)
     if warm:
-        service.warm()
+        service.warm(text_int8)
     app = FastAPIOffline(
         title="mmindex search",
         version="1",
@@ -222,7 +239,8 @@ def create_app(index: ImageIndex, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, w
 
     @app.get("/api/stats", summary="rows, captions by source, model, indices")
     def stats() -> dict[str, Any]:
-        return index.stats()
+        loaded = index.searcher.loaded_embedder
+        return {**index.stats(), "text_queries": loaded.text_compute if loaded is not None else None}
 
     @app.get("/api/search", summary="text query: CLIP (mode=vector), BM25 (text) or both (hybrid)")
     def search_text(

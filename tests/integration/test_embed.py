@@ -174,6 +174,63 @@ def test_bf16_modes_stay_within_cosine_099_at_vit_b32_scale(
     assert cosine(fp32.embed_texts(texts), other.embed_texts(texts)).min() >= 0.99
 
 
+def test_int8_text_queries_stay_right_and_leave_the_image_tower_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The search server's int8 text tower, forced past its speed test (the toy model is too small to
+    gain): same best match for every toy query, cosine >= 0.99, images exactly as before."""
+    import mmindex.models.text_int8 as text_int8
+
+    rng = random.Random(13)
+    images = [render(spec, (160, 120), rng) for spec in all_shapes()]
+    texts = [f"a photo of a {s.colour} {s.shape}" for s in all_shapes()]
+    embedder = ClipEmbedder.load("toy-clip", device="cpu")
+    image_vectors, fp32_texts = embedder.embed_images(images), embedder.embed_texts(texts)
+    monkeypatch.setattr(text_int8, "MIN_SPEEDUP", 0.0)
+    assert "text queries in int8" in embedder.speed_up_text_queries(texts)
+    int8_texts = embedder.embed_texts(texts)
+    assert cosine(int8_texts, fp32_texts).min() >= 0.99 and not np.array_equal(int8_texts, fp32_texts)
+    np.testing.assert_array_equal(
+        (int8_texts @ image_vectors.T).argmax(axis=1), (fp32_texts @ image_vectors.T).argmax(axis=1)
+    )
+    np.testing.assert_array_equal(embedder.embed_images(images), image_vectors)
+    tower = embedder._text_model
+    assert type(tower.text_model.encoder.layers[0].mlp.fc1).__module__.startswith("torch.ao.nn.quantized")
+    assert (
+        tower.vision_model.encoder.layers[0].mlp.fc1
+        is not embedder.model.vision_model.encoder.layers[0].mlp.fc1
+    )
+    assert (
+        tower.vision_model.encoder.layers[0].mlp.fc1.weight
+        is embedder.model.vision_model.encoder.layers[0].mlp.fc1.weight
+    )
+
+
+def test_int8_text_queries_are_refused_when_slower_or_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmindex.models.text_int8 as text_int8
+
+    embedder = ClipEmbedder.load("toy-clip", device="cpu")
+    before = embedder.embed_texts(["a red circle"])
+    monkeypatch.setattr(text_int8, "MIN_SPEEDUP", 1e9)
+    assert "not faster" in embedder.speed_up_text_queries(["a red circle"])
+    assert embedder._text_model is None
+    np.testing.assert_array_equal(embedder.embed_texts(["a red circle"]), before)
+
+    def broken_copy(model: object) -> object:
+        import copy
+
+        wrong = copy.deepcopy(model)
+        with torch.no_grad():
+            for layer in wrong.text_model.encoder.layers:  # type: ignore[attr-defined]
+                layer.mlp.fc2.weight.mul_(-3.0)
+        return wrong
+
+    monkeypatch.setattr(text_int8, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(text_int8, "int8_text_copy", broken_copy)
+    assert "drift" in embedder.speed_up_text_queries(["a red circle", "a blue star"])
+    assert embedder._text_model is None
+
+
 def test_without_native_bf16_auto_keeps_fp32_and_never_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     # A CPU without native bf16 cannot be conjured here; its capability report can.
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})

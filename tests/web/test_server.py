@@ -46,6 +46,7 @@ def test_health_stats_and_local_api_docs(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "rows": 98}
     stats = client.get("/api/stats").json()
     assert stats["rows"] == 98 and stats["embed_model"] == "toy-clip"
+    assert stats["text_queries"].startswith("toy-clip on cpu")  # and whether int8 paid off, and why
     paths = client.get("/openapi.json").json()["paths"]
     assert {
         "/api/search",
