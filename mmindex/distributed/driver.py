@@ -207,6 +207,7 @@ def _absorb(report: RunReport, result: ShardResult) -> None:
         report.indexed += result.appended + result.upserted
     report.captioned += result.counters.get("captioned", 0)
     report.unexpected.update(result.unexpected)
+    report.notes += [note for note in result.notes if note not in report.notes]
     for failure in result.failures:
         if failure.stage != "scan":
             report.record_failure(

@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ from mmindex.ingest.steps import (
 )
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
 from mmindex.jobs.spec import CaptionJob, IndexJob
+from mmindex.models.compiled import Compilable, CompilePolicy
 from mmindex.report import RunReport
 from mmindex.schema import FailureRecord
 from mmindex.store.staging import staging_uri
@@ -68,6 +69,7 @@ class ShardResult:
     stage_items: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     unexpected: dict[str, int] = field(default_factory=dict)  # "stage: ErrorType" -> items
+    notes: list[str] = field(default_factory=list)  # for the run report (say, what torch.compile did)
     seconds: float = 0.0
 
 
@@ -97,6 +99,13 @@ class ShardWorker:
         self.table_uri = table_uri(store.db_uri, store.table_name)
         self.storage_options = store.storage_options or None
         self._schema: pa.Schema | None = None
+        options = self.prepared.options
+        # one policy for the worker's life: a compiled image tower serves every shard it runs
+        self.compiling = (
+            CompilePolicy(options.compile, options.batch_size)
+            if hasattr(self.embedder, "compile") and options.compile != "off"
+            else None
+        )
 
     def info(self) -> ModelInfo:
         models = [m.compute for m in (self.embedder, self.captioner) if m is not None]
@@ -124,6 +133,8 @@ class ShardWorker:
         result.stage_seconds, result.stage_items = report.stage_seconds, report.stage_items
         result.counters = dict(report.counters) | {"captioned": report.captioned}
         result.unexpected = dict(report.unexpected)
+        if self.compiling is not None:
+            result.notes, self.compiling.notes = self.compiling.notes, []
         result.seconds = time.perf_counter() - started
         return result
 
@@ -144,7 +155,14 @@ class ShardWorker:
                     loaded = inherit_captions(donor, loaded, report)
                 if self.captioner is not None:
                     loaded = caption_batch(self.captioner, loaded, report, options.caption_batch_size)
+                embed_started = time.perf_counter()
                 parts.append(embed_batch(self.embedder, loaded, report, options.batch_size))
+                if self.compiling is not None:  # the work left is what this worker knows of: its shard
+                    left = shard.count - sum(len(part.done_ids) for part in parts)
+                    seconds = time.perf_counter() - embed_started
+                    self.compiling.after_batch(
+                        cast(Compilable, self.embedder), len(loaded.items), seconds, left
+                    )
         tables = [part.rows for part in parts if part.rows is not None]
         return EmbeddedBatch(
             pa.concat_tables(tables, promote_options="permissive") if tables else None,

@@ -159,9 +159,9 @@ class ClipEmbedder:
             with mode.autocast_context(device):
                 return model.get_image_features(pixel_values=pixels)
 
-        compiled = compile_forward(forward)
         probe = model_input(self._probe_pixels(batch_size), self.preprocess, device, mode.weights_dtype())
-        try:
+        try:  # torch.compile itself refuses some setups (an unsupported Python), or compiling fails
+            compiled = compile_forward(forward)
             with torch.inference_mode():
                 compiled(probe)  # compiles now, not in the middle of a batch
         except Exception as exc:  # any compiler failure (no C++ compiler, an unsupported op) means eager

@@ -51,3 +51,22 @@ def test_a_compiler_failure_leaves_the_run_eager_and_says_so(
     report = run_index(open_source(str(corpus)), embedder, store, IndexOptions(batch_size=2, compile="on"))
     assert report.indexed == store.lancedb_table().count_rows() > 2
     assert any("torch.compile failed" in note and "no working C++ compiler" in note for note in report.notes)
+
+
+def test_sharded_workers_compile_by_the_same_policy_and_report_a_failure_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, corpus: Path
+) -> None:
+    import mmindex
+
+    def broken_compiler(forward: Any, **options: Any) -> Any:
+        raise RuntimeError("InductorError: no working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken_compiler)
+    db = str(tmp_path / "db")
+    report = mmindex.index(
+        str(corpus), db=db, model="toy-clip", progress=False, runner="sharded", shard_size=4, compile="on",
+        batch_size=2,
+    )  # fmt: skip
+    assert report.indexed == Store(db).lancedb_table().count_rows() > 4  # more than one shard, all written
+    failed = [note for note in report.notes if "torch.compile failed" in note]
+    assert len(failed) == 1 and "no working C++ compiler" in failed[0]
