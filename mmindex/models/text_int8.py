@@ -2,8 +2,8 @@
 
 One query is a forward pass over a handful of tokens, so the text tower's time goes into streaming
 its weights through the matrix products, not into arithmetic: on a 2-core AMD EPYC the ViT-B/32
-text tower takes about 60 ms per query in fp32 and 19 ms with its linear layers in dynamic int8
-(cosine 0.999 to fp32; `bench/search_latency.py`). A long-lived process that answers text queries
+text tower takes 44-47 ms per query in fp32 and 17-18 ms with its linear layers in dynamic int8
+(lowest cosine to fp32 0.997; `bench/search_latency.py`). A long-lived process that answers text queries
 (the search server) can therefore run them through an int8 copy of the text tower, kept only if it
 stays within MIN_COSINE of fp32 on the probe texts (the table's own captions, where it has them)
 and is measurably faster. The image tower and the stored embeddings are untouched.
