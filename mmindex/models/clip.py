@@ -175,7 +175,9 @@ class ClipEmbedder:
     def _forward_texts(self, texts: Sequence[str], *, model: Any = None, mode: Mode | None = None) -> Any:
         import torch
 
-        model, mode = (self._text_model or self.model) if model is None else model, mode or self.mode
+        if model is None:
+            model = self.model if self._text_model is None else self._text_model
+        mode = mode or self.mode
         inputs = text_inputs(self.tokenizer, texts, self.max_text_tokens, self.model_type, self.device)
         with torch.inference_mode(), mode.autocast_context(self.device):
             return _normalise(_pooled(model.get_text_features(**inputs)))
@@ -188,15 +190,18 @@ class ClipEmbedder:
 
         if self.device.type != "cpu" or self.quantized or self.mode != FP32 or self._text_model is not None:
             return self.text_compute
-        candidate = int8_text_copy(self.model)
-        if candidate is None:
-            return self.text_compute
         probes = list(dict.fromkeys([*PROBE_TEXTS, *(text for text in texts if text and text.strip())]))
 
         def forward(model: Any, batch: Sequence[str]) -> Any:
             return self._forward_texts(batch, model=model, mode=FP32)
 
-        chosen, why = int8_text_verdict(forward, self.model, candidate, probes)
+        try:
+            candidate = int8_text_copy(self.model)
+            if candidate is None:
+                return self.text_compute
+            chosen, why = int8_text_verdict(forward, self.model, candidate, probes)
+        except Exception as exc:  # a model int8 cannot copy or run: text queries stay as they were
+            chosen, why = False, f"no int8 text tower: {describe_failure(exc)}"
         if chosen:
             self._text_model = candidate
             self.text_compute = f"{self.ref.name} on {self.device}, text queries in int8 ({why})"

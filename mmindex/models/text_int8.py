@@ -34,7 +34,7 @@ def int8_text_copy(model: Any) -> Any | None:
     names = {
         name
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear)
+        if type(module) is torch.nn.Linear  # not subclasses: MultiheadAttention reads its out_proj directly
         and any(part in name for part in TEXT_PARTS)
         and not any(part in name for part in IMAGE_PARTS)
     }

@@ -12,6 +12,7 @@ decompression-bomb guard and a pixel cap, and no endpoint reads anything but the
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import threading
@@ -25,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmindex.errors import ConfigError, DecodeError, MMIndexError, TableError
@@ -271,9 +273,17 @@ def create_app(
         data = await image.read()
         if not data:
             raise DecodeError("the uploaded image is empty")
-        vector = service.image_vector(data)
-        found = service.search(
-            vector=vector, k=k, offset=offset, where=where, distinct=distinct, synthetic=synthetic
+        vector = await run_in_threadpool(service.image_vector, data)  # keep the event loop free
+        found = await run_in_threadpool(
+            functools.partial(
+                service.search,
+                vector=vector,
+                k=k,
+                offset=offset,
+                where=where,
+                distinct=distinct,
+                synthetic=synthetic,
+            )
         )
         return page_json(found, mode="image", k=k, offset=offset, query=image.filename or "image")
 

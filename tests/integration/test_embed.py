@@ -230,6 +230,13 @@ def test_int8_text_queries_are_refused_when_slower_or_wrong(monkeypatch: pytest.
     assert "drift" in embedder.speed_up_text_queries(["a red circle", "a blue star"])
     assert embedder._text_model is None
 
+    def uncopyable(model: object) -> object:
+        raise RuntimeError("Didn't find engine for operation quantized::linear_prepack NoQEngine")
+
+    monkeypatch.setattr(text_int8, "int8_text_copy", uncopyable)  # a torch built without int8 kernels
+    assert "no int8 text tower: RuntimeError" in embedder.speed_up_text_queries(["a red circle"])
+    np.testing.assert_array_equal(embedder.embed_texts(["a red circle"]), before)
+
 
 def test_without_native_bf16_auto_keeps_fp32_and_never_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     # A CPU without native bf16 cannot be conjured here; its capability report can.

@@ -22,7 +22,7 @@ def test_waiting_calls_with_one_key_share_a_run_and_keep_their_answers() -> None
             assert release.wait(10)
         return [f"{key}:{item * item}" for item in items]
 
-    coalescer: Coalescer[str, int, str] = Coalescer(run)
+    coalescer: Coalescer[str, int, str] = Coalescer(run, threading.Lock())  # one lock for every key
     with ThreadPoolExecutor(9) as pool:
         first = pool.submit(coalescer, "a", 0)
         assert first_started.wait(10)
@@ -51,3 +51,47 @@ def test_a_failing_item_fails_only_its_own_call() -> None:
     with pytest.raises(ValueError, match="negative"):
         futures[1].result()
     assert coalescer.batches == 4  # the shared run, then each item alone
+
+
+class Interrupted(BaseException):
+    pass
+
+
+def test_no_caller_is_left_waiting_when_a_batch_is_interrupted_or_answers_short() -> None:
+    def interrupted(key: None, items: list[int]) -> list[int]:
+        raise Interrupted
+
+    def short(key: None, items: list[int]) -> list[int]:
+        return [item for item in items[1:]]
+
+    for run, error in ((interrupted, RuntimeError), (short, RuntimeError)):
+        coalescer: Coalescer[None, int, int] = Coalescer(run)
+        futures: list[Future[int]] = [Future() for _ in range(3)]
+        try:
+            coalescer._answer(None, list(zip([1, 2, 3], futures, strict=True)))
+        except Interrupted:
+            pass
+        assert all(future.done() for future in futures)
+        for future in futures:
+            with pytest.raises(error):
+                future.result()
+
+
+def test_keys_without_a_shared_lock_run_side_by_side() -> None:
+    both_running = threading.Barrier(2, timeout=10)
+
+    def run(key: str, items: list[int]) -> list[int]:
+        both_running.wait()  # deadlocks (BrokenBarrierError) if the keys ran one after the other
+        return items
+
+    coalescer: Coalescer[str, int, int] = Coalescer(run)
+    first, second = next(
+        (a, b)
+        for a in ("k0", "k1", "k2", "k3")
+        for b in ("k4", "k5", "k6", "k7")
+        if hash(a) % len(coalescer._locks) != hash(b) % len(coalescer._locks)
+    )
+    with ThreadPoolExecutor(2) as pool:
+        assert [
+            call.result(10) for call in (pool.submit(coalescer, first, 1), pool.submit(coalescer, second, 2))
+        ] == [1, 2]
