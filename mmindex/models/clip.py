@@ -11,6 +11,7 @@ and normalised on the model's device.
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from mmindex.models.execution import FP32, PROBE_IMAGES, Mode, apply_mode, choos
 from mmindex.models.precision import check_precision
 from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, model_input, preprocessor_for
 from mmindex.models.resolve import ModelRef, load_config, pick_device, quiet_transformers, resolve_model
+
+log = logging.getLogger(__name__)
 
 PROBE_TEXTS = ("a photo of a dog", "two red bicycles leaning on a brick wall at night")
 
@@ -62,6 +65,7 @@ class ClipEmbedder:
         )
         self.model = model
         self._compiled: tuple[int, Any] | None = None  # (batch size, compiled image forward)
+        self.compile_lost: str | None = None  # why a compiled pass failed and was dropped, if it did
         self._text_model: Any = None  # an int8 text-tower copy answering text queries, once chosen
         self.quantized = quantized
         if mode is None:
@@ -141,9 +145,15 @@ class ClipEmbedder:
         model, mode = self.model if model is None else model, mode or self.mode
         tensor = model_input(pixels, self.preprocess, self.device, mode.weights_dtype())
         with torch.inference_mode():
+            output = None
             if self._compiled is not None and model is self.model and tensor.shape[0] == self._compiled[0]:
-                output = self._compiled[1](tensor)
-            else:
+                try:
+                    output = self._compiled[1](tensor)
+                except Exception as exc:  # a compiled pass that breaks mid-run (a failed recompile)
+                    self._compiled = None
+                    self.compile_lost = describe_failure(exc)
+                    log.warning("the compiled image tower failed; running eagerly: %s", self.compile_lost)
+            if output is None:
                 with mode.autocast_context(self.device):
                     output = model.get_image_features(pixel_values=tensor)
             return _normalise(_pooled(output))

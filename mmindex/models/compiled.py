@@ -58,7 +58,14 @@ class CompilePolicy:
     def after_batch(self, model: Compilable, images: int, seconds: float, remaining: int | None) -> None:
         """Record one embed call (`images` in `seconds`, at least one full batch to count);
         `remaining`: images still planned after it (None: unknown)."""
-        if self.setting == "off" or self.state == "given up" or images < self.batch_size or seconds <= 0:
+        if self.setting == "off" or self.state == "given up":
+            return
+        lost = getattr(model, "compile_lost", None)
+        if lost is not None and self.state in ("judging", "compiled"):
+            self.state = "given up"
+            self.notes.append(f"the compiled image tower failed mid-run, so the rest ran eagerly: {lost}")
+            return
+        if images < self.batch_size or seconds <= 0:
             return
         if self.state == "eager":
             self._eager.append(seconds / images)

@@ -70,3 +70,19 @@ def test_sharded_workers_compile_by_the_same_policy_and_report_a_failure_once(
     assert report.indexed == Store(db).lancedb_table().count_rows() > 4  # more than one shard, all written
     failed = [note for note in report.notes if "torch.compile failed" in note]
     assert len(failed) == 1 and "no working C++ compiler" in failed[0]
+
+
+def test_a_compiled_pass_that_breaks_mid_run_falls_back_to_eager_and_says_so() -> None:
+    embedder = ClipEmbedder.load("toy-clip")
+    pixels = embedder._probe_pixels(4)
+    eager = embedder.embed_pixels(pixels)
+
+    def broken(tensor: Any) -> Any:
+        raise RuntimeError("BackendCompilerFailed: recompile for a new guard failed")
+
+    policy = CompilePolicy("on", batch_size=4, state="judging")
+    embedder._compiled = (4, broken)  # as if compiled earlier in the run
+    np.testing.assert_array_equal(embedder.embed_pixels(pixels), eager)  # this batch is not lost
+    assert embedder._compiled is None and "BackendCompilerFailed" in str(embedder.compile_lost)
+    policy.after_batch(embedder, 4, 1.0, remaining=10_000)
+    assert policy.state == "given up" and "failed mid-run" in policy.notes[-1]
