@@ -18,6 +18,9 @@ randomly initialised CLIP with the ViT-B/32 configuration (the text tower's real
   (queries alternate between the servers), p50/p95/p99 end to end (HTTP, tokenise, text tower,
   search, JSON), each query distinct so no cache helps; then 8 concurrent clients, rounds
   alternating between the servers: p50/p99 and the number of errors;
+- 48 text queries from 8 threads through the server's `SearchService` in process (int8 text
+  tower): wall time, the CPU work per query it implies, and the average batch of each coalescer;
+- LanceDB's floor: one top-10 query over 1,000 unindexed rows;
 - near-duplicate grouping (`duplicates(threshold=0.97)`) seconds, up to 200,000 rows.
 """
 
@@ -118,6 +121,58 @@ def batched_search_ms(searcher: Searcher, queries: np.ndarray) -> str:
     alone, together = statistics.median(times["one by one"]), statistics.median(times["one query"])
     ratio = alone / together
     return f"8 vector queries: one by one {alone:.0f} ms, in one query {together:.0f} ms ({ratio:.1f}x)"
+
+
+def in_process_concurrency(store: Store, clients: int = 8, per_client: int = 6) -> str:
+    """Text queries from `clients` threads through `SearchService` (what `mmindex serve` runs)."""
+    from mmindex.query.handle import ImageIndex
+    from mmindex.server.app import SearchService
+
+    service = SearchService(ImageIndex(store, device="cpu"))
+    service.warm("auto")
+
+    def client(worker: int) -> None:
+        for n in range(per_client):
+            service.search(
+                text=query_text(500_000 + worker * 100 + n), k=10, offset=0, where=None, distinct=False
+            )
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    texts, searches = service._texts, service._searches
+    return (
+        f"{clients * per_client} queries from {clients} threads in process: {wall:.2f} s, "
+        f"{wall * 1000 / (clients * per_client):.0f} ms of work per query; average batch: "
+        f"text {texts.items / texts.batches:.1f}, search {searches.items / searches.batches:.1f}"
+    )
+
+
+def lancedb_floor_ms(directory: Path) -> str:
+    """Median ms of one top-10 LanceDB query over 1,000 unindexed 512-d rows."""
+    import lancedb
+
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(1000, DIM)).astype(np.float32)
+    table = lancedb.connect(str(directory)).create_table(
+        "floor",
+        pa.table(
+            {
+                "id": [str(i) for i in range(1000)],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
+            }
+        ),
+    )
+    times = []
+    for query in rng.normal(size=(50, DIM)).astype(np.float32):
+        started = time.perf_counter()
+        table.search(query).select(["id"]).limit(10).to_arrow()
+        times.append((time.perf_counter() - started) * 1000)
+    return f"LanceDB floor, top-10 over 1,000 unindexed rows: p50 {statistics.median(times):.1f} ms"
 
 
 def start_server(db_uri: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -230,6 +285,8 @@ def main() -> None:
             print(f"duplicates(0.97): {len(groups)} groups in {time.perf_counter() - started:.1f} s")
 
         print(batched_search_ms(searcher, queries))
+        print(lancedb_floor_ms(Path(tmp) / "floor"))
+        print(in_process_concurrency(store))
         servers = {
             "--text-int8 off": start_server(store.db_uri, ["--text-int8", "off"]),
             "--text-int8 auto": start_server(store.db_uri, ["--text-int8", "auto"]),

@@ -283,8 +283,8 @@ def search(
 
     settings = _settings(db, table)
     searcher = Searcher(Store.from_settings(settings), device=device or settings.device)
-    schema = searcher.store.lancedb_table().schema  # a missing table is an error before any model loads
-    where = with_synthetic(where, synthetic, schema)
+    table = searcher.store.lancedb_table()  # a missing table is an error before any model loads
+    where = with_synthetic(where, synthetic, table)
     if image is not None and labels is not None:
         scores = searcher.labels(image, labels.split(","), template)
         if json_output:

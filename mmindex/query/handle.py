@@ -79,7 +79,7 @@ class ImageIndex:
         default), "exclude" them or search "only" them. `imagine=N` (text queries) also makes N
         images for the text with `generator` (a text-to-image model; default sd-turbo) and fuses their
         image-to-image results with the text results by reciprocal rank (mmindex.query.imagine)."""
-        where = with_synthetic(where, synthetic, self.searcher.store.lancedb_table().schema)
+        where = with_synthetic(where, synthetic, self.table)
         given = [
             name
             for name, value in (("text", text), ("image", image), ("vector", vector))

@@ -318,13 +318,14 @@ def _run(query: Any, where: str | None) -> Any:
 SYNTHETIC_CHOICES = ("include", "exclude", "only")
 
 
-def with_synthetic(where: str | None, synthetic: str, schema: Any) -> str | None:
-    """`where` narrowed to real images (`exclude`), generated ones (`only`), or left as it is."""
+def with_synthetic(where: str | None, synthetic: str, table: Any) -> str | None:
+    """`where` narrowed to real images (`exclude`), generated ones (`only`), or left as it is; the
+    LanceDB `table`'s schema is read only when it matters (each read checks for a newer version)."""
     if synthetic not in SYNTHETIC_CHOICES:
         raise ConfigError(f"synthetic must be one of {', '.join(SYNTHETIC_CHOICES)}, got {synthetic!r}")
     if synthetic == "include":
         return where
-    if "synthetic" not in schema.names:  # a table from before generated images: all of it is real
+    if "synthetic" not in table.schema.names:  # a table from before generated images: all of it is real
         clause = "TRUE" if synthetic == "exclude" else "FALSE"
     else:
         clause = "synthetic IS NOT TRUE" if synthetic == "exclude" else "synthetic = TRUE"

@@ -113,8 +113,9 @@ class SearchService:
     ) -> Results:
         """Images nearest a query vector; concurrent queries with the same page and filter are
         answered by one multi-vector LanceDB query."""
-        schema = self.index.table.schema
-        return self._searches(SearchKey(k, offset, with_synthetic(where, synthetic, schema)), vector)
+        return self._searches(
+            SearchKey(k, offset, with_synthetic(where, synthetic, self.index.table)), vector
+        )
 
     def _search_vectors(self, key: SearchKey, vectors: list[np.ndarray]) -> list[Results]:
         return self.index.searcher.vectors(vectors, key.k, key.where, offset=key.offset)

@@ -56,20 +56,20 @@ class Coalescer(Generic[Key, Item, Answer]):
 
     def _answer(self, key: Key, batch: list[tuple[Item, Future[Answer]]]) -> None:
         """Answer every future in `batch`, whatever happens (no caller may be left waiting)."""
-        try:
+        with self._pending_lock:  # batches of different keys may run at once
             self.batches += 1
             self.items += len(batch)
-            try:
-                answers = list(self._run(key, [item for item, _ in batch]))
-                if len(answers) != len(batch):
-                    raise RuntimeError(f"a batch of {len(batch)} got {len(answers)} answers")
-            except Exception as exc:
-                if len(batch) == 1:
-                    batch[0][1].set_exception(exc)
-                    return
+        try:
+            answers = list(self._run(key, [item for item, _ in batch]))
+            if len(answers) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} got {len(answers)} answers")
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+            else:
                 for single in batch:
                     self._answer(key, [single])
-                return
+        else:
             for (_, future), answer in zip(batch, answers, strict=True):
                 future.set_result(answer)
         finally:
