@@ -121,11 +121,11 @@ def main() -> None:
         f"CPU: {cpu or platform.processor()}; device {args.device}; batch {args.batch}, "
         f"{args.steps} timed steps per arm"
     )
-    from mmindex.models.precision import cpu_bf16_is_faster
+    from mmindex.models.precision import native_bf16 as cpu_native_bf16
 
-    native_bf16 = args.device != "cpu" or cpu_bf16_is_faster()
+    native_bf16 = args.device != "cpu" or cpu_native_bf16()
     if not native_bf16:
-        print("this CPU has no fast native bf16: bf16 arms are emulated, timed on 1 step of 4 pairs")
+        print("this CPU has no native bf16: bf16 arms are emulated, timed on 1 step of 4 pairs")
     results: dict[tuple[str, str], list[dict[str, Any]]] = {arm: [] for arm in ARMS}
     for round_number in range(args.rounds):
         for part, precision in ARMS:

@@ -247,10 +247,10 @@ def main() -> None:
     results["rss_growth_4x"] = run_huge["rss_mib"] / run_small["rss_mib"] - 1
     import torch
 
-    from mmindex.models.precision import cpu_bf16_is_faster
+    from mmindex.models.precision import native_bf16
 
     results["torch_threads"] = torch.get_num_threads()
-    results["auto_is_bf16_on_this_cpu"] = float(cpu_bf16_is_faster())
+    results["auto_is_bf16_on_this_cpu"] = float(native_bf16())
     (WORK / f"index_throughput_{args.precision}.json").write_text(json.dumps(results, indent=2))
     width = max(map(len, results))
     for key, value in results.items():

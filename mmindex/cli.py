@@ -399,6 +399,8 @@ def stats(db: DbOption = None, table: TableOption = None, json_output: JsonOptio
         f"captions     human {captions['human']}, generated {captions['generated']}, none {captions['none']}"
     )
     typer.echo(f"model        {result['embed_model']} ({result['dim']}-d)")
+    modes = ", ".join(f"{mode} ({rows} rows)" for mode, rows in result["embed_modes"].items())
+    typer.echo(f"embedded in  {modes or '-'}")
     typer.echo(f"version      {result['version']}, {result['fragments']} fragments")
     for index_info in result["indices"]:
         typer.echo(

@@ -25,6 +25,9 @@ Table `<name>` (default `images`), one row per image uri:
     image_embedding  float32[d] L2-normalised CLIP image embedding
     text_embedding   float32[d] L2-normalised CLIP embedding of the caption; null without caption
     embed_model      string     the CLIP model id (or absolute directory) that made the embeddings
+    embed_mode       string     how that model computed them: `fp32 on cpu`, `bf16 weights on cpu`,
+                                `fp16 weights on cuda`, `int8 on cpu`, ...; null for rows written
+                                before schema v4
     indexed_at       timestamp  when the row was last written by an index run
 
 Table `<name>_failures`, one row per (id, stage) problem:
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 META_MODEL = b"mmindex.embed_model"
 META_DIM = b"mmindex.embedding_dim"
 META_SCHEMA_VERSION = b"mmindex.schema_version"
@@ -74,6 +77,7 @@ PROVENANCE_FIELDS = (
     pa.field("generation_steps", pa.int32()),
     pa.field("generation_guidance", pa.float32()),
 )
+EMBED_MODE_FIELD = pa.field("embed_mode", pa.string())
 
 
 def images_schema(dim: int, model: str) -> pa.Schema:
@@ -100,6 +104,7 @@ def images_schema(dim: int, model: str) -> pa.Schema:
             pa.field("image_embedding", vector, nullable=False),
             pa.field("text_embedding", vector),
             pa.field("embed_model", pa.string()),
+            EMBED_MODE_FIELD,
             pa.field("indexed_at", _TIMESTAMP),
         ],
         metadata={

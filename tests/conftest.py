@@ -36,7 +36,10 @@ os.environ.update(
     }
 )
 os.environ.setdefault("PREFECT_HOME", str(_PRIVATE / "prefect-home"))
-os.environ["MMINDEX_CACHE_DIR"] = str(_PRIVATE / "cache")  # execution-mode verdicts: never the user's
+os.environ["MMINDEX_CACHE_DIR"] = str(_PRIVATE / "cache")  # never the user's cache
+# `--precision auto` follows the CPU's kind. The suite sees every machine as AVX2-only, so `auto` is fp32
+# on AVX2, AVX512-BF16 and AMX machines alike; the tests of the choice force the other kinds themselves.
+os.environ["MMINDEX_CPU_KIND"] = "avx2"
 for variable in ("MMINDEX_DB", "MMINDEX_TABLE", "MMINDEX_MODEL", "MMINDEX_CAPTION_MODEL", "MMINDEX_DEVICE"):
     os.environ.pop(variable, None)
 

@@ -62,6 +62,7 @@ def run_sharded(
         with report.timed("start", 0):
             info = engine.start()
         report.models = info.compute
+        report.notes.extend(info.notes)
         with store.open_writer(options.lock_timeout) as writer:
             writer.prepare(info.model_id, info.dim)
             with report.timed("list", 0):
@@ -88,7 +89,7 @@ def run_sharded(
                     with report.timed("write", 0):
                         report.pruned = writer.prune(prepared.source.root, seen)
             committer.close()
-            finish_run(writer, report)
+            finish_run(writer, report, embed_mode=info.embed_mode)
     finally:
         engine.close()
     report.notes.append(f"run id {run_id}")

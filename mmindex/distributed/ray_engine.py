@@ -11,6 +11,7 @@ import os
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from mmindex.distributed.engines import ShardFailed, worker_class
@@ -18,6 +19,7 @@ from mmindex.distributed.shards import Shard
 from mmindex.distributed.worker import ModelInfo, ShardResult
 from mmindex.errors import ConfigError
 from mmindex.jobs.spec import CaptionJob, IndexJob
+from mmindex.models.precision import CPU_KIND_ENV, cpu_kind, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,25 @@ def import_ray() -> Any:
     except ImportError as exc:
         raise ConfigError('--runner ray needs Ray: pip install "mmindex[ray]"') from exc
     return ray
+
+
+def mode_notes(infos: list[ModelInfo], followed_kind: str) -> list[str]:
+    """What the report must say when the workers did not all embed alike, or some followed a CPU
+    kind that is not their own (bf16 emulated there: same vectors, slower)."""
+    notes = []
+    modes = sorted({info.embed_mode for info in infos})
+    if len(modes) > 1:
+        notes.append(
+            f"the workers embedded in different modes ({', '.join(modes)}): some ran on another device; "
+            "pass --device and --precision to make them agree"
+        )
+    emulating = sorted({i.cpu_kind for i in infos if "bf16" in i.embed_mode and not native_bf16(i.cpu_kind)})
+    if emulating and "on cpu" in " ".join(modes):
+        notes.append(
+            f"workers on {', '.join(emulating)} CPUs embedded in the driver's mode ({followed_kind}: bf16), "
+            "which they emulate slowly; set MMINDEX_CPU_KIND or --precision fp32 for a faster, different mode"
+        )
+    return notes
 
 
 class RayEngine:
@@ -55,6 +76,7 @@ class RayEngine:
             self._started_ray = True
         gpus = self._gpus_per_actor()
         env = {k: v for k, v in os.environ.items() if k.startswith(SHIPPED_ENV) and k != RAY_ADDRESS_ENV}
+        env.setdefault(CPU_KIND_ENV, cpu_kind())  # workers on CPUs choose `auto` modes as the driver would
         self._actor_class = ray.remote(worker_class(self.job)).options(
             num_cpus=getattr(self.job, "workers", None) or 1,
             num_gpus=gpus,
@@ -64,7 +86,7 @@ class RayEngine:
         )
         self.actors = [self._new_actor() for _ in range(self._actor_count(gpus))]
         infos = ray.get([actor.info.remote() for actor in self.actors])  # a worker's ModelError surfaces here
-        info: ModelInfo = infos[0]
+        info: ModelInfo = replace(infos[0], notes=mode_notes(infos, env[CPU_KIND_ENV]))
         return info
 
     def _gpus_per_actor(self) -> float:

@@ -33,6 +33,7 @@ from mmindex.ingest.steps import (
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
 from mmindex.jobs.spec import CaptionJob, IndexJob
 from mmindex.models.compiled import Compilable, CompilePolicy
+from mmindex.models.precision import detected_cpu_kind
 from mmindex.report import RunReport
 from mmindex.schema import FailureRecord
 from mmindex.store.staging import staging_uri
@@ -51,6 +52,9 @@ class ModelInfo:
     dim: int
     compute: str
     caption_model: str | None = None
+    embed_mode: str = ""  # what the rows record (mmindex.schema: embed_mode)
+    cpu_kind: str = ""  # the worker's own CPU kind, whatever kind `auto` followed
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -110,7 +114,14 @@ class ShardWorker:
     def info(self) -> ModelInfo:
         models = [m.compute for m in (self.embedder, self.captioner) if m is not None]
         captioner = self.captioner.model_id if self.captioner is not None else None
-        return ModelInfo(self.embedder.model_id, self.embedder.dim, "; ".join(models), captioner)
+        return ModelInfo(
+            self.embedder.model_id,
+            self.embedder.dim,
+            "; ".join(models),
+            captioner,
+            self.embedder.embed_mode,
+            detected_cpu_kind(),
+        )
 
     def schema(self) -> pa.Schema:
         if self._schema is None:  # read once the driver has created the table

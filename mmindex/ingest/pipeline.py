@@ -196,7 +196,7 @@ def run_index(
             else:
                 with report.timed("write", 0):
                     report.pruned = writer.prune(source.root, seen)
-        finish_run(writer, report)
+        finish_run(writer, report, embed_mode=embedder.embed_mode)
         report.seconds = time.perf_counter() - started
         return report
 

@@ -64,6 +64,9 @@ class Embedder(Protocol):
     def model_id(self) -> str: ...
 
     @property
+    def embed_mode(self) -> str: ...
+
+    @property
     def compute(self) -> str: ...
 
     @property
@@ -356,7 +359,9 @@ def embed_batch(
         item = batch.items[i].item
         failures.append(FailureRecord.from_item(item, "decode", UNDECODABLE, retryable=False))
         done_ids.append(item.id)
-    rows = build_rows(items, image_vectors, text_vectors, embedder.model_id) if items else None
+    rows = None
+    if items:
+        rows = build_rows(items, image_vectors, text_vectors, embedder.model_id, embedder.embed_mode)
     for loaded in items:
         failures.extend(loaded.problems)
         done_ids.append(loaded.item.id)
@@ -403,6 +408,7 @@ def build_rows(
     image_vectors: np.ndarray,
     text_vectors: Sequence[np.ndarray | None],
     model_id: str,
+    embed_mode: str,
 ) -> pa.Table:
     """Arrow rows for the images table (schema order is applied by the store)."""
     now = datetime.now(UTC)
@@ -440,6 +446,7 @@ def build_rows(
             "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
             "text_embedding": vector_column(text_vectors, dim),
             "embed_model": [model_id] * len(items),
+            "embed_mode": [embed_mode] * len(items),
             "indexed_at": pa.array([now] * len(items), _TIMESTAMP),
         }
     )

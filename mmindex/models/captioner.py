@@ -18,7 +18,7 @@ from PIL import Image
 from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS
 from mmindex.errors import ModelError, first_line
 from mmindex.ingest.sources.sidecar import clean_caption
-from mmindex.models.execution import Mode, apply_mode, choose_mode, model_fingerprint
+from mmindex.models.execution import Mode, apply_mode, choose_mode
 from mmindex.models.precision import check_precision
 from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for
 from mmindex.models.resolve import ModelRef, load_config, pick_device, quiet_transformers, resolve_model
@@ -83,13 +83,7 @@ class Captioner:
             hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
             return hidden.flatten(1)
 
-        return choose_mode(
-            model,
-            self.device,
-            precision,
-            [vision],
-            cache_key=model_fingerprint(f"caption:{self.ref.name}", model.config),
-        )
+        return choose_mode(model, self.device, precision, [vision])
 
     @classmethod
     def load(

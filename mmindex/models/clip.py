@@ -2,8 +2,8 @@
 
 Any dual-encoder checkpoint whose model exposes `get_image_features` and `get_text_features` works
 (CLIP and its relatives: SigLIP, Chinese-CLIP, AltCLIP, MetaCLIP). With `precision="auto"` the
-number format is chosen at load (mmindex.models.execution): half-precision weights on CUDA, the
-fastest bf16 form that stays right on a CPU with fast native bf16, fp32 elsewhere; on CPU, int8
+number format is chosen at load (mmindex.models.execution): half-precision weights on CUDA, bf16
+weights on a CPU with native bf16, fp32 elsewhere (each only where it stays right); on CPU, int8
 dynamic quantisation of the linear layers is offered too. Pixels travel as uint8 and are rescaled
 and normalised on the model's device.
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 from mmindex.errors import ModelError, first_line
 from mmindex.models.compiled import compile_forward, describe_failure
-from mmindex.models.execution import FP32, PROBE_IMAGES, Mode, apply_mode, choose_mode, model_fingerprint
+from mmindex.models.execution import FP32, PROBE_IMAGES, Mode, apply_mode, choose_mode
 from mmindex.models.precision import check_precision
 from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, model_input, preprocessor_for
 from mmindex.models.resolve import ModelRef, load_config, pick_device, quiet_transformers, resolve_model
@@ -74,6 +74,8 @@ class ClipEmbedder:
         self.mode = mode
         self.autocast = mode.autocast_dtype()
         self.device_decoder = device_decoder_for(self.preprocess, device)
+        # what the table records of each row it embeds (mmindex.schema: embed_mode)
+        self.embed_mode = f"{'int8' if quantized else mode.name} on {device.type}"
         self.compute = f"{ref.name} on {device} in {'int8' if quantized else mode.name}"
         self.text_compute = self.compute
         probe = self._forward_images(self._probe_pixels(1))
@@ -92,13 +94,7 @@ class ClipEmbedder:
         def captions(model: Any, mode: Mode) -> Any:
             return self._forward_texts(texts, model=model, mode=mode)
 
-        return choose_mode(
-            self.model,
-            self.device,
-            precision,
-            [images, captions],
-            cache_key=model_fingerprint(self.ref.name, self.model.config),
-        )
+        return choose_mode(self.model, self.device, precision, [images, captions])
 
     @classmethod
     def load(
@@ -158,9 +154,10 @@ class ClipEmbedder:
                     output = model.get_image_features(pixel_values=tensor)
             return _normalise(_pooled(output))
 
-    def compile(self, batch_size: int) -> str | None:
+    def compile(self, batch_size: int, *, max_drift: float | None = None) -> str | None:
         """Compile the image tower for batches of `batch_size` (mmindex.models.compiled decides when);
-        None once it runs, else why it cannot (the eager pass stays)."""
+        None once it runs, else why it does not (the eager pass stays). With `max_drift`, a compiled
+        pass whose embeddings differ from the eager pass's by more than that is refused too."""
         import torch
 
         model, mode, device = self.model, self.mode, self.device
@@ -173,9 +170,16 @@ class ClipEmbedder:
         try:  # torch.compile itself refuses some setups (an unsupported Python), or compiling fails
             compiled = compile_forward(forward)
             with torch.inference_mode():
-                compiled(probe)  # compiles now, not in the middle of a batch
+                compiled_vectors = _normalise(_pooled(compiled(probe)))  # compiles now, not mid-batch
         except Exception as exc:  # any compiler failure (no C++ compiler, an unsupported op) means eager
-            return describe_failure(exc)
+            return f"torch.compile failed: {describe_failure(exc)}"
+        if max_drift is not None:
+            drift = float((compiled_vectors - self._forward_images(probe)).abs().max())
+            if drift > max_drift:
+                return (
+                    f"compiled embeddings differ from eager ones by up to {drift:.1e} in {mode.name} (over "
+                    f"{max_drift:.0e}), and a table's vectors must not depend on whether a run compiled"
+                )
         self._compiled = (batch_size, compiled)
         return None
 

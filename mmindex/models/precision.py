@@ -1,17 +1,27 @@
-"""Number formats: which precision a model computes in on a device, and the CPU bf16 probe."""
+"""Number formats: which precision a model computes in on a device, and which kind of CPU this is.
+
+`auto` never times anything: a timing race decided per process gave one table, or one run's workers,
+embeddings in different number formats on a busy machine. It follows the CPU's kind instead (its
+capability flags, or MMINDEX_CPU_KIND), through the verdicts in `NATIVE_BF16_KINDS`, measured once
+per kind and written down here.
+"""
 
 from __future__ import annotations
 
 import functools
-import time
+import os
 from typing import Any
 
-from mmindex.errors import ModelError
+from mmindex.errors import ConfigError, ModelError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-
-CPU_BF16_MIN_GAIN = 1.5  # `auto` picks bf16 on a CPU whose bf16 matrix products are this much faster
+CPU_KIND_ENV = "MMINDEX_CPU_KIND"
+# CPUs whose bf16 matrix products run natively: ViT-B/32's image tower ran 2.6x faster in bf16 than
+# in fp32 on an AMD EPYC with AVX512-BF16 (README, "Precision"); AMX is faster still. Every other
+# kind emulates bf16 at 0.14-0.16x of fp32 (AVX2 EPYC, bench/results/modes.md), so `auto` is fp32.
+NATIVE_BF16_KINDS = ("amx", "avx512_bf16")
+CPU_KINDS = (*NATIVE_BF16_KINDS, "avx512", "avx2", "default")
 
 
 def check_precision(precision: str, quantize: str | None) -> None:
@@ -24,11 +34,41 @@ def check_precision(precision: str, quantize: str | None) -> None:
         raise ModelError(f"--quantize int8 computes in fp32; drop --precision {precision}")
 
 
+def cpu_kind() -> str:
+    """This CPU's kind for `auto`: `amx`, `avx512_bf16`, else torch's kernel level (`avx512`, `avx2`,
+    `default`, ...). MMINDEX_CPU_KIND overrides the detection: a sharded or Ray run's workers get the
+    driver's, and tests force the kinds their machine is not."""
+    forced = os.environ.get(CPU_KIND_ENV, "").strip().lower()
+    if forced:
+        if forced not in CPU_KINDS:
+            raise ConfigError(f"{CPU_KIND_ENV} must be one of {', '.join(CPU_KINDS)}, got {forced!r}")
+        return forced
+    return detected_cpu_kind()
+
+
+@functools.cache
+def detected_cpu_kind() -> str:
+    """The kind this machine's CPU flags say (MMINDEX_CPU_KIND aside)."""
+    import torch
+
+    capabilities: dict[str, Any] = getattr(torch.cpu, "get_capabilities", dict)()
+    if capabilities.get("amx_bf16"):
+        return "amx"
+    if capabilities.get("avx512_bf16"):
+        return "avx512_bf16"
+    return str(torch.backends.cpu.get_cpu_capability()).lower()
+
+
+def native_bf16(kind: str | None = None) -> bool:
+    """Whether a CPU of `kind` (default: this one) multiplies bf16 matrices natively."""
+    return (kind or cpu_kind()) in NATIVE_BF16_KINDS
+
+
 def autocast_dtype(device: Any, precision: str) -> Any | None:
     """The autocast dtype for a device and precision (`auto`, `fp32`, `bf16`, `fp16`); None = fp32.
 
-    `auto` is bf16 (or fp16 where bf16 is missing) on CUDA, bf16 on a CPU that multiplies bf16
-    matrices natively and measurably faster than fp32 (AVX512-BF16, AMX), and fp32 everywhere else.
+    `auto` is bf16 (or fp16 where bf16 is missing) on CUDA, bf16 on a CPU with native bf16
+    (AVX512-BF16, AMX), and fp32 everywhere else.
     """
     import torch
 
@@ -40,7 +80,7 @@ def autocast_dtype(device: Any, precision: str) -> Any | None:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_bf16_is_faster():
+    if device.type == "cpu" and native_bf16():
         return torch.bfloat16
     return None
 
@@ -50,36 +90,3 @@ def compute_label(model: str, device: Any, autocast: Any | None, *, int8: bool =
     reduced = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
     number_format = "int8" if int8 else reduced.get(str(autocast), "fp32")
     return f"{model} on {device} in {number_format}"
-
-
-@functools.cache
-def cpu_bf16_is_faster() -> bool:
-    """Whether this CPU has native bf16 arithmetic and it beats fp32 by CPU_BF16_MIN_GAIN.
-
-    Without native support bf16 is emulated and slower than fp32 (0.58x measured on one such
-    CPU); with it, transformer towers run 2-3x faster. A matrix-product probe (under 0.1 s) with the current
-    torch threads settles the cases the CPU flags alone cannot.
-    """
-    import torch
-
-    capabilities: dict[str, Any] = getattr(torch.cpu, "get_capabilities", dict)()
-    if not (capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")):
-        return False
-    return _bf16_matmul_speedup() >= CPU_BF16_MIN_GAIN
-
-
-def _bf16_matmul_speedup(rows: int = 256, width: int = 768, repeats: int = 6) -> float:
-    import torch
-
-    inputs = torch.randn(rows, width)
-    weight = torch.randn(4 * width, width)
-
-    def seconds(bf16: bool) -> float:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            torch.nn.functional.linear(inputs, weight)  # warm-up: kernel selection, weight cast
-            start = time.perf_counter()
-            for _ in range(repeats):
-                torch.nn.functional.linear(inputs, weight)
-            return time.perf_counter() - start
-
-    return seconds(False) / max(seconds(True), 1e-9)

@@ -14,7 +14,13 @@ from typing import Any
 import pyarrow as pa
 
 from mmindex.errors import TableError
-from mmindex.schema import META_SCHEMA_VERSION, PROVENANCE_FIELDS, SCHEMA_VERSION, THUMBNAIL_FIELD
+from mmindex.schema import (
+    EMBED_MODE_FIELD,
+    META_SCHEMA_VERSION,
+    PROVENANCE_FIELDS,
+    SCHEMA_VERSION,
+    THUMBNAIL_FIELD,
+)
 
 Migration = Callable[[Any], None]
 
@@ -70,4 +76,5 @@ def add_columns(*fields: pa.Field) -> Migration:
 MIGRATIONS: dict[int, Migration] = {
     2: add_columns(THUMBNAIL_FIELD),  # previews; filled by new runs and `mmindex thumbnails`
     3: add_columns(*PROVENANCE_FIELDS),  # generated images: synthetic flag, generator, seed, steps, guidance
+    4: add_columns(EMBED_MODE_FIELD),  # the number format each row was embedded in (older rows: null)
 }

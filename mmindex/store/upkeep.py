@@ -19,6 +19,7 @@ from mmindex.errors import ConfigError
 from mmindex.report import RunReport
 from mmindex.schema import SEVERITY_ERROR
 from mmindex.store.reader import Store
+from mmindex.store.sql import sql_string
 from mmindex.store.staging import sweep_staging
 from mmindex.store.writer import TableWriter
 
@@ -26,6 +27,7 @@ ROWS_PER_PARTITION = 4096
 # maintenance holds the write lock, so no run is writing; the hour spares a killed driver's last workers
 STAGING_AGE = timedelta(hours=1)
 REBUILD_GROWTH = 2.0  # rebuild a vector index once its column holds this many times its training rows
+NOT_RECORDED = "not recorded"
 META_TRAINED_ROWS = "mmindex.index_trained_rows"  # field metadata of an indexed vector column
 META_PARTITIONS = "mmindex.index_partitions"
 
@@ -145,11 +147,20 @@ def maintain(
     return report
 
 
-def finish_run(writer: TableWriter, report: RunReport) -> None:
-    """After a run that wrote something: refresh indices so new rows are searched well."""
+def finish_run(writer: TableWriter, report: RunReport, *, embed_mode: str | None = None) -> None:
+    """After a run that wrote something: refresh indices so new rows are searched well, and say so
+    when rows embedded in `embed_mode` now sit beside rows embedded in another mode."""
     report.notes.extend(writer.migrations)
     if not writer.wrote:
         return
+    if embed_mode:
+        other_modes = f"embed_mode IS NOT NULL AND embed_mode != {sql_string(embed_mode)}"
+        others = writer.images.count_rows(other_modes)
+        if others:
+            report.notes.append(
+                f"this run embedded in {embed_mode}, but {others} rows of the table were embedded in another "
+                "mode (mmindex stats lists them); their vectors differ slightly: pass --precision to match"
+            )
     with report.timed("write", 0):
         report.notes.extend(refresh_indices(writer))
 
@@ -264,11 +275,27 @@ def table_stats(store: Store) -> dict[str, Any]:
         "warnings": warnings,
         "captions": by_source,
         "embed_model": info.model,
+        "embed_modes": embed_modes(table),
         "dim": info.dim,
         "version": table.version,
         "fragments": table.stats()["fragment_stats"]["num_fragments"],
         "indices": indices,
     }
+
+
+def embed_modes(table: Any) -> dict[str, int]:
+    """Rows per embedding mode (`fp32 on cpu`: 1200, ...), most first; `not recorded` for rows written
+    before schema v4 recorded it."""
+    import pyarrow.compute as pc
+
+    if "embed_mode" not in table.schema.names:
+        return {NOT_RECORDED: table.count_rows()}
+    counts: dict[str, int] = {}
+    for batch in table.search().select(["embed_mode"]).limit(None).to_batches(65536):
+        for entry in pc.value_counts(batch.column(0)).to_pylist():
+            mode = entry["values"] or NOT_RECORDED
+            counts[mode] = counts.get(mode, 0) + entry["counts"]
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _iso(moment: datetime | None) -> str:

@@ -86,3 +86,32 @@ def test_a_compiled_pass_that_breaks_mid_run_falls_back_to_eager_and_says_so() -
     assert embedder._compiled is None and "BackendCompilerFailed" in str(embedder.compile_lost)
     policy.after_batch(embedder, 4, 1.0, remaining=10_000)
     assert policy.state == "given up" and "failed mid-run" in policy.notes[-1]
+
+
+def test_auto_refuses_a_compiled_pass_that_would_change_the_stored_embeddings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether a run compiles depends on timings, so `auto` keeps only a compiled pass whose
+    embeddings equal the eager ones within 1e-5 (bf16 ones drift by ~2e-3); `on` keeps it anyway."""
+
+    def drifting_compiler(forward: Any, **options: Any) -> Any:
+        def run(pixels: Any) -> Any:
+            vectors = forward(pixels).pooler_output
+            return vectors * (1 + 1e-2 * torch.randn_like(vectors))  # as a kernel with other rounding
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", drifting_compiler)
+    embedder = ClipEmbedder.load("toy-clip")
+    pixels = embedder._probe_pixels(4)
+    eager = embedder.embed_pixels(pixels)
+    policy = CompilePolicy("auto", batch_size=4)
+    policy.after_batch(embedder, 4, 1.0, remaining=10_000)
+    assert policy.state == "given up" and embedder._compiled is None
+    assert "compiled embeddings differ from eager ones by up to" in policy.notes[-1]
+    np.testing.assert_array_equal(embedder.embed_pixels(pixels), eager)
+
+    forced = CompilePolicy("on", batch_size=4)
+    forced.after_batch(embedder, 4, 1.0, remaining=None)
+    assert forced.state == "judging" and embedder._compiled is not None
+    assert np.abs(embedder.embed_pixels(pixels) - eager).max() > 1e-5

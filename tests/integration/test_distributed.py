@@ -27,7 +27,7 @@ from mmindex.toy.shapes import write_corpus
 
 SHARDED = {"runner": "sharded", "shard_size": 7, "commit_every": 2}
 COMPARED = ["uri", "key", "size", "version", "fingerprint", "sha256", "width", "height", "format",
-            "caption", "caption_source", "thumbnail", "embed_model"]  # fmt: skip
+            "caption", "caption_source", "thumbnail", "embed_model", "embed_mode"]  # fmt: skip
 
 
 def rows_of(db: str, s3_endpoint: str | None = None) -> dict[str, dict[str, Any]]:
@@ -186,6 +186,28 @@ def test_ray_runner_matches_local_and_survives_a_dead_worker(
     )
     assert captions.captioned == uncaptioned > 0
     assert all(row["caption"] and row["text_embedding"] for row in rows_of(db).values())
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("avx2", "fp32 on cpu"), ("amx", "bf16 weights on cpu")])
+def test_local_sharded_and_ray_runs_embed_alike_whichever_mode_auto_picks(
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, mode: str
+) -> None:
+    """The driver's CPU kind is forced (the Ray workers, in other processes, are not patched): they
+    must follow it, so every runner writes the same mode and the same vectors."""
+    import mmindex.models.precision as precision
+
+    monkeypatch.delenv("MMINDEX_CPU_KIND")
+    monkeypatch.setattr(precision, "detected_cpu_kind", lambda: kind)
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 8, seed=13)
+    dbs = {runner: str(tmp_path / runner) for runner in ("local", "sharded", "ray")}
+    for runner, db in dbs.items():
+        mmindex.index(str(corpus), db=db, model="toy-clip", progress=False, runner=runner, shard_size=3)
+    local = rows_of(dbs["local"])
+    assert {row["embed_mode"] for row in local.values()} == {mode}
+    assert Store(dbs["local"]).stats()["embed_modes"] == {mode: 8}
+    assert_same_tables(rows_of(dbs["sharded"]), local)
+    assert_same_tables(rows_of(dbs["ray"]), local)
 
 
 def test_ray_runner_on_s3_matches_local(

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageFilter
 from transformers import AutoImageProcessor
 
-from mmindex.errors import ModelError
+from mmindex.errors import ConfigError, ModelError
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder, load_parts
 from mmindex.models.execution import (
@@ -26,7 +26,7 @@ from mmindex.models.execution import (
     candidates,
     choose_mode,
 )
-from mmindex.models.precision import cpu_bf16_is_faster
+from mmindex.models.precision import cpu_kind, detected_cpu_kind, native_bf16
 from mmindex.models.preprocess import model_input
 from mmindex.models.resolve import resolve_model
 from mmindex.toy.models import real_size_clip
@@ -177,16 +177,16 @@ def test_bf16_modes_stay_within_cosine_099_at_vit_b32_scale(
 def test_int8_text_queries_stay_right_and_leave_the_image_tower_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The search server's int8 text tower, forced past its speed test (the toy model is too small to
+    """The search server's int8 text tower, forced past its size test (the toy model is too small to
     gain): same best match for every toy query, cosine >= 0.99, images exactly as before."""
     import mmindex.models.text_int8 as text_int8
 
     rng = random.Random(13)
     images = [render(spec, (160, 120), rng) for spec in all_shapes()]
     texts = [f"a photo of a {s.colour} {s.shape}" for s in all_shapes()]
-    embedder = ClipEmbedder.load("toy-clip", device="cpu")
+    embedder = ClipEmbedder.load("toy-clip", device="cpu", precision="fp32")  # int8 text: fp32 models only
     image_vectors, fp32_texts = embedder.embed_images(images), embedder.embed_texts(texts)
-    monkeypatch.setattr(text_int8, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(text_int8, "MIN_INT8_WEIGHTS", 0)
     assert "text queries in int8" in embedder.speed_up_text_queries(texts)
     int8_texts = embedder.embed_texts(texts)
     assert cosine(int8_texts, fp32_texts).min() >= 0.99 and not np.array_equal(int8_texts, fp32_texts)
@@ -209,10 +209,9 @@ def test_int8_text_queries_stay_right_and_leave_the_image_tower_alone(
 def test_int8_text_queries_are_refused_when_slower_or_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     import mmindex.models.text_int8 as text_int8
 
-    embedder = ClipEmbedder.load("toy-clip", device="cpu")
+    embedder = ClipEmbedder.load("toy-clip", device="cpu", precision="fp32")
     before = embedder.embed_texts(["a red circle"])
-    monkeypatch.setattr(text_int8, "MIN_SPEEDUP", 1e9)
-    assert "not faster" in embedder.speed_up_text_queries(["a red circle"])
+    assert "too small to gain from int8" in embedder.speed_up_text_queries(["a red circle"])  # the toy
     assert embedder._text_model is None
     np.testing.assert_array_equal(embedder.embed_texts(["a red circle"]), before)
 
@@ -225,7 +224,7 @@ def test_int8_text_queries_are_refused_when_slower_or_wrong(monkeypatch: pytest.
                 layer.mlp.fc2.weight.mul_(-3.0)
         return wrong
 
-    monkeypatch.setattr(text_int8, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(text_int8, "MIN_INT8_WEIGHTS", 0)
     monkeypatch.setattr(text_int8, "int8_text_copy", broken_copy)
     assert "drift" in embedder.speed_up_text_queries(["a red circle", "a blue star"])
     assert embedder._text_model is None
@@ -238,56 +237,78 @@ def test_int8_text_queries_are_refused_when_slower_or_wrong(monkeypatch: pytest.
     np.testing.assert_array_equal(embedder.embed_texts(["a red circle"]), before)
 
 
-def test_without_native_bf16_auto_keeps_fp32_and_never_probes(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A CPU without native bf16 cannot be conjured here; its capability report can.
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
-    cpu_bf16_is_faster.cache_clear()
+@pytest.mark.parametrize(
+    ("flags", "kind"),
+    [
+        ({"amx_bf16": True, "avx512_bf16": True, "avx2": True}, "amx"),
+        ({"avx512_bf16": True, "avx2": True}, "avx512_bf16"),
+        ({"avx2": True}, None),  # torch's own kernel level: avx2 or avx512 on this machine
+    ],
+)
+def test_the_cpu_kind_comes_from_the_cpu_flags_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, flags: dict[str, bool], kind: str | None
+) -> None:
+    """Each kind's flags are forced: the kinds this machine is not are covered here."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    monkeypatch.delenv("MMINDEX_CPU_KIND")
+    detected_cpu_kind.cache_clear()
     try:
-        assert not cpu_bf16_is_faster()
-        assert candidates("cpu", "auto", fast_bf16=False).modes == (FP32,)
-        assert ClipEmbedder.load("toy-clip").mode is FP32
-        assert "on cpu in fp32" in ClipEmbedder.load("toy-clip").compute
-        assert ClipEmbedder.load("toy-clip", precision="bf16").mode in (BF16_WEIGHTS, BF16_AUTOCAST)
+        expected = kind or torch.backends.cpu.get_cpu_capability().lower()
+        assert cpu_kind() == expected and native_bf16() == (kind is not None)
+        monkeypatch.setenv("MMINDEX_CPU_KIND", "AMX")
+        assert cpu_kind() == "amx" and native_bf16()
+        monkeypatch.setenv("MMINDEX_CPU_KIND", "pentium")
+        with pytest.raises(ConfigError, match="MMINDEX_CPU_KIND must be one of amx, avx512_bf16"):
+            cpu_kind()
     finally:
-        cpu_bf16_is_faster.cache_clear()
+        detected_cpu_kind.cache_clear()
 
 
 def test_candidates_per_device_and_precision() -> None:
-    assert candidates("cuda", "auto", fast_bf16=False).modes == (FP16_WEIGHTS, BF16_WEIGHTS, FP32)
-    assert candidates("cuda", "auto", fast_bf16=False, cuda_bf16=False).modes == (FP16_WEIGHTS, FP32)
-    assert not candidates("cuda", "auto", fast_bf16=False).timed  # half precision always wins on a GPU
-    fast = candidates("cpu", "auto", fast_bf16=True)
-    assert fast.modes == (BF16_WEIGHTS, BF16_AUTOCAST, FP32) and fast.timed
-    assert candidates("cpu", "fp32", fast_bf16=True).modes == (FP32,)
-    assert candidates("cuda", "bf16", fast_bf16=False).modes == (BF16_WEIGHTS,)
+    assert candidates("cuda", "auto", native_cpu_bf16=False) == (FP16_WEIGHTS, BF16_WEIGHTS, FP32)
+    assert candidates("cuda", "auto", native_cpu_bf16=False, cuda_bf16=False) == (FP16_WEIGHTS, FP32)
+    assert candidates("cpu", "auto", native_cpu_bf16=True) == (BF16_WEIGHTS, BF16_AUTOCAST, FP32)
+    assert candidates("cpu", "auto", native_cpu_bf16=False) == (FP32,)
+    assert candidates("cpu", "fp32", native_cpu_bf16=True) == (FP32,)
+    assert candidates("cpu", "bf16", native_cpu_bf16=False) == (BF16_WEIGHTS, BF16_AUTOCAST)
+    assert candidates("cuda", "bf16", native_cpu_bf16=False) == (BF16_WEIGHTS,)
 
 
-def test_with_fast_native_bf16_the_fastest_mode_that_stays_right_wins_and_is_cached(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("avx2", FP32), ("avx512", FP32), ("avx512_bf16", BF16_WEIGHTS), ("amx", BF16_WEIGHTS)],
+)
+def test_auto_follows_the_cpu_kind_and_every_load_agrees(
+    monkeypatch: pytest.MonkeyPatch, kind: str, expected: Mode
 ) -> None:
-    """The probe's inputs are forced: a CPU that reports fast native bf16. The real toy model is timed
-    in each mode; a mode whose embeddings go wrong is never chosen, however fast; the verdict is
-    cached for the next load."""
-    monkeypatch.setenv("MMINDEX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr("mmindex.models.execution.cpu_bf16_is_faster", lambda: True)
-    embedder = ClipEmbedder.load("toy-clip")
-    assert embedder.mode in (BF16_WEIGHTS, BF16_AUTOCAST, FP32)
-    cached = json.loads((tmp_path / "execution.json").read_text())
-    assert list(cached.values()) == [embedder.mode.name]
-    key = next(iter(cached))
-    (tmp_path / "execution.json").write_text(json.dumps({key: "bf16 autocast"}))
-    assert ClipEmbedder.load("toy-clip").mode is BF16_AUTOCAST  # read back, not re-measured
+    """Two loads of the toy model as a CPU of `kind` (forced: no timing is involved, so a busy
+    machine cannot change the verdict) choose the same mode and give identical embeddings."""
+    monkeypatch.setenv("MMINDEX_CPU_KIND", kind)
+    first, second = ClipEmbedder.load("toy-clip"), ClipEmbedder.load("toy-clip")
+    assert first.mode is second.mode is expected
+    assert first.embed_mode == f"{expected.name} on cpu" and f"on cpu in {expected.name}" in first.compute
+    pixels = first._probe_pixels(3)
+    np.testing.assert_array_equal(first.embed_pixels(pixels), second.embed_pixels(pixels))
+    np.testing.assert_array_equal(first.embed_texts(["a red circle"]), second.embed_texts(["a red circle"]))
 
+
+def test_a_mode_whose_embeddings_go_wrong_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first candidate that stays right wins: here bf16 weights break, autocast does not; then
+    both break and fp32 is left."""
+    monkeypatch.setenv("MMINDEX_CPU_KIND", "amx")
     model = ClipEmbedder.load("toy-clip", precision="fp32")
     pixels = model._probe_pixels(2)
 
-    def broken_in_bf16(candidate: object, mode: Mode) -> torch.Tensor:
-        vectors = model._forward_images(pixels, model=candidate, mode=mode)
-        return vectors.flip(0) if mode.weights == "bf16" or mode.autocast == "bf16" else vectors
+    def breaking(*broken: Mode) -> object:
+        def probe(candidate: object, mode: Mode) -> torch.Tensor:
+            vectors = model._forward_images(pixels, model=candidate, mode=mode)
+            return vectors.flip(0) if mode in broken else vectors
 
-    monkeypatch.setenv("MMINDEX_CACHE_DIR", str(tmp_path / "fresh"))
-    chosen = choose_mode(model.model, torch.device("cpu"), "auto", [broken_in_bf16], cache_key="k")
-    assert chosen is FP32
+        return probe
+
+    cpu = torch.device("cpu")
+    assert choose_mode(model.model, cpu, "auto", [breaking(BF16_WEIGHTS)]) is BF16_AUTOCAST
+    assert choose_mode(model.model, cpu, "auto", [breaking(BF16_WEIGHTS, BF16_AUTOCAST)]) is FP32
 
 
 def test_model_errors_are_one_clear_line(tmp_path: Path, tiny_clip: str) -> None:

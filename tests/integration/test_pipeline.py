@@ -365,6 +365,7 @@ class BrokenPreprocessing:
     def __init__(self, inner: ClipEmbedder, every: int) -> None:
         self.inner = inner
         self.model_id, self.compute, self.dim = inner.model_id, inner.compute, inner.dim
+        self.embed_mode = inner.embed_mode
         real, calls = inner.preprocess, [0]
 
         class Preprocess:

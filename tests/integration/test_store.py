@@ -57,25 +57,28 @@ def test_a_table_written_by_a_newer_mmindex_is_refused(indexed: Path, cli: CliRu
 def test_an_older_table_is_migrated_by_its_writer_and_its_rows_keep_working(
     indexed: Path, corpus: Path, tiny_clip: str
 ) -> None:
-    """A version 1 table (no thumbnail nor provenance columns) gets them from its first writer, one
-    version at a time: old rows read them as null, and runs after the migration write whole rows."""
+    """A version 1 table (no thumbnail, provenance nor embedding-mode columns) gets them from its first
+    writer, one version at a time: old rows read them as null, and runs after the migration write
+    whole rows."""
     old = Store(str(indexed)).lancedb_table()
-    old.drop_columns(["thumbnail", *(field.name for field in PROVENANCE_FIELDS)])
+    old.drop_columns(["thumbnail", "embed_mode", *(field.name for field in PROVENANCE_FIELDS)])
     old.update_field_metadata({"path": "id", "metadata": {META_SCHEMA_VERSION.decode(): "1"}})
     store = Store(str(indexed))
     assert migrate.table_version(store.lancedb_table().schema) == 1
     with store.open_writer() as writer:
         writer.prepare(store.info().model or "", store.info().dim or 0)
-        assert writer.migrations == [f"migrated {store.describe()} to schema version {v}" for v in (2, 3)]
+        assert writer.migrations == [f"migrated {store.describe()} to schema version {v}" for v in (2, 3, 4)]
     table = Store(str(indexed)).lancedb_table()
-    assert migrate.table_version(table.schema) == 3 and "thumbnail" in table.schema.names
-    assert table.to_arrow().column("thumbnail").null_count == 24
-    assert table.to_arrow().column("synthetic").null_count == 24
+    assert migrate.table_version(table.schema) == 4 and "thumbnail" in table.schema.names
+    for column in ("thumbnail", "synthetic", "embed_mode"):
+        assert table.to_arrow().column(column).null_count == 24
+    assert Store(str(indexed)).stats()["embed_modes"] == {"not recorded": 24}
 
     (corpus / "set-a" / "new.png").write_bytes(next(corpus.glob("set-a/*.png")).read_bytes())
     report = run_index(open_source(str(corpus)), ClipEmbedder.load(tiny_clip), Store(str(indexed)))
     assert report.indexed == 1 and Store(str(indexed)).info().rows == 25
     assert Store(str(indexed)).lancedb_table().to_arrow().column("thumbnail").null_count == 24
+    assert Store(str(indexed)).stats()["embed_modes"] == {"fp32 on cpu": 1, "not recorded": 24}
     with Store(str(indexed)).open_writer() as writer:
         writer.prepare(store.info().model or "", store.info().dim or 0)
         assert writer.migrations == []  # already current
@@ -115,3 +118,14 @@ def test_the_thumbnail_backfill_fills_old_rows_resumably(indexed: Path, cli: Cli
     assert mmindex.thumbnails(db=str(indexed), retry_failed=True).failed == 1
     data = table.search().where("thumbnail IS NOT NULL").select(["thumbnail"]).limit(1).to_arrow()
     assert Image.open(io.BytesIO(data["thumbnail"][0].as_py())).format == "WEBP"
+
+
+def test_a_run_in_another_mode_says_the_table_now_mixes_modes(
+    indexed: Path, corpus: Path, tiny_clip: str
+) -> None:
+    (corpus / "set-a" / "new.png").write_bytes(next(corpus.glob("set-a/*.png")).read_bytes())
+    bf16 = ClipEmbedder.load(tiny_clip, precision="bf16")
+    report = run_index(open_source(str(corpus)), bf16, Store(str(indexed)))
+    assert report.indexed == 1
+    assert any("this run embedded in bf16 weights on cpu, but 24 rows" in note for note in report.notes)
+    assert Store(str(indexed)).stats()["embed_modes"] == {"fp32 on cpu": 24, "bf16 weights on cpu": 1}

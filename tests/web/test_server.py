@@ -46,7 +46,10 @@ def test_health_stats_and_local_api_docs(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "rows": 98}
     stats = client.get("/api/stats").json()
     assert stats["rows"] == 98 and stats["embed_model"] == "toy-clip"
-    assert stats["text_queries"].startswith("toy-clip on cpu")  # and whether int8 paid off, and why
+    assert (
+        stats["text_queries"].startswith("toy-clip on cpu in fp32")
+        and "too small to gain" in stats["text_queries"]
+    )
     paths = client.get("/openapi.json").json()["paths"]
     assert {
         "/api/search",
