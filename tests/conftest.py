@@ -198,19 +198,47 @@ def served(shapes_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 CliRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
+def run_cli_here(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The `mmindex` command run in this process (click's test runner), with `env` added to the
+    environment for the call: the same code, exit code, stdout and stderr as a subprocess, without
+    paying for importing torch, transformers, LanceDB and Prefect again (about 6 s a call)."""
+    import traceback
+
+    from typer.testing import CliRunner as TyperRunner
+
+    from mmindex.cli import app
+
+    saved = os.environ.copy()
+    os.environ.update(env)
+    try:
+        result = TyperRunner().invoke(app, list(args), prog_name="mmindex")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))  # what a subprocess would print
+    return subprocess.CompletedProcess(["mmindex", *args], result.exit_code, result.stdout, stderr)
+
+
 @pytest.fixture
 def cli() -> CliRunner:
-    """Run the `mmindex` command as a user would, in a subprocess: cli("index", path, env={...})."""
+    """Run the `mmindex` command: cli("index", path, env={...}). In this process by default; in a
+    subprocess, as a user would, with `fresh_process=True` or when `env` sets Prefect settings (Prefect
+    reads those once, at import)."""
 
     def run(
-        *args: str, env: dict[str, str] | None = None, timeout: float = 300
+        *args: str, env: dict[str, str] | None = None, timeout: float = 300, fresh_process: bool = False
     ) -> subprocess.CompletedProcess[str]:
+        extra = env or {}
+        if not fresh_process and not any(name.startswith("PREFECT_") for name in extra):
+            return run_cli_here(args, extra)
         return subprocess.run(
             [sys.executable, "-m", "mmindex.cli", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **extra},
         )
 
     return run

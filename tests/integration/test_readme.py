@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from conftest import CliRunner
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 REAL_MODEL = "openai/clip-vit-base-patch32"
@@ -59,19 +63,30 @@ def test_every_python_block_of_the_readme_runs(tmp_path: Path) -> None:
     assert "prefect" not in result.stderr.lower()
 
 
-def test_every_marked_shell_example_of_the_readme_runs(tmp_path: Path) -> None:
-    """Each command of the marked blocks, with the `mmindex` this environment installed; a named
-    captioning model that cannot be downloaded here is replaced by the toy captioner."""
+def test_every_marked_shell_example_of_the_readme_runs(
+    tmp_path: Path, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each command of the marked blocks, in order, in the newcomer's folder. The first runs the
+    `mmindex` this environment installed, in a shell; the others run the same command in this process
+    (the same code, without importing torch again for each). A named captioning model that cannot be
+    downloaded here is replaced by the toy captioner."""
     env = newcomer_folder(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    blocks = shell_examples()
-    assert blocks, "README marks no shell example"
-    for block in blocks:
-        for command in (line.split("  #")[0].strip() for line in block.splitlines()):
-            if not command:
-                continue
-            command = re.sub(r"--caption-model \S+", "--caption-model toy-captioner", command)
+    toy_models = {name: env[name] for name in ("MMINDEX_MODEL", "MMINDEX_CAPTION_MODEL")}
+    monkeypatch.chdir(tmp_path)
+    commands = [
+        re.sub(r"--caption-model \S+", "--caption-model toy-captioner", line.split("  #")[0].strip())
+        for block in shell_examples()
+        for line in block.splitlines()
+    ]
+    commands = [command for command in commands if command]
+    assert commands, "README marks no shell example"
+    assert all(command.startswith("mmindex ") for command in commands), commands
+    for number, command in enumerate(commands):
+        if number == 0:
             result = subprocess.run(
                 command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True
             )
-            assert result.returncode == 0, f"{command}\n{result.stdout[-1000:]}\n{result.stderr[-3000:]}"
+        else:
+            result = cli(*shlex.split(command)[1:], env=toy_models)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-1000:]}\n{result.stderr[-3000:]}"
