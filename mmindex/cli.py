@@ -395,9 +395,7 @@ def stats(db: DbOption = None, table: TableOption = None, json_output: JsonOptio
     typer.echo(f"table        {result['table']} in {result['db']}")
     typer.echo(f"rows         {result['rows']}")
     typer.echo(f"failures     {result['failures']} (+{result['warnings']} warnings)")
-    typer.echo(
-        f"captions     human {captions['human']}, generated {captions['generated']}, none {captions['none']}"
-    )
+    typer.echo("captions     " + ", ".join(f"{source} {rows}" for source, rows in captions.items()))
     typer.echo(f"model        {result['embed_model']} ({result['dim']}-d)")
     modes = ", ".join(f"{mode} ({rows} rows)" for mode, rows in result["embed_modes"].items())
     typer.echo(f"embedded in  {modes or '-'}")

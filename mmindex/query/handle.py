@@ -135,10 +135,7 @@ class ImageIndex:
     def similar(self, row_id: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
         """ "More like this": the images closest to an indexed one (itself left out)."""
         vector = self.embedding(row_id)
-        found = self.searcher.vector(vector, k + 1, where, offset=offset, query=f"like {row_id}")
-        table = found.to_arrow()
-        keep = [i for i, found_id in enumerate(table.column("id").to_pylist()) if found_id != row_id][:k]
-        return Results(table.take(keep), query=found.query)
+        return self.searcher.vector(vector, k, where, offset=offset, query=f"like {row_id}", exclude=row_id)
 
     def captions_for(self, image: ImageQuery, k: int = 5, where: str | None = None) -> Results:
         """The stored captions closest to an image (image -> text), one hit per distinct caption."""
@@ -152,10 +149,17 @@ class ImageIndex:
 
     def embedding(self, row_id: str, column: str = "image_embedding") -> np.ndarray:
         """A row's stored embedding."""
-        rows = self._rows([row_id], [column])
-        if not rows or rows[0][column] is None:
+        value = self.row(row_id, [column])[column]
+        if value is None:
             raise TableError(f"no row with id {row_id!r} in table {self.store.describe()}")
-        return np.asarray(rows[0][column], dtype=np.float32)
+        return np.asarray(value, dtype=np.float32)
+
+    def row(self, row_id: str, columns: Sequence[str]) -> dict[str, Any]:
+        """A row's id and stored `columns`."""
+        rows = self._rows([row_id], list(columns))
+        if not rows:
+            raise TableError(f"no row with id {row_id!r} in table {self.store.describe()}")
+        return rows[0]
 
     def thumbnail(self, row_id: str) -> bytes | None:
         """A row's stored thumbnail (WebP or JPEG bytes), or None if it has none."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmindex.query.results import Results
+from mmindex.query.results import Results, rows_at
 
 RRF_K = 60
 
@@ -37,7 +37,7 @@ def fuse(text: Results, imagined: Sequence[Results], k: int, offset: int = 0, qu
         return Results.empty(score_kind="rrf", query=query)
     merged = pa.concat_tables(tables, promote_options="permissive")
     order = sorted(scores, key=lambda row_id: -scores[row_id])[offset : offset + k]
-    picked = merged.take([rows[row_id] for row_id in order])
+    picked = rows_at(merged, [rows[row_id] for row_id in order])
     fused = picked.set_column(
         picked.schema.get_field_index("score"), "score", pa.array([scores[i] for i in order], pa.float64())
     )

@@ -49,6 +49,12 @@ class LabelScore:
         return asdict(self)
 
 
+def rows_at(table: pa.Table, positions: Sequence[int]) -> pa.Table:
+    """The rows of `table` at `positions`, in that order; none is an empty table of the same schema
+    (Arrow's `take([])` cannot infer an index type from an empty list)."""
+    return table.take(pa.array(positions, type=pa.int64()))
+
+
 def hit_from_row(row: dict[str, Any], score: float) -> Hit:
     return Hit(
         id=row["id"],

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmindex.errors import ConfigError, DecodeError, TableError, first_line
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
 from mmindex.models.precision import check_precision
-from mmindex.query.results import LabelScore, Results
+from mmindex.query.results import LabelScore, Results, rows_at
 from mmindex.schema import META_DIM, META_MODEL
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import trained_partitions
@@ -85,12 +86,14 @@ class Searcher:
     def captions(self, image: ImageQuery, k: int = 10, where: str | None = None) -> Results:
         """The stored captions closest to an image, one hit per distinct caption."""
         found = self.vector(self.embed_image(image), k * 5, where, column="text_embedding", query="image")
+        if len(found) == 0:
+            return found
         table = found.to_arrow()
         first: dict[str, int] = {}
         for row, caption in enumerate(table.column("caption").to_pylist()):
             if caption is not None and caption not in first and len(first) < k:
                 first[caption] = row
-        return Results(table.take(list(first.values())), query="image")
+        return Results(rows_at(table, list(first.values())), query="image")
 
     def labels(
         self, image: ImageQuery, labels: Sequence[str], template: str = DEFAULT_LABEL_TEMPLATE
@@ -117,10 +120,12 @@ class Searcher:
         *,
         offset: int = 0,
         query: str = "vector",
+        exclude: str | None = None,
     ) -> Results:
         """Nearest rows to a query vector in `column`, scored by exact cosine similarity; `offset`
-        skips the first rows (paging)."""
-        return self.vectors([vector], k, where, column, offset=offset, queries=[query])[0]
+        skips the first rows (paging); the row with id `exclude` is left out of the ranking before
+        paging ("more like this" leaves out the row it starts from)."""
+        return self.vectors([vector], k, where, column, offset=offset, queries=[query], exclude=exclude)[0]
 
     def vectors(
         self,
@@ -131,6 +136,7 @@ class Searcher:
         *,
         offset: int = 0,
         queries: Sequence[str] | None = None,
+        exclude: str | None = None,
     ) -> list[Results]:
         """`vector` for several query vectors at once, in one LanceDB query: each query costs a
         fraction of a query of its own (the search server batches concurrent queries this way)."""
@@ -142,6 +148,7 @@ class Searcher:
         query_vectors = [self.check_vector(vector, schema) for vector in vectors]
         columns = [*self._columns(schema), column]
         indexed = self._indexed(column)
+        wanted = offset + k + (1 if exclude is not None else 0)
 
         def search(positions: list[int], exact: bool) -> list[pa.Table]:
             # a fresh builder each time: its methods modify it
@@ -149,7 +156,7 @@ class Searcher:
                 query_vectors[positions[0]] if len(positions) == 1 else [query_vectors[i] for i in positions]
             )
             built = table.search(given, vector_column_name=column).distance_type("cosine")
-            built = built.select(columns).limit(offset + k)
+            built = built.select(columns).limit(wanted)
             built = built.bypass_vector_index() if exact else self._tuned(built, column, schema)
             return _per_query(
                 _run(built.where(where, prefilter=True) if where else built, where), len(positions)
@@ -160,13 +167,13 @@ class Searcher:
         if indexed and where:
             # an IVF index only searches the partitions it probes: a selective filter can leave fewer
             # rows there than exist. Then the filter is selective, and exact search over it is cheap.
-            short = [i for i in everyone if found[i].num_rows < offset + k]
+            short = [i for i in everyone if found[i].num_rows < wanted]
             if short:
                 for i, exact in zip(short, search(short, exact=True), strict=True):
                     found[i] = exact
         names = queries or ["vector"] * len(query_vectors)
         return [
-            _ranked(result, query_vector, column, offset, k, name)
+            _ranked(_without_id(result, exclude), query_vector, column, offset, k, name)
             for result, query_vector, name in zip(found, query_vectors, names, strict=True)
         ]
 
@@ -306,12 +313,18 @@ def _ranked(
     return Results(ranked.sort_by([("score", "descending")]).slice(offset, k), query=query)
 
 
+def _without_id(result: pa.Table, row_id: str | None) -> pa.Table:
+    if row_id is None or result.num_rows == 0:
+        return result
+    return result.filter(pc.not_equal(result.column("id"), row_id))
+
+
 def _run(query: Any, where: str | None) -> Any:
     try:
         return query.to_arrow()
     except (ValueError, RuntimeError, OSError) as exc:
         if where:
-            raise TableError(f"query failed; check the --where filter {where!r}: {first_line(exc)}") from exc
+            raise TableError(f"query failed; check the filter {where!r}: {first_line(exc)}") from exc
         raise
 
 

@@ -26,13 +26,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmindex.errors import ConfigError, DecodeError, MMIndexError, TableError
 from mmindex.query.filters import check_filter
 from mmindex.query.handle import SEARCH_MODES, ImageIndex
-from mmindex.query.results import Results
+from mmindex.query.results import Results, rows_at
 from mmindex.query.search import with_synthetic
 from mmindex.server.coalesce import Coalescer
 from mmindex.server.limits import BodyLimit
@@ -45,7 +46,7 @@ MAX_QUERY_PIXELS = 50_000_000
 TEXT_CACHE_SIZE = 256
 PROBE_CAPTIONS = 64  # captions the int8 text tower is judged on at start-up
 TEXT_INT8_CHOICES = ("auto", "off")
-ROW_ID = re.compile(r"^[0-9a-f]{32}$")
+ROW_ID = re.compile(r"[0-9a-f]{32}")
 HIDDEN_COLUMNS = ("image_embedding", "text_embedding", "thumbnail")
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description="results per page")]
@@ -60,12 +61,27 @@ SYNTHETIC = Annotated[
 ]
 
 
+class ErrorBody(BaseModel):
+    """What every refused request gets back."""
+
+    error: str = Field(description="what was wrong, in one line")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a filter or value the table cannot answer"},
+    404: {"model": ErrorBody, "description": "no such row"},
+    422: {"model": ErrorBody, "description": "a parameter or upload out of bounds"},
+}
+UPLOAD_ERRORS = {**ERRORS, 413: {"model": ErrorBody, "description": "the upload is over the size cap"}}
+
+
 class SearchKey(NamedTuple):
     """What vector queries must share to be answered by one LanceDB query."""
 
     k: int
     offset: int
     where: str | None
+    exclude: str | None  # a row left out of the ranking ("more like this" leaves out its own row)
 
 
 class SearchService:
@@ -109,16 +125,22 @@ class SearchService:
         return [vectors[text] for text in texts]
 
     def nearest(
-        self, vector: np.ndarray, *, k: int, offset: int, where: str | None, synthetic: str
+        self,
+        vector: np.ndarray,
+        *,
+        k: int,
+        offset: int,
+        where: str | None,
+        synthetic: str,
+        exclude: str | None = None,
     ) -> Results:
         """Images nearest a query vector; concurrent queries with the same page and filter are
         answered by one multi-vector LanceDB query."""
-        return self._searches(
-            SearchKey(k, offset, with_synthetic(where, synthetic, self.index.table)), vector
-        )
+        where = with_synthetic(where, synthetic, self.index.table)
+        return self._searches(SearchKey(k, offset, where, exclude), vector)
 
     def _search_vectors(self, key: SearchKey, vectors: list[np.ndarray]) -> list[Results]:
-        return self.index.searcher.vectors(vectors, key.k, key.where, offset=key.offset)
+        return self.index.searcher.vectors(vectors, key.k, key.where, offset=key.offset, exclude=key.exclude)
 
     def image_vector(self, data: bytes) -> np.ndarray:
         check_query_image(data)
@@ -141,14 +163,21 @@ class SearchService:
         where: str | None,
         distinct: bool,
         synthetic: str = "include",
+        exclude: str | None = None,
+        hidden_digest: str | None = None,
     ) -> Results:
+        """One page of results. `exclude` leaves a row out of the ranking; with `distinct`, exact copies
+        of a better hit are hidden, and so are those of `hidden_digest` (the file a "more like this"
+        query starts from)."""
         checked = self.where(where)
         fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if distinct else (k, offset)
         if vector is not None or mode == "vector":
             if vector is None:
                 assert text is not None
                 vector = self.text_vector(text)
-            found = self.nearest(vector, k=fetch_k, offset=fetch_offset, where=checked, synthetic=synthetic)
+            found = self.nearest(
+                vector, k=fetch_k, offset=fetch_offset, where=checked, synthetic=synthetic, exclude=exclude
+            )
         elif mode == "hybrid":  # embeds the text itself
             with self._model_lock:
                 found = self.index.search(
@@ -160,13 +189,13 @@ class SearchService:
             )
         if not distinct:
             return found
-        return _without_exact_duplicates(found, offset, k)
+        return _without_exact_duplicates(found, offset, k, hidden_digest)
 
 
-def _without_exact_duplicates(found: Results, offset: int, k: int) -> Results:
+def _without_exact_duplicates(found: Results, offset: int, k: int, hidden_digest: str | None) -> Results:
     table = found.to_arrow()
     digests = table.column("sha256").to_pylist() if "sha256" in table.column_names else [None] * len(found)
-    seen: set[str] = set()
+    seen: set[str] = {hidden_digest} if hidden_digest is not None else set()
     keep = []
     for row, digest in enumerate(digests):
         if digest is not None and digest in seen:
@@ -174,7 +203,7 @@ def _without_exact_duplicates(found: Results, offset: int, k: int) -> Results:
         if digest is not None:
             seen.add(digest)
         keep.append(row)
-    return Results(table.take(keep[offset : offset + k]), score_kind=found.score_kind, query=found.query)
+    return Results(rows_at(table, keep[offset : offset + k]), score_kind=found.score_kind, query=found.query)
 
 
 def check_query_image(data: bytes) -> None:
@@ -245,7 +274,11 @@ def create_app(
         loaded = index.searcher.loaded_embedder
         return {**index.stats(), "text_queries": loaded.text_compute if loaded is not None else None}
 
-    @app.get("/api/search", summary="text query: CLIP (mode=vector), BM25 (text) or both (hybrid)")
+    @app.get(
+        "/api/search",
+        responses=ERRORS,
+        summary="text query: CLIP (mode=vector), BM25 (text) or both (hybrid)",
+    )
     def search_text(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_LENGTH)],
         k: K = 20,
@@ -262,7 +295,9 @@ def create_app(
         )
         return page_json(found, mode=mode, k=k, offset=offset, query=q)
 
-    @app.post("/api/search", summary="image query: the image as multipart field `image`")
+    @app.post(
+        "/api/search", responses=UPLOAD_ERRORS, summary="image query: the image as multipart field `image`"
+    )
     async def search_image(
         image: Annotated[UploadFile, File(description="the query image (JPEG, PNG, WebP, ...)")],
         k: K = 20,
@@ -288,7 +323,11 @@ def create_app(
         )
         return page_json(found, mode="image", k=k, offset=offset, query=image.filename or "image")
 
-    @app.get("/api/similar/{row_id}", summary='"more like this": the images nearest an indexed one')
+    @app.get(
+        "/api/similar/{row_id}",
+        responses=ERRORS,
+        summary='"more like this": the images nearest an indexed one',
+    )
     def similar(
         row_id: Annotated[str, Path(max_length=64)],
         k: K = 20,
@@ -298,15 +337,22 @@ def create_app(
         synthetic: SYNTHETIC = "include",
     ) -> dict[str, Any]:
         vector = index.embedding(_checked_id(row_id))
+        digest = index.row(row_id, ["sha256"]).get("sha256") if distinct else None
         found = service.search(
-            vector=vector, k=k + 1, offset=offset, where=where, distinct=distinct, synthetic=synthetic
+            vector=vector,
+            k=k,
+            offset=offset,
+            where=where,
+            distinct=distinct,
+            synthetic=synthetic,
+            exclude=row_id,
+            hidden_digest=digest,
         )
-        table = found.to_arrow()
-        keep = [i for i, other in enumerate(table.column("id").to_pylist()) if other != row_id][:k]
-        kept = Results(table.take(keep), score_kind=found.score_kind)
-        return page_json(kept, mode="similar", k=k, offset=offset, query=row_id)
+        return page_json(found, mode="similar", k=k, offset=offset, query=row_id)
 
-    @app.get("/api/thumbnail/{row_id}", summary="the stored thumbnail of a row (WebP or JPEG)")
+    @app.get(
+        "/api/thumbnail/{row_id}", responses=ERRORS, summary="the stored thumbnail of a row (WebP or JPEG)"
+    )
     def thumbnail(row_id: Annotated[str, Path(max_length=64)]) -> Response:
         data = index.thumbnail(_checked_id(row_id))
         if data is None:
@@ -318,7 +364,7 @@ def create_app(
 
 
 def _checked_id(row_id: str) -> str:
-    if not ROW_ID.match(row_id):
+    if not ROW_ID.fullmatch(row_id):
         raise TableError(f"no row with id {row_id!r}")
     return row_id
 

@@ -17,7 +17,7 @@ from typing import Any
 from mmindex.config import RETENTION
 from mmindex.errors import ConfigError
 from mmindex.report import RunReport
-from mmindex.schema import SEVERITY_ERROR
+from mmindex.schema import CAPTION_SOURCES, SEVERITY_ERROR
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_string
 from mmindex.store.staging import sweep_staging
@@ -250,11 +250,8 @@ def table_stats(store: Store) -> dict[str, Any]:
     """What `mmindex stats` shows: rows, failures, captions by source, model, version, indices."""
     info = store.info()
     table = store.lancedb_table()
-    by_source = {
-        "human": table.count_rows("caption_source = 'human'"),
-        "generated": table.count_rows("caption_source = 'generated'"),
-        "none": table.count_rows("caption IS NULL"),
-    }
+    by_source = {source: table.count_rows(f"caption_source = '{source}'") for source in CAPTION_SOURCES}
+    by_source["none"] = table.count_rows("caption IS NULL")
     failures = store.lancedb_table(failures=True)
     errors = failures.count_rows(f"severity = '{SEVERITY_ERROR}'") if failures is not None else 0
     warnings = failures.count_rows() - errors if failures is not None else 0

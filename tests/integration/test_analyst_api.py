@@ -70,6 +70,25 @@ def test_image_vector_and_similar_queries(idx: ImageIndex) -> None:
     assert kind_of(similar[0].key) == "orange-triangle"
 
 
+def test_more_like_this_pages_walk_the_ranking_without_repeats_or_gaps(idx: ImageIndex) -> None:
+    probe = str(row_of(idx, "red-square")["id"])  # a file with two exact copies in the table
+    whole = [hit.id for hit in idx.similar(probe, k=len(idx))]
+    assert probe not in whole and len(whole) == len(idx) - 1
+    walked = [hit.id for offset in range(0, len(idx), 7) for hit in idx.similar(probe, k=7, offset=offset)]
+    assert walked == whole
+
+
+def test_empty_pages_are_empty_results_not_errors(idx: ImageIndex) -> None:
+    probe = row_of(idx, "blue-circle")
+    nothing = "width < 0"
+    assert len(idx.similar(str(probe["id"]), k=5, where=nothing)) == 0
+    assert len(idx.similar(str(probe["id"]), k=5, offset=len(idx))) == 0
+    assert len(idx.captions_for(str(probe["uri"]), k=3, where=nothing)) == 0
+    for mode in ("vector", "text", "hybrid"):
+        assert len(idx.search("a blue circle", mode=mode, k=5, where=nothing)) == 0
+        assert len(idx.search("a blue circle", mode=mode, k=5, offset=len(idx))) == 0
+
+
 def test_full_text_hybrid_captions_and_labels(idx: ImageIndex) -> None:
     text = idx.search("yellow", mode="text", k=3)
     assert text.score_kind == "bm25" and all("yellow" in (hit.caption or "") for hit in text)

@@ -61,6 +61,8 @@ def test_generated_images_carry_their_provenance_into_the_table(
     )
     assert (row["generation_seed"], row["generation_steps"], row["generation_guidance"]) == (8, 2, 0.0)
     assert sum(1 for r in rows if r["synthetic"] is False) == 24  # the real images say so too
+    captions = Store(db).stats()["captions"]
+    assert captions["prompt"] == 4 and sum(captions.values()) == len(rows) == 28  # every row counted once
 
     # search selects, excludes or includes them, and says which hits are synthetic
     found = mmindex.connect(db)

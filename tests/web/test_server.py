@@ -58,6 +58,13 @@ def test_health_stats_and_local_api_docs(client: httpx.Client) -> None:
         "/api/stats",
         "/healthz",
     } <= set(paths)
+    schema = client.get("/openapi.json").json()
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            if operation.get("parameters") or operation.get("requestBody"):
+                refused = operation["responses"]["422"]["content"]["application/json"]["schema"]
+                assert refused == {"$ref": "#/components/schemas/ErrorBody"}, (path, method)
+    assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"error"}
     docs = client.get("/docs").text
     assets = [part.split('"')[0] for part in docs.split('src="')[1:]] + [
         part.split('"')[0] for part in docs.split('href="')[1:]
@@ -112,6 +119,40 @@ def test_hide_duplicates_drops_exact_copies(client: httpx.Client) -> None:
     assert len(distinct) == 5 and len({hit["id"] for hit in distinct}) == 5
 
 
+def test_empty_pages_on_every_endpoint(client: httpx.Client, served: tuple[str, Path]) -> None:
+    probe = client.get("/api/search", params={"q": "a green star", "k": 1}).json()["hits"][0]
+    nothing, past_the_end = {"where": "width < 0"}, {"offset": 5000}
+    for params in (nothing, past_the_end):
+        for distinct in ("false", "true"):
+            page = {"k": 5, "distinct": distinct, **params}
+            answers = [client.get(f"/api/similar/{probe['id']}", params=page)]
+            answers += [
+                client.get("/api/search", params={"q": "a green star", "mode": mode, **page})
+                for mode in ("vector", "text", "hybrid")
+            ]
+            upload = Path(probe["uri"]).read_bytes()
+            answers.append(client.post("/api/search", params=page, files={"image": ("q.jpg", upload)}))
+            for answer in answers:
+                assert answer.status_code == 200, (answer.url, answer.text)
+                assert answer.json()["hits"] == []
+
+
+@pytest.mark.parametrize("distinct", ["false", "true"])
+def test_more_like_this_pages_have_no_repeats_or_gaps(client: httpx.Client, distinct: str) -> None:
+    probe = client.get("/api/search", params={"q": "a red square", "k": 40}).json()["hits"]
+    copy_id = next(hit["id"] for hit in probe if hit["key"].startswith("copies/"))
+    whole = client.get(f"/api/similar/{copy_id}", params={"k": 200, "distinct": distinct}).json()["hits"]
+    walked = [
+        hit["id"]
+        for offset in range(0, 105, 7)
+        for hit in client.get(
+            f"/api/similar/{copy_id}", params={"k": 7, "offset": offset, "distinct": distinct}
+        ).json()["hits"]
+    ]
+    assert walked == [hit["id"] for hit in whole] and copy_id not in walked
+    assert len(walked) == (97 if distinct == "false" else 95)  # 98 rows; distinct hides the 2 copies
+
+
 def test_generated_images_can_be_excluded_or_selected(client: httpx.Client) -> None:
     real = client.get("/api/search", params={"q": "a red square", "k": 5, "synthetic": "exclude"}).json()
     assert len(real["hits"]) == 5 and all(hit["synthetic"] is False for hit in real["hits"])
@@ -147,6 +188,8 @@ def test_image_upload_finds_the_image(client: httpx.Client, served: tuple[str, P
         ({"method": "GET", "url": "/api/similar/" + "0" * 32}, 404),
         ({"method": "GET", "url": "/api/similar/..%2F..%2Fetc%2Fpasswd"}, 404),
         ({"method": "GET", "url": "/api/thumbnail/not-an-id"}, 404),
+        ({"method": "GET", "url": "/api/thumbnail/" + "0" * 32 + "%0A"}, 404),
+        ({"method": "GET", "url": "/api/similar/" + "0" * 32 + "%0A"}, 404),
         (
             {
                 "method": "POST",
@@ -180,6 +223,16 @@ def test_bad_requests_get_a_json_4xx(
     response = client.request(**request_args)  # type: ignore[arg-type]
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json" and response.json()["error"]
+
+
+def test_a_row_id_is_32_hex_digits_and_nothing_after_them() -> None:
+    from mmindex.errors import TableError
+    from mmindex.server.app import _checked_id
+
+    assert _checked_id("0a" * 16) == "0a" * 16
+    for wrong in ("0a" * 16 + "\n", "0a" * 16 + "\n' OR 1=1", "0A" * 16, "0a" * 15):
+        with pytest.raises(TableError, match="no row"):
+            _checked_id(wrong)
 
 
 def test_uploads_are_capped_without_content_length(client: httpx.Client) -> None:
