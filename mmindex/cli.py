@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields
@@ -52,6 +54,15 @@ TableOption = Annotated[
     str | None, typer.Option("--table", help="table name [env MMINDEX_TABLE, default images]")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="MMINDEX_SERVER_TOKEN",
+        help="the search server's shared secret (sent as a bearer token)",
+        show_envvar=True,
+    ),
+]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")]
 
 
@@ -255,6 +266,7 @@ def search(
             "--server", envvar="MMINDEX_SERVER", help="ask a running `mmindex serve` at this URL instead"
         ),
     ] = None,
+    token: TokenOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Search: TEXT -> images, --image -> similar images, --captions, --labels, --text-only, --hybrid."""
@@ -268,14 +280,22 @@ def search(
     if text is not None and image is not None:
         raise ConfigError("give either a TEXT query or --image, not both")
     if server:
-        if labels or captions or synthetic != "include" or imagine:
-            raise ConfigError(
-                "--labels, --captions, --synthetic and --imagine run locally: leave out --server"
-            )
+        if labels or captions or imagine:
+            raise ConfigError("--labels, --captions and --imagine run locally: leave out --server")
         from mmindex.server.client import search_remote
 
         mode = "text" if text_only else "hybrid" if hybrid else "vector"
-        hits = search_remote(server, text=text, image=image, k=k, offset=offset, where=where, mode=mode)
+        hits = search_remote(
+            server,
+            text=text,
+            image=image,
+            k=k,
+            offset=offset,
+            where=where,
+            mode=mode,
+            synthetic=synthetic,
+            token=token,
+        )
         print_hits(hits, json_output)
         return
     from mmindex.query.search import Searcher, with_synthetic
@@ -352,8 +372,21 @@ def serve(
             "and stays within cosine 0.99 of fp32 on the table's captions; off: never",
         ),
     ] = "auto",
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="also answer requests for this Host name (repeatable; * for any). Loopback names and "
+            "the bound address are always answered",
+        ),
+    ] = None,
+    token: TokenOption = None,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="one line per request on stderr")
+    ] = True,
 ) -> None:
-    """Serve a search page and a JSON API over a table (read only; docs at /docs)."""
+    """Serve a search page and a JSON API over a table (read only; docs at /docs). Bound to another
+    address than loopback, it requires a token (--token, or one made up and printed at start)."""
     _check_device(device)
     try:
         import uvicorn
@@ -373,10 +406,33 @@ def serve(
         precision=precision,
         quantize=quantize,
     )
+    from mmindex.server.guard import ACCESS_LOG, allowed_hosts, is_loopback
+
+    if token is None and not is_loopback(host):
+        token = secrets.token_urlsafe(24)
     typer.echo(f"loading {index.store.info().model} for {index.store.describe()} ...", err=True)
-    asgi = create_app(index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), text_int8=text_int8)
+    asgi = create_app(
+        index,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        text_int8=text_int8,
+        hosts=allowed_hosts(host, allow_host or ()),
+        token=token,
+    )
+    if access_log:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        ACCESS_LOG.addHandler(handler)
+        ACCESS_LOG.setLevel(logging.INFO)
+        ACCESS_LOG.propagate = False
     typer.echo(f"text queries: {index.searcher.embedder.text_compute}", err=True)
-    typer.echo(f"serving http://{host}:{port}/  (API docs: http://{host}:{port}/docs)", err=True)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+    if not is_loopback(host):
+        typer.echo(
+            f"warning: listening on {host}, reachable from other machines; every request needs the token",
+            err=True,
+        )
+    shown = f"{url}?token={token}" if token else url
+    typer.echo(f"serving {shown}  (API docs: {url}docs)", err=True)
     uvicorn.run(asgi, host=host, port=port, log_level="warning")
 
 

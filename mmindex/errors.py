@@ -16,6 +16,8 @@ Per-item problems never escape the pipeline as exceptions: they become rows of t
 
 from __future__ import annotations
 
+import re
+
 
 class MMIndexError(Exception):
     """Base class of every error mmindex raises on purpose."""
@@ -77,3 +79,16 @@ class DecodeError(ItemError):
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+_ENGINE_SOURCE = re.compile(r",?\s*/\S+\.rs:\d+(:\d+)?")  # where in the Rust engine it was raised
+_ENGINE_PREAMBLE = re.compile(
+    r"^(Invalid input, |Error resolving filter expression .*?: |Invalid user input: )+"
+)
+
+
+def engine_message(exc: BaseException) -> str:
+    """The first line of an error from the storage engine, without its source paths and preamble:
+    what a user can act on ("Received literal Utf8("abc") and could not convert to ... 'Int32'")."""
+    line = _ENGINE_SOURCE.sub("", first_line(exc)).strip()
+    return _ENGINE_PREAMBLE.sub("", line) or line

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from mmindex.config import CAPTION_WRITE_ROWS, CPU_CAPTION_BATCH_SIZE, WRITE_SECONDS
-from mmindex.errors import TableError, first_line
+from mmindex.errors import TableError, engine_message
 from mmindex.ingest.pipeline import ProgressUpdate, Writer, load_pools, overlapped
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.uri import UriReader
@@ -125,7 +125,7 @@ def backfill_targets(
                         yield item
         except (ValueError, RuntimeError) as exc:
             if where:
-                raise TableError(f"check the --where filter {where!r}: {first_line(exc)}") from exc
+                raise TableError(f"check the --where filter {where!r}: {engine_message(exc)}") from exc
             raise
         yield from later
 

@@ -62,6 +62,7 @@ def _tokens(text: str) -> list[Token]:
             break
         match = _TOKEN.match(text, position)
         if not match or match.end() == position:
+            position += len(text[position:]) - len(text[position:].lstrip())  # point at the character
             raise ConfigError(
                 f"the filter has a character it may not use at position {position}: {text[position]!r}"
             )

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmindex.errors import ConfigError, DecodeError, TableError, first_line
+from mmindex.errors import ConfigError, DecodeError, TableError, engine_message
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
 from mmindex.models.precision import check_precision
@@ -324,7 +324,7 @@ def _run(query: Any, where: str | None) -> Any:
         return query.to_arrow()
     except (ValueError, RuntimeError, OSError) as exc:
         if where:
-            raise TableError(f"query failed; check the filter {where!r}: {first_line(exc)}") from exc
+            raise TableError(f"the filter {where!r} cannot be applied: {engine_message(exc)}") from exc
         raise
 
 

@@ -12,6 +12,7 @@ decompression-bomb guard and a pixel cap, and no endpoint reads anything but the
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import re
@@ -36,6 +37,14 @@ from mmindex.query.handle import SEARCH_MODES, ImageIndex
 from mmindex.query.results import Results, rows_at
 from mmindex.query.search import with_synthetic
 from mmindex.server.coalesce import Coalescer
+from mmindex.server.guard import (
+    LOOPBACK_HOSTS,
+    AccessLog,
+    HostCheck,
+    SecurityHeaders,
+    TokenCheck,
+    page_policy,
+)
 from mmindex.server.limits import BodyLimit
 
 MAX_K = 200
@@ -43,6 +52,7 @@ MAX_OFFSET = 10_000
 MAX_QUERY_LENGTH = 1000
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_QUERY_PIXELS = 50_000_000
+UPLOAD_SLOTS = 2  # query images held in memory and decoded at once; the others wait their turn
 TEXT_CACHE_SIZE = 256
 PROBE_CAPTIONS = 64  # captions the int8 text tower is judged on at start-up
 TEXT_INT8_CHOICES = ("auto", "off")
@@ -212,7 +222,7 @@ def check_query_image(data: bytes) -> None:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
     except Exception as exc:  # any failure to read a header is the upload's fault
-        raise DecodeError(f"not a readable image: {type(exc).__name__}") from exc
+        raise DecodeError("not an image this server can read (JPEG, PNG, WebP, GIF, BMP or TIFF)") from exc
     if width * height > MAX_QUERY_PIXELS:
         raise DecodeError(
             f"the image is {width}x{height} pixels; query images are limited to {MAX_QUERY_PIXELS}"
@@ -244,10 +254,17 @@ def page_json(results: Results, *, mode: str, k: int, offset: int, query: str) -
 
 
 def create_app(
-    index: ImageIndex, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, warm: bool = True, text_int8: str = "auto"
+    index: ImageIndex,
+    *,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    warm: bool = True,
+    text_int8: str = "auto",
+    hosts: frozenset[str] = frozenset(LOOPBACK_HOSTS),
+    token: str | None = None,
 ) -> Any:
-    """The ASGI app serving `index` (the FastAPI app wrapped in the body-size limit). `warm` loads
-    the model now rather than at the first query; `text_int8` is `SearchService.warm`'s."""
+    """The ASGI app serving `index`: the FastAPI app inside the request guards (`guard`, `limits`).
+    `warm` loads the model now rather than at the first query; `text_int8` is `SearchService.warm`'s;
+    only requests for `hosts` are answered, and with a `token` only those that carry it."""
     if text_int8 not in TEXT_INT8_CHOICES:
         raise ConfigError(f"text_int8 must be one of {', '.join(TEXT_INT8_CHOICES)}, got {text_int8!r}")
     service = SearchService(index)
@@ -259,6 +276,7 @@ def create_app(
         description=f"Read-only search over the table {index.store.describe()}.",
     )
     _add_error_handlers(app)
+    upload_slots = asyncio.Semaphore(UPLOAD_SLOTS)
     page = resources.files("mmindex.server").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -306,10 +324,12 @@ def create_app(
         distinct: DISTINCT = False,
         synthetic: SYNTHETIC = "include",
     ) -> dict[str, Any]:
-        data = await image.read()
-        if not data:
-            raise DecodeError("the uploaded image is empty")
-        vector = await run_in_threadpool(service.image_vector, data)  # keep the event loop free
+        async with upload_slots:  # bounds memory: the body waits on disk (spooled) until its turn
+            data = await image.read()
+            if not data:
+                raise DecodeError("the uploaded image is empty")
+            vector = await run_in_threadpool(service.image_vector, data)  # keep the event loop free
+            del data
         found = await run_in_threadpool(
             functools.partial(
                 service.search,
@@ -360,7 +380,10 @@ def create_app(
         mime = "image/webp" if data[8:12] == b"WEBP" else "image/jpeg"
         return Response(data, media_type=mime, headers={"Cache-Control": "max-age=300"})
 
-    return BodyLimit(app, max_upload_bytes)
+    guarded: Any = BodyLimit(app, max_upload_bytes)
+    if token:
+        guarded = TokenCheck(guarded, token)
+    return AccessLog(SecurityHeaders(HostCheck(guarded, hosts), page_policy(page)))
 
 
 def _checked_id(row_id: str) -> str:

@@ -26,12 +26,16 @@ def search_remote(
     offset: int,
     where: str | None,
     mode: str,
+    synthetic: str = "include",
+    token: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The hits, as `mmindex search --json` prints them locally."""
+    """The hits, as `mmindex search --json` prints them locally. `token` is the server's shared
+    secret, if it requires one."""
     base = server.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ConfigError(f"--server {server!r} must be an http:// or https:// URL")
-    params: dict[str, str] = {"k": str(k), "offset": str(offset)}
+    params: dict[str, str] = {"k": str(k), "offset": str(offset), "synthetic": synthetic}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     if where:
         params["where"] = where
     if image is not None:
@@ -43,12 +47,14 @@ def search_remote(
         request = urllib.request.Request(
             f"{base}/api/search?{urllib.parse.urlencode(params)}",
             data=body,
-            headers={"Content-Type": content_type},
+            headers={**headers, "Content-Type": content_type},
             method="POST",
         )
     else:
         params.update(q=text or "", mode=mode)
-        request = urllib.request.Request(f"{base}/api/search?{urllib.parse.urlencode(params)}")
+        request = urllib.request.Request(
+            f"{base}/api/search?{urllib.parse.urlencode(params)}", headers=headers
+        )
     page = _call(request, base)
     return [{name: hit.get(name) for name in HIT_FIELDS} for hit in page["hits"]]
 

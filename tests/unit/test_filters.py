@@ -49,3 +49,22 @@ def test_real_filters_pass(where: str, expected: str) -> None:
 def test_anything_else_is_refused(where: str) -> None:
     with pytest.raises(ConfigError):
         check_filter(where, COLUMNS)
+
+
+def test_a_refused_character_is_the_one_named() -> None:
+    with pytest.raises(ConfigError, match=r"may not use at position 20: '/'"):
+        check_filter("key = 'a' AND width / 0 = 1", COLUMNS)
+
+
+def test_engine_errors_lose_their_source_paths_and_preamble() -> None:
+    from mmindex.errors import engine_message
+
+    raw = ValueError(
+        "Invalid input, Error resolving filter expression width = 'abc': Invalid user input: Received "
+        "literal Utf8(\"abc\") and could not convert to literal of type 'Int32', "
+        "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/lance-datafusion-13.0.0/src/logical_expr.rs:23:88"
+    )
+    assert (
+        engine_message(raw)
+        == "Received literal Utf8(\"abc\") and could not convert to literal of type 'Int32'"
+    )

@@ -34,6 +34,7 @@ def browser() -> Iterator[webdriver.Chrome]:
     assert chromium and driver_path, "install Debian's chromium and chromium-driver (.ci/run does)"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see refused scripts and styles
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -79,3 +80,9 @@ def test_search_more_like_this_and_upload(
 
     shot = tmp_path / "search-page.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    refused = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
+    assert not refused, refused  # the page lives within the policy its server sends
