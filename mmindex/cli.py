@@ -248,6 +248,18 @@ def search(
     ] = "a photo of a {}",
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
     offset: Annotated[int, typer.Option("--offset", min=0, help="skip the first N results (paging)")] = 0,
+    min_score: Annotated[
+        float | None,
+        typer.Option("--min-score", min=-1.0, max=1.0, help="only hits with at least this cosine score"),
+    ] = None,
+    order_by: Annotated[
+        str | None,
+        typer.Option(
+            "--order-by",
+            help="order the relevant hits by a column: 'COLUMN', 'COLUMN asc' or 'COLUMN desc' "
+            "(with --min-score: every hit above it; else each page)",
+        ),
+    ] = None,
     synthetic: Annotated[
         str, typer.Option("--synthetic", help="generated images: include, exclude or only")
     ] = "include",
@@ -295,18 +307,20 @@ def search(
             mode=mode,
             synthetic=synthetic,
             token=token,
+            min_score=min_score,
+            order_by=order_by,
         )
         print_hits(hits, json_output)
         return
-    from mmindex.query.search import Searcher, with_synthetic
+    from mmindex.query.handle import ImageIndex
+    from mmindex.query.search import with_synthetic
     from mmindex.store.reader import Store
 
     settings = _settings(db, table)
-    searcher = Searcher(Store.from_settings(settings), device=device or settings.device)
-    table = searcher.store.lancedb_table()  # a missing table is an error before any model loads
-    where = with_synthetic(where, synthetic, table)
+    # a missing table is an error here, before any model loads
+    index = ImageIndex(Store.from_settings(settings), device=device or settings.device)
     if image is not None and labels is not None:
-        scores = searcher.labels(image, labels.split(","), template)
+        scores = index.labels(image, labels.split(","), template)
         if json_output:
             emit_json([s.to_dict() for s in scores])
         else:
@@ -314,23 +328,21 @@ def search(
                 typer.echo(f"{s.score:7.4f}  {s.probability:6.1%}  {s.label}")
         return
     if image is not None and captions:
-        results = searcher.captions(image, k, where)
-    elif image is not None:
-        results = searcher.image(image, k, where, offset=offset)
-    elif imagine:
-        from mmindex.query.handle import ImageIndex
-
-        mode = "text" if text_only else "hybrid" if hybrid else "vector"
-        handle = ImageIndex(searcher.store, embedder=searcher.embedder)
-        results = handle.search(
-            text, k=k, where=where, offset=offset, mode=mode, imagine=imagine, generator=generator
-        )
-    elif text_only:
-        results = searcher.fulltext(text or "", k, where, offset=offset)
-    elif hybrid:
-        results = searcher.hybrid(text or "", k, where, offset=offset)
+        results = index.captions_for(image, k, with_synthetic(where, synthetic, index.table))
     else:
-        results = searcher.text(text or "", k, where, offset=offset)
+        results = index.search(
+            text,
+            image=image,
+            k=k,
+            where=where,
+            offset=offset,
+            mode="text" if text_only else "hybrid" if hybrid else "vector",
+            synthetic=synthetic,
+            imagine=imagine,
+            generator=generator,
+            min_score=min_score,
+            order_by=order_by,
+        )
     print_hits(results.to_list(), json_output, first_rank=offset + 1)
 
 

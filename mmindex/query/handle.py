@@ -18,6 +18,7 @@ import numpy as np
 from mmindex.config import Settings
 from mmindex.errors import ConfigError, TableError
 from mmindex.models.clip import ClipEmbedder
+from mmindex.query.relevance import ANY, relevance
 from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Results
 from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher, with_synthetic
 from mmindex.store.reader import Store
@@ -71,6 +72,8 @@ class ImageIndex:
         synthetic: str = "include",
         imagine: int = 0,
         generator: str | None = None,
+        min_score: float | None = None,
+        order_by: str | None = None,
     ) -> Results:
         """Images for one query: `text`, `image` (path, bytes or PIL image) or a `vector` from the
         table's model. `mode`: "vector" (CLIP similarity, the default), "text" (BM25 over captions)
@@ -78,8 +81,11 @@ class ImageIndex:
         `offset` skips that many results (paging); `synthetic`: "include" generated images (the
         default), "exclude" them or search "only" them. `imagine=N` (text queries) also makes N
         images for the text with `generator` (a text-to-image model; default sd-turbo) and fuses their
-        image-to-image results with the text results by reciprocal rank (mmindex.query.imagine)."""
+        image-to-image results with the text results by reciprocal rank (mmindex.query.imagine).
+        `min_score` keeps only hits with at least that cosine score; `order_by` ("modified_at desc")
+        orders the relevant hits by a column (mmindex.query.relevance)."""
         where = with_synthetic(where, synthetic, self.table)
+        controls = relevance(min_score, order_by, self.table.schema)
         given = [
             name
             for name, value in (("text", text), ("image", image), ("vector", vector))
@@ -94,17 +100,19 @@ class ImageIndex:
         if text is not None and not text.strip():
             raise ConfigError("the text query is empty")
         if vector is not None:
-            return self.searcher.vector(vector, k, where, offset=offset)
+            return self.searcher.vector(vector, k, where, offset=offset, relevance=controls)
         if image is not None:
-            return self.searcher.image(image, k, where, offset=offset)
+            return self.searcher.image(image, k, where, offset=offset, relevance=controls)
         assert text is not None
         if imagine:
+            if controls != ANY:
+                raise ConfigError("min_score and order_by do not apply to imagined (fused) searches")
             return self._imagined(text, imagine, generator, k, where, offset, mode)
         if mode == "text":
-            return self.searcher.fulltext(text, k, where, offset=offset)
+            return self.searcher.fulltext(text, k, where, offset=offset, relevance=controls)
         if mode == "hybrid":
-            return self.searcher.hybrid(text, k, where, offset=offset)
-        return self.searcher.text(text, k, where, offset=offset)
+            return self.searcher.hybrid(text, k, where, offset=offset, relevance=controls)
+        return self.searcher.text(text, k, where, offset=offset, relevance=controls)
 
     def _imagined(
         self, text: str, count: int, generator: str | None, k: int, where: str | None, offset: int, mode: str

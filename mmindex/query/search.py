@@ -21,6 +21,7 @@ from mmindex.errors import ConfigError, DecodeError, TableError, engine_message
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
 from mmindex.models.precision import check_precision
+from mmindex.query.relevance import ANY, Relevance
 from mmindex.query.results import LabelScore, Results, rows_at
 from mmindex.schema import META_DIM, META_MODEL
 from mmindex.store.reader import Store
@@ -75,13 +76,32 @@ class Searcher:
 
     # -- vector queries --------------------------------------------------------------------------
 
-    def text(self, query: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
+    def text(
+        self,
+        query: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        relevance: Relevance = ANY,
+    ) -> Results:
         """Images whose embedding is closest to the text's."""
-        return self.vector(self.embedder.embed_texts([query])[0], k, where, offset=offset, query=query)
+        vector = self.embedder.embed_texts([query])[0]
+        return self.vector(vector, k, where, offset=offset, query=query, relevance=relevance)
 
-    def image(self, image: ImageQuery, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
+    def image(
+        self,
+        image: ImageQuery,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        relevance: Relevance = ANY,
+    ) -> Results:
         """Images most similar to an image (path, bytes or PIL image)."""
-        return self.vector(self.embed_image(image), k, where, offset=offset, query="image")
+        return self.vector(
+            self.embed_image(image), k, where, offset=offset, query="image", relevance=relevance
+        )
 
     def captions(self, image: ImageQuery, k: int = 10, where: str | None = None) -> Results:
         """The stored captions closest to an image, one hit per distinct caption."""
@@ -121,11 +141,15 @@ class Searcher:
         offset: int = 0,
         query: str = "vector",
         exclude: str | None = None,
+        relevance: Relevance = ANY,
     ) -> Results:
         """Nearest rows to a query vector in `column`, scored by exact cosine similarity; `offset`
         skips the first rows (paging); the row with id `exclude` is left out of the ranking before
-        paging ("more like this" leaves out the row it starts from)."""
-        return self.vectors([vector], k, where, column, offset=offset, queries=[query], exclude=exclude)[0]
+        paging ("more like this" leaves out the row it starts from); `relevance` cuts the ranking at
+        a score or orders it by a column (mmindex.query.relevance)."""
+        return self.vectors(
+            [vector], k, where, column, offset=offset, queries=[query], exclude=exclude, relevance=relevance
+        )[0]
 
     def vectors(
         self,
@@ -137,6 +161,7 @@ class Searcher:
         offset: int = 0,
         queries: Sequence[str] | None = None,
         exclude: str | None = None,
+        relevance: Relevance = ANY,
     ) -> list[Results]:
         """`vector` for several query vectors at once, in one LanceDB query: each query costs a
         fraction of a query of its own (the search server batches concurrent queries this way)."""
@@ -148,7 +173,8 @@ class Searcher:
         query_vectors = [self.check_vector(vector, schema) for vector in vectors]
         columns = [*self._columns(schema), column]
         indexed = self._indexed(column)
-        wanted = offset + k + (1 if exclude is not None else 0)
+        wanted = relevance.depth(offset, k) + (1 if exclude is not None else 0)
+        max_distance = relevance.max_distance()
 
         def search(positions: list[int], exact: bool) -> list[pa.Table]:
             # a fresh builder each time: its methods modify it
@@ -157,6 +183,8 @@ class Searcher:
             )
             built = table.search(given, vector_column_name=column).distance_type("cosine")
             built = built.select(columns).limit(wanted)
+            if max_distance is not None:
+                built = built.distance_range(upper_bound=max_distance)
             built = built.bypass_vector_index() if exact else self._tuned(built, column, schema)
             return _per_query(
                 _run(built.where(where, prefilter=True) if where else built, where), len(positions)
@@ -173,7 +201,7 @@ class Searcher:
                     found[i] = exact
         names = queries or ["vector"] * len(query_vectors)
         return [
-            _ranked(_without_id(result, exclude), query_vector, column, offset, k, name)
+            _ranked(_without_id(result, exclude), query_vector, column, offset, k, name, relevance)
             for result, query_vector, name in zip(found, query_vectors, names, strict=True)
         ]
 
@@ -194,9 +222,18 @@ class Searcher:
 
     # -- text queries ----------------------------------------------------------------------------
 
-    def fulltext(self, query: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
+    def fulltext(
+        self,
+        query: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        relevance: Relevance = ANY,
+    ) -> Results:
         """BM25 full-text search over captions (human and generated). Scores are BM25, not cosine."""
         _check_k(k, offset)
+        _check_unscaled(relevance, "bm25")
         self._require_fts()
         table = self.store.lancedb_table()
         search = table.search(query, query_type="fts", fts_columns="caption")
@@ -204,13 +241,23 @@ class Searcher:
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
-        return Results(_scored(result, "_score").slice(offset, k), score_kind="bm25", query=query)
+        page = relevance.page(_scored(result, "_score"), offset, k)
+        return Results(page, score_kind="bm25", query=query)
 
-    def hybrid(self, query: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
+    def hybrid(
+        self,
+        query: str,
+        k: int = 10,
+        where: str | None = None,
+        *,
+        offset: int = 0,
+        relevance: Relevance = ANY,
+    ) -> Results:
         """Vector (text -> image) and full-text results fused by reciprocal rank; score is the RRF score."""
         from lancedb.rerankers import RRFReranker
 
         _check_k(k, offset)
+        _check_unscaled(relevance, "rrf")
         self._require_fts()
         vector = self.embedder.embed_texts([query])[0]
         table = self.store.lancedb_table()
@@ -228,7 +275,8 @@ class Searcher:
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
-        return Results(_scored(result, "_relevance_score").slice(offset, k), score_kind="rrf", query=query)
+        page = relevance.page(_scored(result, "_relevance_score"), offset, k)
+        return Results(page, score_kind="rrf", query=query)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -285,6 +333,11 @@ def _check_k(k: int, offset: int = 0) -> None:
         raise ConfigError(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
 
 
+def _check_unscaled(relevance: Relevance, score_kind: str) -> None:
+    if relevance.min_score is not None:
+        raise ConfigError(f"min_score is a cosine cutoff; {score_kind} scores have no fixed scale")
+
+
 def _scored(result: pa.Table, column: str) -> pa.Table:
     """A result with its engine's score column renamed to `score` (other internal columns dropped)."""
     scores = result.column(column).cast(pa.float32())
@@ -302,15 +355,22 @@ def _per_query(result: pa.Table, count: int) -> list[pa.Table]:
 
 
 def _ranked(
-    result: pa.Table, query_vector: np.ndarray, column: str, offset: int, k: int, query: str
+    result: pa.Table,
+    query_vector: np.ndarray,
+    column: str,
+    offset: int,
+    k: int,
+    query: str,
+    relevance: Relevance = ANY,
 ) -> Results:
-    """Rows re-scored by their exact cosine to the query, best first, `offset` and `k` applied."""
+    """Rows re-scored by their exact cosine to the query, best first, then paged (`relevance`,
+    `offset`, `k`)."""
     if result.num_rows == 0:
         return Results.empty(query=query)
     vectors = np.asarray(result.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))
     scores = vectors.reshape(result.num_rows, -1) @ query_vector
     ranked = result.drop_columns([column, "_distance"]).append_column("score", pa.array(scores, pa.float32()))
-    return Results(ranked.sort_by([("score", "descending")]).slice(offset, k), query=query)
+    return Results(relevance.page(ranked.sort_by([("score", "descending")]), offset, k), query=query)
 
 
 def _without_id(result: pa.Table, row_id: str | None) -> pa.Table:

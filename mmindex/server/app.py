@@ -13,6 +13,7 @@ decompression-bomb guard and a pixel cap, and no endpoint reads anything but the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import re
@@ -34,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mmindex.errors import ConfigError, DecodeError, MMIndexError, TableError
 from mmindex.query.filters import check_filter
 from mmindex.query.handle import SEARCH_MODES, ImageIndex
+from mmindex.query.relevance import ANY, Relevance, relevance
 from mmindex.query.results import Results, rows_at
 from mmindex.query.search import with_synthetic
 from mmindex.server.coalesce import Coalescer
@@ -66,6 +68,17 @@ WHERE = Annotated[
     Query(max_length=2000, description="filter: comparisons of columns with values, AND/OR/NOT"),
 ]
 DISTINCT = Annotated[bool, Query(description="hide exact duplicates (same file content) of better hits")]
+MIN_SCORE = Annotated[
+    float | None,
+    Query(ge=-1, le=1, description="only hits with at least this cosine score (vector searches)"),
+]
+ORDER_BY = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        description="order the relevant hits by a column: 'COLUMN', 'COLUMN asc' or 'COLUMN desc'",
+    ),
+]
 SYNTHETIC = Annotated[
     str, Query(pattern="^(include|exclude|only)$", description="generated images: include, exclude or only")
 ]
@@ -92,6 +105,7 @@ class SearchKey(NamedTuple):
     offset: int
     where: str | None
     exclude: str | None  # a row left out of the ranking ("more like this" leaves out its own row)
+    relevance: Relevance
 
 
 class SearchService:
@@ -104,7 +118,8 @@ class SearchService:
         self._searches: Coalescer[SearchKey, np.ndarray, Results] = Coalescer(self._search_vectors)
         self._cache_lock = threading.Lock()
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.filter_columns = [name for name in index.table.schema.names if name not in HIDDEN_COLUMNS]
+        self.schema = index.table.schema
+        self.filter_columns = [name for name in self.schema.names if name not in HIDDEN_COLUMNS]
 
     def warm(self, text_int8: str = "auto") -> None:
         """Load the model, choose how text queries run (`text_int8`: "auto" tries an int8 text tower,
@@ -143,14 +158,17 @@ class SearchService:
         where: str | None,
         synthetic: str,
         exclude: str | None = None,
+        relevance: Relevance = ANY,
     ) -> Results:
         """Images nearest a query vector; concurrent queries with the same page and filter are
         answered by one multi-vector LanceDB query."""
         where = with_synthetic(where, synthetic, self.index.table)
-        return self._searches(SearchKey(k, offset, where, exclude), vector)
+        return self._searches(SearchKey(k, offset, where, exclude, relevance), vector)
 
     def _search_vectors(self, key: SearchKey, vectors: list[np.ndarray]) -> list[Results]:
-        return self.index.searcher.vectors(vectors, key.k, key.where, offset=key.offset, exclude=key.exclude)
+        return self.index.searcher.vectors(
+            vectors, key.k, key.where, offset=key.offset, exclude=key.exclude, relevance=key.relevance
+        )
 
     def image_vector(self, data: bytes) -> np.ndarray:
         check_query_image(data)
@@ -175,31 +193,43 @@ class SearchService:
         synthetic: str = "include",
         exclude: str | None = None,
         hidden_digest: str | None = None,
+        min_score: float | None = None,
+        order_by: str | None = None,
     ) -> Results:
         """One page of results. `exclude` leaves a row out of the ranking; with `distinct`, exact copies
         of a better hit are hidden, and so are those of `hidden_digest` (the file a "more like this"
-        query starts from)."""
+        query starts from); `min_score` and `order_by` as in mmindex.query.relevance."""
         checked = self.where(where)
+        controls = relevance(min_score, order_by, self.schema)
         fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if distinct else (k, offset)
+        # with distinct, a page of the ranking is ordered after its copies are hidden
+        fetched = controls if not distinct or controls.orders_whole_set else Relevance(controls.min_score)
         if vector is not None or mode == "vector":
             if vector is None:
                 assert text is not None
                 vector = self.text_vector(text)
             found = self.nearest(
-                vector, k=fetch_k, offset=fetch_offset, where=checked, synthetic=synthetic, exclude=exclude
+                vector,
+                k=fetch_k,
+                offset=fetch_offset,
+                where=checked,
+                synthetic=synthetic,
+                exclude=exclude,
+                relevance=fetched,
             )
-        elif mode == "hybrid":  # embeds the text itself
-            with self._model_lock:
-                found = self.index.search(
-                    text, mode=mode, k=fetch_k, where=checked, offset=fetch_offset, synthetic=synthetic
-                )
         else:
-            found = self.index.search(
-                text, mode=mode, k=fetch_k, where=checked, offset=fetch_offset, synthetic=synthetic
-            )
+            assert text is not None
+            searched = {"text": self.index.searcher.fulltext, "hybrid": self.index.searcher.hybrid}[mode]
+            where_synthetic = with_synthetic(checked, synthetic, self.index.table)
+            with self._model_lock if mode == "hybrid" else contextlib.nullcontext():  # hybrid embeds
+                found = searched(text, fetch_k, where_synthetic, offset=fetch_offset, relevance=fetched)
         if not distinct:
             return found
-        return _without_exact_duplicates(found, offset, k, hidden_digest)
+        page = _without_exact_duplicates(found, offset, k, hidden_digest)
+        if fetched is controls:
+            return page
+        ordered = Relevance(order_by=controls.order_by).page(page.to_arrow(), 0, k)
+        return Results(ordered, score_kind=page.score_kind, query=page.query)
 
 
 def _without_exact_duplicates(found: Results, offset: int, k: int, hidden_digest: str | None) -> Results:
@@ -305,11 +335,21 @@ def create_app(
         mode: Annotated[str, Query(pattern="^(" + "|".join(SEARCH_MODES) + ")$")] = "vector",
         distinct: DISTINCT = False,
         synthetic: SYNTHETIC = "include",
+        min_score: MIN_SCORE = None,
+        order_by: ORDER_BY = None,
     ) -> dict[str, Any]:
         if not q.strip():
             raise ConfigError("the query is empty")
         found = service.search(
-            text=q, mode=mode, k=k, offset=offset, where=where, distinct=distinct, synthetic=synthetic
+            text=q,
+            mode=mode,
+            k=k,
+            offset=offset,
+            where=where,
+            distinct=distinct,
+            synthetic=synthetic,
+            min_score=min_score,
+            order_by=order_by,
         )
         return page_json(found, mode=mode, k=k, offset=offset, query=q)
 
@@ -323,6 +363,8 @@ def create_app(
         where: WHERE = None,
         distinct: DISTINCT = False,
         synthetic: SYNTHETIC = "include",
+        min_score: MIN_SCORE = None,
+        order_by: ORDER_BY = None,
     ) -> dict[str, Any]:
         async with upload_slots:  # bounds memory: the body waits on disk (spooled) until its turn
             data = await image.read()
@@ -339,6 +381,8 @@ def create_app(
                 where=where,
                 distinct=distinct,
                 synthetic=synthetic,
+                min_score=min_score,
+                order_by=order_by,
             )
         )
         return page_json(found, mode="image", k=k, offset=offset, query=image.filename or "image")
@@ -355,6 +399,8 @@ def create_app(
         where: WHERE = None,
         distinct: DISTINCT = False,
         synthetic: SYNTHETIC = "include",
+        min_score: MIN_SCORE = None,
+        order_by: ORDER_BY = None,
     ) -> dict[str, Any]:
         vector = index.embedding(_checked_id(row_id))
         digest = index.row(row_id, ["sha256"]).get("sha256") if distinct else None
@@ -367,6 +413,8 @@ def create_app(
             synthetic=synthetic,
             exclude=row_id,
             hidden_digest=digest,
+            min_score=min_score,
+            order_by=order_by,
         )
         return page_json(found, mode="similar", k=k, offset=offset, query=row_id)
 

@@ -28,6 +28,8 @@ def search_remote(
     mode: str,
     synthetic: str = "include",
     token: str | None = None,
+    min_score: float | None = None,
+    order_by: str | None = None,
 ) -> list[dict[str, Any]]:
     """The hits, as `mmindex search --json` prints them locally. `token` is the server's shared
     secret, if it requires one."""
@@ -38,6 +40,10 @@ def search_remote(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if where:
         params["where"] = where
+    if min_score is not None:
+        params["min_score"] = repr(min_score)
+    if order_by:
+        params["order_by"] = order_by
     if image is not None:
         try:
             data = image.expanduser().read_bytes()

@@ -89,6 +89,39 @@ def test_empty_pages_are_empty_results_not_errors(idx: ImageIndex) -> None:
         assert len(idx.search("a blue circle", mode=mode, k=5, offset=len(idx))) == 0
 
 
+def test_min_score_cuts_the_ranking_and_order_by_orders_the_relevant_hits(idx: ImageIndex) -> None:
+    ranking = idx.search("a red circle", k=60)
+    cutoff = ranking[7].score
+    relevant = [hit.id for hit in ranking if hit.score >= cutoff]
+    above = idx.search("a red circle", k=60, min_score=cutoff)
+    assert [hit.id for hit in above] == relevant and all(hit.score >= cutoff for hit in above)
+
+    by_key = idx.search("a red circle", k=60, min_score=cutoff, order_by="key desc")
+    assert [hit.key for hit in by_key] == sorted((hit.key for hit in above), reverse=True)
+    pages = [
+        idx.search("a red circle", k=3, offset=n, min_score=cutoff, order_by="key desc") for n in (0, 3, 6, 9)
+    ]
+    walked = [hit.id for page in pages for hit in page]
+    assert walked == [hit.id for hit in by_key]
+
+    page = idx.search("a red circle", k=6, offset=6, order_by="width")  # each page of the ranking, ordered
+    expected = sorted(ranking.to_list()[6:12], key=lambda hit: hit["width"])  # stable: ties keep score order
+    assert [hit.id for hit in page] == [hit["id"] for hit in expected]
+    words = idx.search("red", mode="text", k=5, order_by="key")
+    assert [hit.key for hit in words] == sorted(hit.key for hit in idx.search("red", mode="text", k=5))
+
+
+@pytest.mark.parametrize(
+    ("controls", "message"),
+    [({"order_by": "nosuch"}, "cannot order by 'nosuch'"), ({"order_by": "thumbnail"}, "cannot order by"),
+     ({"order_by": "key sideways"}, "'COLUMN asc'"), ({"min_score": 1.5}, "between -1 and 1"),
+     ({"min_score": 0.2, "mode": "text"}, "bm25 scores have no fixed scale")],
+)  # fmt: skip
+def test_relevance_controls_are_checked(idx: ImageIndex, controls: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        idx.search("a red circle", **controls)  # type: ignore[arg-type]
+
+
 def test_full_text_hybrid_captions_and_labels(idx: ImageIndex) -> None:
     text = idx.search("yellow", mode="text", k=3)
     assert text.score_kind == "bm25" and all("yellow" in (hit.caption or "") for hit in text)

@@ -185,6 +185,12 @@ def test_image_upload_finds_the_image(client: httpx.Client, served: tuple[str, P
         ({"method": "GET", "url": "/api/search", "params": {"q": "x", "where": "nosuch = 1"}}, 400),
         ({"method": "GET", "url": "/api/search", "params": {"q": "x", "mode": "sql"}}, 422),
         ({"method": "GET", "url": "/api/search", "params": {"q": ""}}, 422),
+        ({"method": "GET", "url": "/api/search", "params": {"q": "x", "min_score": 2}}, 422),
+        ({"method": "GET", "url": "/api/search", "params": {"q": "x", "order_by": "thumbnail"}}, 400),
+        (
+            {"method": "GET", "url": "/api/search", "params": {"q": "x", "mode": "text", "min_score": 0.1}},
+            400,
+        ),
         ({"method": "GET", "url": "/api/similar/" + "0" * 32}, 404),
         ({"method": "GET", "url": "/api/similar/..%2F..%2Fetc%2Fpasswd"}, 404),
         ({"method": "GET", "url": "/api/thumbnail/not-an-id"}, 404),
@@ -268,6 +274,14 @@ def test_cli_search_through_the_server_prints_the_local_json(
     assert [hit["id"] for hit in remote_hits] == [hit["id"] for hit in local_hits]
     assert set(remote_hits[0]) == set(local_hits[0])
     assert remote_hits[0]["score"] == pytest.approx(local_hits[0]["score"], abs=1e-4)
+    cutoff = str(remote_hits[2]["score"] - 1e-4)  # the best three (the server's scores are float32)
+    controls = ("-k", "10", "--min-score", cutoff, "--order-by", "key desc", "--json")
+    remote = cli("search", "a purple triangle", *controls, env={"MMINDEX_SERVER": served[0]})
+    local = cli("search", "a purple triangle", *controls, "--db", str(served[1]))
+    assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
+    keys = [hit["key"] for hit in json.loads(remote.stdout)]
+    assert keys == [hit["key"] for hit in json.loads(local.stdout)]
+    assert keys == sorted((hit["key"] for hit in remote_hits[:3]), reverse=True)
     refused = cli("search", "x", "--where", "1=1", "--server", served[0])
     assert refused.returncode == 2 and "refused" in refused.stderr
     unreachable = cli("search", "x", "--server", f"http://127.0.0.1:{free_port()}")
