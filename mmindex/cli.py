@@ -9,6 +9,7 @@ that need them, so `mmindex stats` and `mmindex --help` stay quick.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -278,6 +279,13 @@ def search(
             "--server", envvar="MMINDEX_SERVER", help="ask a running `mmindex serve` at this URL instead"
         ),
     ] = None,
+    no_server: Annotated[
+        bool,
+        typer.Option(
+            "--no-server",
+            help="search in this process even when a running `mmindex serve` of this table is found",
+        ),
+    ] = False,
     token: TokenOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -291,6 +299,16 @@ def search(
         raise ConfigError("--text-only and --hybrid need a TEXT query")
     if text is not None and image is not None:
         raise ConfigError("give either a TEXT query or --image, not both")
+    settings = _settings(db, table)
+    if not server and not no_server and not (labels or captions or imagine):
+        from mmindex.server.announce import find_server
+
+        found = find_server(settings.db, settings.table)
+        if found is not None:
+            server, token = found.url, token or found.token
+            typer.echo(
+                f"(answered by the running mmindex serve at {server}; --no-server to search here)", err=True
+            )
     if server:
         if labels or captions or imagine:
             raise ConfigError("--labels, --captions and --imagine run locally: leave out --server")
@@ -316,7 +334,6 @@ def search(
     from mmindex.query.search import with_synthetic
     from mmindex.store.reader import Store
 
-    settings = _settings(db, table)
     # a missing table is an error here, before any model loads
     index = ImageIndex(Store.from_settings(settings), device=device or settings.device)
     if image is not None and labels is not None:
@@ -445,7 +462,12 @@ def serve(
         )
     shown = f"{url}?token={token}" if token else url
     typer.echo(f"serving {shown}  (API docs: {url}docs)", err=True)
-    uvicorn.run(asgi, host=host, port=port, log_level="warning")
+    from mmindex.server.announce import Announcement, announced, local_url
+
+    store = index.store
+    announcement = Announcement(local_url(host, port), os.getpid(), store.db_uri, store.table_name, token)
+    with announced(announcement) if port else contextlib.nullcontext():  # port 0: known only later
+        uvicorn.run(asgi, host=host, port=port, log_level="warning")
 
 
 @app.command()

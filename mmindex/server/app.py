@@ -317,6 +317,10 @@ def create_app(
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "rows": len(index)}
 
+    @app.get("/api/table", summary="which table this server answers for (cheap: no counting)")
+    def which_table() -> dict[str, Any]:
+        return {"db": index.store.db_uri, "table": index.store.table_name}
+
     @app.get("/api/stats", summary="rows, captions by source, model, indices")
     def stats() -> dict[str, Any]:
         loaded = index.searcher.loaded_embedder

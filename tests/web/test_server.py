@@ -268,7 +268,7 @@ def test_cli_search_through_the_server_prints_the_local_json(
     served: tuple[str, Path], cli: CliRunner
 ) -> None:
     remote = cli("search", "a purple triangle", "-k", "4", "--json", env={"MMINDEX_SERVER": served[0]})
-    local = cli("search", "a purple triangle", "-k", "4", "--json", "--db", str(served[1]))
+    local = cli("search", "a purple triangle", "-k", "4", "--json", "--db", str(served[1]), "--no-server")
     assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
     remote_hits, local_hits = json.loads(remote.stdout), json.loads(local.stdout)
     assert [hit["id"] for hit in remote_hits] == [hit["id"] for hit in local_hits]
@@ -277,7 +277,7 @@ def test_cli_search_through_the_server_prints_the_local_json(
     cutoff = str(remote_hits[2]["score"] - 1e-4)  # the best three (the server's scores are float32)
     controls = ("-k", "10", "--min-score", cutoff, "--order-by", "key desc", "--json")
     remote = cli("search", "a purple triangle", *controls, env={"MMINDEX_SERVER": served[0]})
-    local = cli("search", "a purple triangle", *controls, "--db", str(served[1]))
+    local = cli("search", "a purple triangle", *controls, "--db", str(served[1]), "--no-server")
     assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
     keys = [hit["key"] for hit in json.loads(remote.stdout)]
     assert keys == [hit["key"] for hit in json.loads(local.stdout)]
@@ -286,6 +286,33 @@ def test_cli_search_through_the_server_prints_the_local_json(
     assert refused.returncode == 2 and "refused" in refused.stderr
     unreachable = cli("search", "x", "--server", f"http://127.0.0.1:{free_port()}")
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+
+def test_the_cli_finds_the_running_server_of_its_table(served: tuple[str, Path], cli: CliRunner) -> None:
+    import os
+
+    from mmindex.server.announce import Announcement, announcement_path, find_server
+
+    url, db = served
+    path = announcement_path(str(db), "images")
+    assert path is not None and path.stat().st_mode & 0o777 == 0o600
+    assert find_server(str(db), "images") == Announcement(
+        url, json.loads(path.read_text())["pid"], str(db), "images"
+    )
+
+    found = cli("search", "a green star", "-k", "3", "--json", "--db", str(db))
+    here = cli("search", "a green star", "-k", "3", "--json", "--db", str(db), "--no-server")
+    assert found.returncode == here.returncode == 0, found.stderr + here.stderr
+    assert f"answered by the running mmindex serve at {url}" in found.stderr
+    assert "answered by" not in here.stderr
+    assert [hit["id"] for hit in json.loads(found.stdout)] == [hit["id"] for hit in json.loads(here.stdout)]
+
+    other = announcement_path(str(db), "other")
+    assert other is not None
+    other.write_text(json.dumps({"url": url, "pid": os.getpid(), "db": str(db), "table": "other"}))
+    assert find_server(str(db), "other") is None  # the server answers for `images`, not `other`
+    other.write_text(json.dumps({"url": url, "pid": 2**22 + 12345, "db": str(db), "table": "other"}))
+    assert find_server(str(db), "other") is None and not other.exists()  # its process is gone: removed
 
 
 def test_rows_committed_while_the_server_runs_are_searched(
