@@ -55,6 +55,12 @@ def mode_notes(infos: list[ModelInfo], followed_kind: str) -> list[str]:
     return notes
 
 
+# Ray starts its workers at nice 15: on a machine busy with anything else they then barely run (a
+# test suite under a CPU hog waited minutes per worker start). A cluster mmindex starts itself runs
+# them at the driver's own priority; a cluster you start is yours to configure.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
 class RayEngine:
     def __init__(self, job: IndexJob | CaptionJob, run_id: str) -> None:
         self.ray = import_ray()
@@ -67,6 +73,8 @@ class RayEngine:
     def start(self) -> ModelInfo:
         ray = self.ray
         if not ray.is_initialized():
+            if self.address is None:  # a cluster of our own, on this machine
+                os.environ.setdefault(WORKER_NICENESS_ENV, "0")
             try:
                 with warnings.catch_warnings():  # Ray forks its helpers before any table is open
                     warnings.filterwarnings("ignore", message=".*fork", category=RuntimeWarning)

@@ -161,6 +161,9 @@ def test_a_driver_killed_mid_run_shows_only_whole_groups_and_a_rerun_finishes(tm
 def local_ray() -> Iterator[None]:
     import ray  # the dev extra installs it
 
+    from mmindex.distributed.ray_engine import WORKER_NICENESS_ENV
+
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as a cluster mmindex starts itself: not starved
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, logging_level="error")
     yield
     ray.shutdown()
@@ -186,6 +189,11 @@ def test_ray_runner_matches_local_and_survives_a_dead_worker(
     )
     assert captions.captioned == uncaptioned > 0
     assert all(row["caption"] and row["text_embedding"] for row in rows_of(db).values())
+
+    import ray
+
+    # the variable the engine sets for a cluster it starts takes effect: workers at nice 0, not Ray's 15
+    assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == 0
 
 
 @pytest.mark.parametrize(("kind", "mode"), [("avx2", "fp32 on cpu"), ("amx", "bf16 weights on cpu")])
