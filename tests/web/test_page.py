@@ -12,7 +12,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROME_FLAGS = (
     "--headless=new",
@@ -69,6 +69,17 @@ def test_search_more_like_this_and_upload(
     browser.find_elements(By.CSS_SELECTOR, "#grid .hit .more")[1].click()
     similar = wait_for(browser, "(similar)")
     assert keys[1] not in similar and "yellow-circle" in similar[0]
+    assert (
+        f"like {keys[1]}" in browser.find_element(By.ID, "status").text
+    )  # what was asked, and no stale text
+    assert browser.find_element(By.ID, "q").get_attribute("value") == ""
+    buttons_in_a_row = browser.execute_script(
+        "const rows = {}; for (const card of document.querySelectorAll('#grid .hit')) {"
+        " const top = Math.round(card.querySelector('.more').getBoundingClientRect().top);"
+        " (rows[card.offsetTop] ||= []).push(top); }"
+        " return Object.values(rows).map((tops) => new Set(tops).size);"
+    )
+    assert buttons_in_a_row and set(buttons_in_a_row) == {1}  # "more like this" lines up across a row
 
     first = browser.find_element(By.CSS_SELECTOR, "#grid .hit").get_attribute("data-id")
     star = httpx.get(served[0] + "/api/search", params={"q": "a blue star", "k": 1}, timeout=60).json()
@@ -77,6 +88,20 @@ def test_search_more_like_this_and_upload(
     by_image = wait_for(browser, "(image)")
     assert by_image[0].endswith(upload.name)
     assert browser.find_element(By.CSS_SELECTOR, "#grid .hit").get_attribute("data-id") != first
+
+    where = browser.find_element(By.ID, "where")
+    where.send_keys("nosuch = 1")
+    browser.find_element(By.ID, "go").click()  # the box is empty after the upload: type a query first
+    box.send_keys("a red star")
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 60).until(
+        lambda b: "error" in (b.find_element(By.ID, "status").get_attribute("class") or "")
+    )
+    assert "nosuch" in browser.find_element(By.ID, "status").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#grid .hit") == []  # the error replaced the results
+    where.clear()
+    Select(browser.find_element(By.ID, "synthetic")).select_by_value("only")
+    wait_for(browser, "no results")  # this table holds no generated image
 
     shot = tmp_path / "search-page.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
