@@ -456,8 +456,10 @@ def serve(
     typer.echo(f"text queries: {index.searcher.embedder.text_compute}", err=True)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
     if not is_loopback(host):
+        names = ", ".join(sorted(allowed_hosts(host, allow_host or ())))
         typer.echo(
-            f"warning: listening on {host}, reachable from other machines; every request needs the token",
+            f"warning: listening on {host}, reachable from other machines; every request needs the token "
+            f"and a Host of: {names} (add the names clients use with --allow-host)",
             err=True,
         )
     shown = f"{url}?token={token}" if token else url

@@ -138,7 +138,7 @@ def test_serving_every_interface_requires_a_made_up_token(
 ) -> None:
     url, log = public_server
     output = log.read_text()
-    assert "warning: listening on 0.0.0.0" in output
+    assert "warning: listening on 0.0.0.0" in output and "--allow-host" in output
     token = re.search(r"\?token=([A-Za-z0-9_-]{20,})", output)
     assert token, output
     assert httpx.get(url + "/api/stats").status_code == 401
