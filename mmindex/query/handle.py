@@ -85,7 +85,7 @@ class ImageIndex:
         `min_score` keeps only hits with at least that cosine score; `order_by` ("modified_at desc")
         orders the relevant hits by a column (mmindex.query.relevance)."""
         where = with_synthetic(where, synthetic, self.table)
-        controls = relevance(min_score, order_by, self.table.schema)
+        controls = relevance(min_score, order_by, lambda: self.table.schema)
         given = [
             name
             for name, value in (("text", text), ("image", image), ("vector", vector))

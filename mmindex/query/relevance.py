@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -77,11 +78,12 @@ def _ordered(table: pa.Table, order: Order) -> pa.Table:
     return keyed.take(pc.sort_indices(keyed, sort_keys=keys)).drop_columns(["__rank"])
 
 
-def relevance(min_score: float | None, order_by: str | None, schema: pa.Schema) -> Relevance:
-    """Checked relevance controls for a table with `schema` (ConfigError on anything else)."""
+def relevance(min_score: float | None, order_by: str | None, schema: Callable[[], pa.Schema]) -> Relevance:
+    """Checked relevance controls for the table whose schema `schema()` reads (only for an
+    `order_by`: a plain query reads no schema for them). ConfigError on anything else."""
     if min_score is not None and not (math.isfinite(min_score) and -1.0 <= min_score <= 1.0):
         raise ConfigError(f"min_score is a cosine between -1 and 1, got {min_score}")
-    return Relevance(min_score, parse_order(order_by, schema) if order_by else None)
+    return Relevance(min_score, parse_order(order_by, schema()) if order_by else None)
 
 
 def parse_order(text: str, schema: pa.Schema) -> Order:

@@ -200,7 +200,7 @@ class SearchService:
         of a better hit are hidden, and so are those of `hidden_digest` (the file a "more like this"
         query starts from); `min_score` and `order_by` as in mmindex.query.relevance."""
         checked = self.where(where)
-        controls = relevance(min_score, order_by, self.schema)
+        controls = relevance(min_score, order_by, lambda: self.schema)
         fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if distinct else (k, offset)
         # with distinct, a page of the ranking is ordered after its copies are hidden
         fetched = controls if not distinct or controls.orders_whole_set else Relevance(controls.min_score)
