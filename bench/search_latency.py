@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from ann import Corpus, exact_topk, recall
 from index_throughput import free_port, model_dir
 
 from mmindex.query.search import Searcher
@@ -49,28 +50,65 @@ from mmindex.store.upkeep import refresh_indices
 
 DIM = 512
 WORDS = "red green blue yellow purple orange circle square triangle star photo of a the small large".split()
+FILTERS = {"f5": "width < 105", "f1": "width < 101"}  # width = 100 + bucket: ~5% and ~1% of rows
 
 
-def synthetic_rows(rows: int, model: str, table: object, batch: int = 50_000) -> None:
-    """Clustered unit vectors (1,000 clusters), appended in batches with the images schema."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(1000, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    schema = images_schema(DIM, model)
+def corpus() -> Corpus:
+    """bench/ann.py's clustered, anisotropic vectors, so the query sets and recall mean the same."""
+    return Corpus(DIM, clusters=1000, seed=0, gap=2.0, decay=0.8)  # ann.py's defaults
+
+
+def write_rows(rows: int, model: str, table: object, batch: int = 50_000) -> None:
+    """ann.py's image-like vectors with the images schema; `width` is 100 + a bucket in 0..99."""
+    data, schema = corpus(), images_schema(DIM, model)
+    buckets = np.random.default_rng(1).integers(0, 100, rows, dtype=np.int32)
+    rng = np.random.default_rng(2)
     for start in range(0, rows, batch):
         n = min(batch, rows - start)
-        vectors = centres[rng.integers(0, 1000, n)] + rng.normal(scale=0.06, size=(n, DIM)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        ids = [f"{i:032x}" for i in range(start, start + n)]
+        vectors = data.images(np.random.default_rng([0, start]), n)
+        # real tables' value mixes: Lance picks encodings, and so the cost of point reads, by them
         columns = {
-            "id": ids,
-            "uri": [f"/synthetic/{i}.jpg" for i in range(start, start + n)],
-            "key": [f"{i}.jpg" for i in range(start, start + n)],
-            "width": pa.array(rng.integers(100, 2000, n), pa.int32()),
+            "id": [f"{i:032x}" for i in range(start, start + n)],
+            "uri": [f"/corpus/images/{i % 977}/{i}.jpg" for i in range(start, start + n)],
+            "key": [f"images/{i % 977}/{i}.jpg" for i in range(start, start + n)],
+            "size": pa.array(rng.integers(20_000, 900_000, n), pa.int64()),
+            "version": [str(1_700_000_000_000_000_000 + i) for i in range(start, start + n)],
+            "fingerprint": pa.array(rng.integers(-(2**62), 2**62, n), pa.int64()),
+            "modified_at": pa.array(
+                1_700_000_000_000_000 + rng.integers(0, 10**13, n), pa.timestamp("us", tz="UTC")
+            ),
+            "sha256": [f"{value:064x}" for value in rng.integers(0, 2**62, n)],
+            "width": pa.array(100 + buckets[start : start + n], pa.int32()),
+            "height": pa.array(rng.integers(100, 2000, n), pa.int32()),
+            "format": rng.choice(["JPEG", "PNG", "WEBP"], n, p=[0.8, 0.15, 0.05]).tolist(),
+            "caption": [f"synthetic image {i}" for i in range(start, start + n)],
+            "caption_source": rng.choice(["human", "generated"], n, p=[0.7, 0.3]).tolist(),
+            "thumbnail": [b"\xff\xd8" + bytes(6000)] * n,  # the size of a real ~256 px preview
+            "synthetic": pa.array(np.zeros(n, dtype=bool)),
             "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
+            "embed_model": [model] * n,
+            "embed_mode": ["fp32 on cpu"] * n,
+            "indexed_at": pa.array(np.full(n, 1_760_000_000_000_000), pa.timestamp("us", tz="UTC")),
         }
-        data = {f.name: columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema}
-        table.add(pa.Table.from_pydict(data, schema=schema))  # type: ignore[attr-defined]
+        data_ = {f.name: columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in schema}
+        table.add(pa.Table.from_pydict(data_, schema=schema))  # type: ignore[attr-defined]
+
+
+def built_store(db: Path, rows: int, model: str) -> Store:
+    """The benchmark table in `db`, written and indexed by mmindex unless it already holds `rows` rows."""
+    store = Store(str(db))
+    if store.exists() and store.info().rows == rows:
+        print(f"reusing the {rows}-row table in {db}")
+        return store
+    with store.open_writer() as writer:
+        writer.prepare(model, DIM)
+        started = time.perf_counter()
+        write_rows(rows, model, writer.images)
+        print(f"rows written: {rows} in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        actions = refresh_indices(writer)
+        print(f"index build: {time.perf_counter() - started:.1f} s ({'; '.join(actions)})")
+    return Store(str(db))
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -175,6 +213,77 @@ def lancedb_floor_ms(directory: Path) -> str:
     return f"LanceDB floor, top-10 over 1,000 unindexed rows: p50 {statistics.median(times):.1f} ms"
 
 
+def lancedb_query(
+    table: object, query: np.ndarray, settings: dict[str, int], where: str | None, columns: list[str]
+) -> object:
+    """LanceDB's own query for `columns`, with the probes and refine step mmindex chose."""
+    search = table.search(query, vector_column_name="image_embedding").distance_type("cosine")  # type: ignore[attr-defined]
+    if "nprobes" in settings:
+        search = search.nprobes(settings["nprobes"])
+    if "refine_factor" in settings:
+        search = search.refine_factor(settings["refine_factor"])
+    if where:
+        search = search.where(where, prefilter=True)
+    return search.select(columns).limit(10).to_arrow()
+
+
+def vector_latency(store: Store, searcher: Searcher, count: int) -> str:
+    """`Searcher.vector` (top-10, every small column, exact cosine scores) against LanceDB's lean
+    query on the same table, interleaved, on ann.py's query sets: p50/p95 and recall@10 of each."""
+    table = store.lancedb_table()
+    vectors = np.stack(
+        table.search()
+        .select(["image_embedding"])
+        .limit(None)
+        .to_arrow()["image_embedding"]
+        .to_numpy(zero_copy_only=False)
+    )
+    widths = table.search().select(["width"]).limit(None).to_arrow()["width"].to_numpy()
+    ids = np.asarray(table.search().select(["id"]).limit(None).to_arrow()["id"].to_pylist())
+    rng = np.random.default_rng(7)
+    data = corpus()
+    image_like, text_like = data.images(rng, count), data.texts(rng, count)
+    sets = {"in": (image_like, None), "ood": (text_like, None)}
+    sets |= {name: (image_like, where) for name, where in FILTERS.items()}
+    truth = {"in": exact_topk(vectors, image_like), "ood": exact_topk(vectors, text_like)}
+    for name, where in FILTERS.items():
+        truth[name] = exact_topk(vectors, image_like, np.flatnonzero(widths < int(where.split("<")[1])))
+    del vectors
+    settings = searcher.facts().query_settings("image_embedding", filtered=False)
+    filtered_settings = searcher.facts().query_settings("image_embedding", filtered=True)
+    hit_columns = searcher.facts().result_columns()
+    lines = [
+        f"vector top-10 in process, {table.count_rows()} rows; mmindex settings {settings}, "
+        f"filtered {filtered_settings}:"
+    ]
+    for name, (queries, where) in sets.items():
+        who_all = ("mmindex", "lancedb", "lancedb, hit columns")
+        times: dict[str, list[float]] = {who: [] for who in who_all}
+        found: dict[str, list[np.ndarray]] = {who: [] for who in who_all}
+        chosen = filtered_settings if where else settings
+        for n, query in enumerate(queries):
+            for who in who_all[:: 1 if n % 2 else -1]:
+                started = time.perf_counter()
+                if who == "mmindex":
+                    got = [hit.id for hit in searcher.vector(query, k=10, where=where)]
+                else:
+                    columns = ["id"] if who == "lancedb" else hit_columns
+                    got = lancedb_query(table, query, chosen, where, columns)["id"].to_pylist()  # type: ignore[index]
+                times[who].append((time.perf_counter() - started) * 1000)
+                found[who].append(np.asarray([int(row_id, 16) for row_id in got]))
+        expected = np.asarray([[int(ids[i], 16) for i in row] for row in truth[name]])
+        ours, theirs = times["mmindex"], times["lancedb"]
+        lines.append(
+            f"  {name:>3}: mmindex p50 {percentile(ours, 0.5):.1f} ms, p95 {percentile(ours, 0.95):.1f} ms, "
+            f"recall@10 {recall(found['mmindex'], expected):.3f} | LanceDB lean p50 "
+            f"{percentile(theirs, 0.5):.1f} ms, p95 {percentile(theirs, 0.95):.1f} ms, recall@10 "
+            f"{recall(found['lancedb'], expected):.3f} | ratio of p50s "
+            f"{percentile(ours, 0.5) / percentile(theirs, 0.5):.2f} | LanceDB with the hit's columns "
+            f"p50 {percentile(times['lancedb, hit columns'], 0.5):.1f} ms"
+        )
+    return "\n".join(lines)
+
+
 def start_server(db_uri: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     server = subprocess.Popen(
@@ -236,47 +345,16 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--vector-only", action="store_true", help="stop after the in-process vector figures")
+    parser.add_argument("--db", type=Path, help="keep the table here and reuse it when it has --rows rows")
     args = parser.parse_args()
     model = str(model_dir())
-    print(f"text tower alone: {text_tower_ms(model)}")
+    if not args.vector_only:
+        print(f"text tower alone: {text_tower_ms(model)}")
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(str(Path(tmp) / "db"))
-        with store.open_writer() as writer:
-            writer.prepare(model, DIM)
-            started = time.perf_counter()
-            synthetic_rows(args.rows, model, writer.images)
-            print(f"rows written: {args.rows} in {time.perf_counter() - started:.1f} s")
-            started = time.perf_counter()
-            actions = refresh_indices(writer)
-            print(f"index build: {time.perf_counter() - started:.1f} s ({'; '.join(actions)})")
-
-        table = store.lancedb_table()
-        vectors = np.stack(
-            table.search()
-            .select(["image_embedding"])
-            .limit(None)
-            .to_arrow()["image_embedding"]
-            .to_numpy(zero_copy_only=False)
-        )
-        rng = np.random.default_rng(1)
-        queries = vectors[rng.integers(0, len(vectors), args.queries)] + rng.normal(
-            scale=0.06, size=(args.queries, DIM)
-        )
-        queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-        ids = np.asarray(table.search().select(["id"]).limit(None).to_arrow()["id"].to_pylist())
+        store = built_store(args.db or Path(tmp) / "db", args.rows, model)
         searcher = Searcher(store, embedder=None)  # vector queries need no model
-        latencies, recalls = [], []
-        for query in queries:
-            started = time.perf_counter()
-            hits = searcher.vector(query, k=10)
-            latencies.append((time.perf_counter() - started) * 1000)
-            exact = set(ids[np.argsort(-(vectors @ query))[:10]])
-            recalls.append(len(exact & {hit.id for hit in hits}) / 10)
-        print(
-            f"vector search: p50 {percentile(latencies, 0.5):.2f} ms, "
-            f"p95 {percentile(latencies, 0.95):.2f} ms, recall@10 {statistics.mean(recalls):.3f}"
-        )
-        del vectors
+        print(vector_latency(store, searcher, args.queries))
         if args.rows <= 200_000:  # exact pairwise work grows with the square of the rows
             from mmindex.query.handle import ImageIndex
 
@@ -284,7 +362,9 @@ def main() -> None:
             groups = ImageIndex(store).duplicates(threshold=0.97)
             print(f"duplicates(0.97): {len(groups)} groups in {time.perf_counter() - started:.1f} s")
 
-        print(batched_search_ms(searcher, queries))
+        if args.vector_only:
+            return
+        print(batched_search_ms(searcher, corpus().images(np.random.default_rng(3), 64)))
         print(lancedb_floor_ms(Path(tmp) / "floor"))
         print(in_process_concurrency(store))
         servers = {

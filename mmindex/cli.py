@@ -345,7 +345,7 @@ def search(
                 typer.echo(f"{s.score:7.4f}  {s.probability:6.1%}  {s.label}")
         return
     if image is not None and captions:
-        results = index.captions_for(image, k, with_synthetic(where, synthetic, index.table))
+        results = index.captions_for(image, k, with_synthetic(where, synthetic, index.searcher.facts().names))
     else:
         results = index.search(
             text,

@@ -22,7 +22,6 @@ from mmindex.query.relevance import ANY, relevance
 from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Results
 from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher, with_synthetic
 from mmindex.store.reader import Store
-from mmindex.store.sql import sql_in, sql_string
 
 SEARCH_MODES = ("vector", "text", "hybrid")
 DUPLICATE_TILE = 4096  # rows per side of one similarity tile (64 MB of float32 scores)
@@ -74,6 +73,7 @@ class ImageIndex:
         generator: str | None = None,
         min_score: float | None = None,
         order_by: str | None = None,
+        columns: Sequence[str] = (),
     ) -> Results:
         """Images for one query: `text`, `image` (path, bytes or PIL image) or a `vector` from the
         table's model. `mode`: "vector" (CLIP similarity, the default), "text" (BM25 over captions)
@@ -83,9 +83,12 @@ class ImageIndex:
         images for the text with `generator` (a text-to-image model; default sd-turbo) and fuses their
         image-to-image results with the text results by reciprocal rank (mmindex.query.imagine).
         `min_score` keeps only hits with at least that cosine score; `order_by` ("modified_at desc")
-        orders the relevant hits by a column (mmindex.query.relevance)."""
-        where = with_synthetic(where, synthetic, self.table)
-        controls = relevance(min_score, order_by, lambda: self.table.schema)
+        orders the relevant hits by a column (mmindex.query.relevance). Hits carry id, uri, key,
+        caption, caption_source, width, height, format and synthetic, plus `columns` ("thumbnail":
+        the preview bytes, else read when a notebook grid is drawn; "*": every column but the
+        embeddings) in `to_arrow()`."""
+        where = with_synthetic(where, synthetic, self.searcher.facts().names)
+        controls = relevance(min_score, order_by, lambda: self.searcher.facts().schema)
         given = [
             name
             for name, value in (("text", text), ("image", image), ("vector", vector))
@@ -99,20 +102,21 @@ class ImageIndex:
             raise ConfigError(f"mode {mode!r} searches caption text: give a text query")
         if text is not None and not text.strip():
             raise ConfigError("the text query is empty")
+        page: dict[str, Any] = {"offset": offset, "relevance": controls, "columns": columns}
         if vector is not None:
-            return self.searcher.vector(vector, k, where, offset=offset, relevance=controls)
+            return self.searcher.vector(vector, k, where, **page)
         if image is not None:
-            return self.searcher.image(image, k, where, offset=offset, relevance=controls)
+            return self.searcher.image(image, k, where, **page)
         assert text is not None
         if imagine:
             if controls != ANY:
                 raise ConfigError("min_score and order_by do not apply to imagined (fused) searches")
             return self._imagined(text, imagine, generator, k, where, offset, mode)
         if mode == "text":
-            return self.searcher.fulltext(text, k, where, offset=offset, relevance=controls)
+            return self.searcher.fulltext(text, k, where, **page)
         if mode == "hybrid":
-            return self.searcher.hybrid(text, k, where, offset=offset, relevance=controls)
-        return self.searcher.text(text, k, where, offset=offset, relevance=controls)
+            return self.searcher.hybrid(text, k, where, **page)
+        return self.searcher.text(text, k, where, **page)
 
     def _imagined(
         self, text: str, count: int, generator: str | None, k: int, where: str | None, offset: int, mode: str
@@ -164,16 +168,16 @@ class ImageIndex:
 
     def row(self, row_id: str, columns: Sequence[str]) -> dict[str, Any]:
         """A row's id and stored `columns`."""
-        rows = self._rows([row_id], list(columns))
+        rows = self.searcher.rows([row_id], list(columns))
         if not rows:
             raise TableError(f"no row with id {row_id!r} in table {self.store.describe()}")
         return rows[0]
 
     def thumbnail(self, row_id: str) -> bytes | None:
         """A row's stored thumbnail (WebP or JPEG bytes), or None if it has none."""
-        if "thumbnail" not in self.table.schema.names:
+        if "thumbnail" not in self.searcher.facts().names:
             return None
-        rows = self._rows([row_id], ["thumbnail"])
+        rows = self.searcher.rows([row_id], ["thumbnail"])
         if not rows:
             raise TableError(f"no row with id {row_id!r} in table {self.store.describe()}")
         value: bytes | None = rows[0]["thumbnail"]
@@ -181,7 +185,7 @@ class ImageIndex:
 
     def sample_captions(self, count: int = 64) -> list[str]:
         """Up to `count` of the table's captions (human or generated), for judging a text model."""
-        if "caption" not in self.table.schema.names:
+        if "caption" not in self.searcher.facts().names:
             return []
         query = self.table.search().where("caption IS NOT NULL").select(["caption"]).limit(count)
         return [text for text in query.to_arrow().column("caption").to_pylist() if text]
@@ -200,20 +204,9 @@ class ImageIndex:
             [ids[i] for i in first_copies], [keys[i] for i in first_copies], vectors[first_copies], threshold
         )
         shown = [row_id for group in groups[:50] for row_id in group.ids]
-        return Duplicates(groups, self.thumbnail_map(shown))
-
-    def thumbnail_map(self, ids: Sequence[str]) -> dict[str, bytes | None]:
-        if "thumbnail" not in self.table.schema.names or not ids:
-            return {}
-        return {row["id"]: row["thumbnail"] for row in self._rows(list(ids), ["id", "thumbnail"])}
+        return Duplicates(groups, self.searcher.thumbnails(shown))
 
     # -- helpers ---------------------------------------------------------------------------------
-
-    def _rows(self, ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
-        where = f"id = {sql_string(ids[0])}" if len(ids) == 1 else sql_in("id", ids)
-        query = self.table.search().where(where).select(list(dict.fromkeys(["id", *columns]))).limit(None)
-        rows: list[dict[str, Any]] = query.to_arrow().to_pylist()
-        return rows
 
     def _embeddings(self, where: str | None) -> tuple[list[str], list[str], list[str | None], np.ndarray]:
         query = self.table.search().select(["id", "key", "sha256", "image_embedding"]).limit(None)

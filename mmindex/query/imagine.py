@@ -41,7 +41,7 @@ def fuse(text: Results, imagined: Sequence[Results], k: int, offset: int = 0, qu
     fused = picked.set_column(
         picked.schema.get_field_index("score"), "score", pa.array([scores[i] for i in order], pa.float64())
     )
-    return Results(fused, score_kind="rrf", query=query)
+    return Results(fused, score_kind="rrf", query=query, thumbnails=text.thumbnail_loader)
 
 
 def imagine_vectors(generator: Any, embedder: Any, query: str, count: int, size: int) -> np.ndarray:

@@ -46,6 +46,11 @@ class Relevance:
     def orders_whole_set(self) -> bool:
         return self.min_score is not None and self.order_by is not None
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns the hits must carry to be ordered."""
+        return (self.order_by.column,) if self.order_by is not None else ()
+
     def depth(self, offset: int, k: int) -> int:
         """How many of the best hits the page is made from."""
         return ORDERED_SET_LIMIT if self.orders_whole_set else offset + k

@@ -2,14 +2,15 @@
 
 A `Results` set is a sequence of `Hit`s (so `for hit in results` and `results[0]` work) backed by an
 Arrow table; it converts with `to_arrow()`, `to_pandas()` and `to_list()`, and shows in Jupyter as a
-grid of the thumbnails stored in the table (no access to the original images needed).
+grid of the thumbnails stored in the table (no access to the original images needed; read when the
+grid is drawn unless the search asked for them).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, overload
 
@@ -20,6 +21,9 @@ from mmindex.errors import ConfigError
 HIT_FIELDS = (
     "id", "uri", "key", "caption", "score", "caption_source", "width", "height", "format", "synthetic",
 )  # fmt: skip
+
+
+ThumbnailLoader = Callable[[Sequence[str]], dict[str, bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,31 @@ class Results(Sequence[Hit]):
     """The hits of one query, best first. `score` is a cosine similarity for vector queries, BM25 for
     full-text ones and a reciprocal-rank score for hybrid ones (`score_kind` says which)."""
 
-    def __init__(self, table: pa.Table, *, score_kind: str = "cosine", query: str = "") -> None:
+    def __init__(
+        self,
+        table: pa.Table,
+        *,
+        score_kind: str = "cosine",
+        query: str = "",
+        thumbnails: ThumbnailLoader | None = None,
+    ) -> None:
+        """`thumbnails` reads the previews of rows by id, for a `table` without a thumbnail column."""
         self._table = table
         self.score_kind = score_kind
         self.query = query
+        self._load_thumbnails = thumbnails
+        self._thumbnails: dict[str, bytes | None] | None = None
         rows = table.select([name for name in HIT_FIELDS if name in table.column_names]).to_pylist()
         self._hits = [hit_from_row(row, float(row["score"])) for row in rows]
+
+    def with_table(self, table: pa.Table) -> Results:
+        """Results of the same query holding `table` (a subset or reordering of the hits)."""
+        return Results(table, score_kind=self.score_kind, query=self.query, thumbnails=self.thumbnail_loader)
+
+    @property
+    def thumbnail_loader(self) -> ThumbnailLoader | None:
+        """How these results read thumbnails they do not hold (None: they hold them or have none)."""
+        return self._load_thumbnails
 
     @classmethod
     def empty(cls, *, score_kind: str = "cosine", query: str = "") -> Results:
@@ -111,7 +134,8 @@ class Results(Sequence[Hit]):
         return "\n".join(lines)
 
     def to_arrow(self) -> pa.Table:
-        """The hits with every stored column but the embeddings (thumbnails included, as bytes)."""
+        """The hits with their score and every stored column but the embeddings; the thumbnails (as
+        bytes) when the search asked for them."""
         return self._table
 
     def to_pandas(self) -> Any:
@@ -124,10 +148,14 @@ class Results(Sequence[Hit]):
 
     def thumbnail(self, index: int) -> bytes | None:
         """The stored thumbnail of the hit at `index`, or None if the table has none for it."""
-        if "thumbnail" not in self._table.column_names:
+        if "thumbnail" in self._table.column_names:
+            value: bytes | None = self._table.column("thumbnail")[index].as_py()
+            return value
+        if self._load_thumbnails is None:
             return None
-        value: bytes | None = self._table.column("thumbnail")[index].as_py()
-        return value
+        if self._thumbnails is None:
+            self._thumbnails = self._load_thumbnails([hit.id for hit in self._hits])
+        return self._thumbnails.get(self._hits[index].id)
 
     def _repr_html_(self) -> str:
         cells = [

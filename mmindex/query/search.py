@@ -2,13 +2,14 @@
 labels, full-text and hybrid search, each with an optional SQL `where` filter.
 
 Queries are embedded with the model recorded in the table. Vector scores are exact cosine
-similarities (higher is better) computed from the returned vectors, so they mean the same with or
-without an approximate index; an indexed column is searched with a refine step for full recall.
+similarities (higher is better) whether or not the column has an approximate index: an indexed
+column is searched with a refine step, which re-ranks the candidates by their exact distance. Results
+carry the ids, scores and small columns; thumbnails only when asked for (or when a result set is
+drawn as a grid), embeddings never.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,15 @@ from mmindex.errors import ConfigError, DecodeError, TableError, engine_message
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
 from mmindex.models.precision import check_precision
+from mmindex.query.facts import VECTOR_COLUMNS, FactsCache, TableFacts
 from mmindex.query.relevance import ANY, Relevance
 from mmindex.query.results import LabelScore, Results, rows_at
-from mmindex.schema import META_DIM, META_MODEL
 from mmindex.store.reader import Store
-from mmindex.store.upkeep import trained_partitions
+from mmindex.store.sql import sql_in, sql_string
 
-VECTOR_COLUMNS = ("image_embedding", "text_embedding")
+__all__ = ["VECTOR_COLUMNS", "Searcher", "with_synthetic"]
+
 DEFAULT_LABEL_TEMPLATE = "a photo of a {}"
-REFINE_FACTOR = 10
-MIN_NPROBES = 20  # IVF partitions probed per query: at least this many, ...
-NPROBE_SHARE = 1 / 6  # ... or this share of them (41 of 244 at 1M rows)
 MAX_K = 10_000  # results per query
 MAX_OFFSET = 100_000  # deepest page start
 
@@ -57,11 +56,12 @@ class Searcher:
         self.precision = precision
         self.quantize = quantize
         self._embedder = embedder
+        self._facts = FactsCache(store)
 
     @property
     def embedder(self) -> ClipEmbedder:
         if self._embedder is None:
-            model = self.store.info().model
+            model = self.facts().model
             if model is None:
                 raise TableError(f"table {self.store.describe()} records no embedding model")
             self._embedder = ClipEmbedder.load(
@@ -74,6 +74,10 @@ class Searcher:
         """The embedder if it has been loaded, without loading it."""
         return self._embedder
 
+    def facts(self) -> TableFacts:
+        """The table's columns, model, dimension and indices at its latest version (cached)."""
+        return self._facts.current()[1]
+
     # -- vector queries --------------------------------------------------------------------------
 
     def text(
@@ -84,10 +88,11 @@ class Searcher:
         *,
         offset: int = 0,
         relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
     ) -> Results:
         """Images whose embedding is closest to the text's."""
         vector = self.embedder.embed_texts([query])[0]
-        return self.vector(vector, k, where, offset=offset, query=query, relevance=relevance)
+        return self.vector(vector, k, where, offset=offset, query=query, relevance=relevance, columns=columns)
 
     def image(
         self,
@@ -97,10 +102,17 @@ class Searcher:
         *,
         offset: int = 0,
         relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
     ) -> Results:
         """Images most similar to an image (path, bytes or PIL image)."""
         return self.vector(
-            self.embed_image(image), k, where, offset=offset, query="image", relevance=relevance
+            self.embed_image(image),
+            k,
+            where,
+            offset=offset,
+            query="image",
+            relevance=relevance,
+            columns=columns,
         )
 
     def captions(self, image: ImageQuery, k: int = 10, where: str | None = None) -> Results:
@@ -113,7 +125,7 @@ class Searcher:
         for row, caption in enumerate(table.column("caption").to_pylist()):
             if caption is not None and caption not in first and len(first) < k:
                 first[caption] = row
-        return Results(rows_at(table, list(first.values())), query="image")
+        return Results(rows_at(table, list(first.values())), query="image", thumbnails=self.thumbnails)
 
     def labels(
         self, image: ImageQuery, labels: Sequence[str], template: str = DEFAULT_LABEL_TEMPLATE
@@ -142,13 +154,24 @@ class Searcher:
         query: str = "vector",
         exclude: str | None = None,
         relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
     ) -> Results:
         """Nearest rows to a query vector in `column`, scored by exact cosine similarity; `offset`
         skips the first rows (paging); the row with id `exclude` is left out of the ranking before
         paging ("more like this" leaves out the row it starts from); `relevance` cuts the ranking at
-        a score or orders it by a column (mmindex.query.relevance)."""
+        a score or orders it by a column (mmindex.query.relevance). Results carry the hit's columns
+        and `columns` ("thumbnail" for the preview bytes, "*" for every column but the vectors);
+        thumbnails not read with the hits are read when the results are drawn."""
         return self.vectors(
-            [vector], k, where, column, offset=offset, queries=[query], exclude=exclude, relevance=relevance
+            [vector],
+            k,
+            where,
+            column,
+            offset=offset,
+            queries=[query],
+            exclude=exclude,
+            relevance=relevance,
+            columns=columns,
         )[0]
 
     def vectors(
@@ -162,17 +185,18 @@ class Searcher:
         queries: Sequence[str] | None = None,
         exclude: str | None = None,
         relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
     ) -> list[Results]:
         """`vector` for several query vectors at once, in one LanceDB query: each query costs a
         fraction of a query of its own (the search server batches concurrent queries this way)."""
         _check_k(k, offset)
         if not vectors:
             return []
-        table = self.store.lancedb_table()
-        schema = table.schema  # read once: every read of a table handle checks for a newer version
-        query_vectors = [self.check_vector(vector, schema) for vector in vectors]
-        columns = [*self._columns(schema), column]
-        indexed = self._indexed(column)
+        table, facts = self._facts.current()
+        query_vectors = [self._checked(vector, facts) for vector in vectors]
+        columns = facts.result_columns([*columns, *relevance.columns])
+        indexed = column in facts.indexed
+        settings = facts.query_settings(column, filtered=bool(where))
         wanted = relevance.depth(offset, k) + (1 if exclude is not None else 0)
         max_distance = relevance.max_distance()
 
@@ -185,7 +209,7 @@ class Searcher:
             built = built.select(columns).limit(wanted)
             if max_distance is not None:
                 built = built.distance_range(upper_bound=max_distance)
-            built = built.bypass_vector_index() if exact else self._tuned(built, column, schema)
+            built = built.bypass_vector_index() if exact else _tuned(built, settings)
             return _per_query(
                 _run(built.where(where, prefilter=True) if where else built, where), len(positions)
             )
@@ -201,24 +225,53 @@ class Searcher:
                     found[i] = exact
         names = queries or ["vector"] * len(query_vectors)
         return [
-            _ranked(_without_id(result, exclude), query_vector, column, offset, k, name, relevance)
-            for result, query_vector, name in zip(found, query_vectors, names, strict=True)
+            self._ranked(_without_id(result, exclude), offset, k, name, relevance)
+            for result, name in zip(found, names, strict=True)
         ]
 
-    def check_vector(self, vector: np.ndarray | Sequence[float], schema: Any | None = None) -> np.ndarray:
-        """The query vector as float32, refused if its dimension is not the table's."""
+    def check_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
+        """The query vector as float32 and unit length, refused if its dimension is not the table's."""
+        return self._checked(vector, self.facts())
+
+    def _checked(self, vector: np.ndarray | Sequence[float], facts: TableFacts) -> np.ndarray:
         array = np.asarray(vector, dtype=np.float32).reshape(-1)
-        metadata = (schema if schema is not None else self.store.lancedb_table().schema).metadata or {}
-        dim = int(metadata[META_DIM]) if META_DIM in metadata else None
-        if dim is not None and array.shape[0] != dim:
-            model = metadata.get(META_MODEL, b"?").decode()
+        if facts.dim is not None and array.shape[0] != facts.dim:
             raise ConfigError(
                 f"the query vector has {array.shape[0]} dimensions, but table {self.store.describe()} "
-                f"holds {dim}-d embeddings of {model}: embed the query with that model"
+                f"holds {facts.dim}-d embeddings of {facts.model or '?'}: embed the query with that model"
             )
         if not np.all(np.isfinite(array)) or not np.any(array):
             raise ConfigError("the query vector must be finite and not all zeros")
         return array / np.linalg.norm(array)
+
+    def _ranked(self, result: pa.Table, offset: int, k: int, query: str, relevance: Relevance) -> Results:
+        """Rows scored by their exact cosine to the query (1 - the exact cosine distance), best first,
+        then paged (`relevance`, `offset`, `k`)."""
+        if result.num_rows == 0:
+            return Results.empty(query=query)
+        distances = result.column("_distance").to_numpy(zero_copy_only=False)
+        scores = pa.array(1.0 - np.asarray(distances, dtype=np.float32), pa.float32())
+        ranked = result.drop_columns(["_distance"]).append_column("score", scores)
+        page = relevance.page(ranked.sort_by([("score", "descending")]), offset, k)
+        return Results(page, query=query, thumbnails=self.thumbnails)
+
+    # -- rows by id ------------------------------------------------------------------------------
+
+    def rows(self, ids: Sequence[str], columns: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows with these ids (in no particular order): their id and `columns`."""
+        if not ids:
+            return []
+        table = self.store.lancedb_table()
+        where = f"id = {sql_string(ids[0])}" if len(ids) == 1 else sql_in("id", list(ids))
+        query = table.search().where(where).select(list(dict.fromkeys(["id", *columns]))).limit(None)
+        rows: list[dict[str, Any]] = query.to_arrow().to_pylist()
+        return rows
+
+    def thumbnails(self, ids: Sequence[str]) -> dict[str, bytes | None]:
+        """The stored thumbnails of these rows (WebP or JPEG bytes; None for a row without one)."""
+        if "thumbnail" not in self.facts().names:
+            return {}
+        return {row["id"]: row["thumbnail"] for row in self.rows(ids, ["thumbnail"])}
 
     # -- text queries ----------------------------------------------------------------------------
 
@@ -230,19 +283,22 @@ class Searcher:
         *,
         offset: int = 0,
         relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
     ) -> Results:
         """BM25 full-text search over captions (human and generated). Scores are BM25, not cosine."""
         _check_k(k, offset)
         _check_unscaled(relevance, "bm25")
-        self._require_fts()
-        table = self.store.lancedb_table()
+        table, facts = self._facts.current()
+        self._require_fts(facts)
         search = table.search(query, query_type="fts", fts_columns="caption")
-        search = search.select([*self._columns(table.schema), "_score"]).limit(offset + k)
+        search = search.select([*facts.result_columns([*columns, *relevance.columns]), "_score"]).limit(
+            offset + k
+        )
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
         page = relevance.page(_scored(result, "_score"), offset, k)
-        return Results(page, score_kind="bm25", query=query)
+        return Results(page, score_kind="bm25", query=query, thumbnails=self.thumbnails)
 
     def hybrid(
         self,
@@ -252,31 +308,31 @@ class Searcher:
         *,
         offset: int = 0,
         relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
     ) -> Results:
         """Vector (text -> image) and full-text results fused by reciprocal rank; score is the RRF score."""
         from lancedb.rerankers import RRFReranker
 
         _check_k(k, offset)
         _check_unscaled(relevance, "rrf")
-        self._require_fts()
+        table, facts = self._facts.current()
+        self._require_fts(facts)
         vector = self.embedder.embed_texts([query])[0]
-        table = self.store.lancedb_table()
         search = (
             table.search(query_type="hybrid", vector_column_name="image_embedding", fts_columns="caption")
             .vector(vector)
             .text(query)
             .distance_type("cosine")
             .rerank(RRFReranker())
-            .select(self._columns(table.schema))
+            .select(facts.result_columns([*columns, *relevance.columns]))
             .limit(offset + k)
         )
-        if self._indexed("image_embedding"):
-            search = self._tuned(search, "image_embedding", table.schema)
+        search = _tuned(search, facts.query_settings("image_embedding", filtered=bool(where)))
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
         page = relevance.page(_scored(result, "_relevance_score"), offset, k)
-        return Results(page, score_kind="rrf", query=query)
+        return Results(page, score_kind="rrf", query=query, thumbnails=self.thumbnails)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -296,27 +352,19 @@ class Searcher:
         vector: np.ndarray = self.embedder.embed_images([pil])[0]
         return vector
 
-    def _columns(self, schema: Any) -> list[str]:
-        """What results carry: every stored column except the embeddings."""
-        return [name for name in schema.names if name not in VECTOR_COLUMNS]
-
-    def _tuned(self, search: Any, column: str, schema: Any) -> Any:
-        """Query settings for an indexed column: enough partitions probed, and exact re-ranking of
-        REFINE_FACTOR x k candidates (quantised distances alone lose ~10% recall; see bench/ann.py)."""
-        search = search.refine_factor(REFINE_FACTOR)
-        partitions = trained_partitions(schema, column)
-        if partitions:
-            search = search.nprobes(max(MIN_NPROBES, math.ceil(partitions * NPROBE_SHARE)))
-        return search
-
-    def _indexed(self, column: str) -> bool:
-        return any(index.columns[0] == column for index in self.store.lancedb_table().list_indices())
-
-    def _require_fts(self) -> None:
-        if not self._indexed("caption"):
+    def _require_fts(self, facts: TableFacts) -> None:
+        if "caption" not in facts.indexed:
             raise TableError(
                 f"table {self.store.describe()} has no captions to search (no full-text index yet)"
             )
+
+
+def _tuned(search: Any, settings: dict[str, int]) -> Any:
+    if "refine_factor" in settings:
+        search = search.refine_factor(settings["refine_factor"])
+    if "nprobes" in settings:
+        search = search.nprobes(settings["nprobes"])
+    return search
 
 
 def _read_query_image(path: Path) -> bytes:
@@ -354,25 +402,6 @@ def _per_query(result: pa.Table, count: int) -> list[pa.Table]:
     return [rest.filter(pa.array(index == i)) for i in range(count)]
 
 
-def _ranked(
-    result: pa.Table,
-    query_vector: np.ndarray,
-    column: str,
-    offset: int,
-    k: int,
-    query: str,
-    relevance: Relevance = ANY,
-) -> Results:
-    """Rows re-scored by their exact cosine to the query, best first, then paged (`relevance`,
-    `offset`, `k`)."""
-    if result.num_rows == 0:
-        return Results.empty(query=query)
-    vectors = np.asarray(result.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))
-    scores = vectors.reshape(result.num_rows, -1) @ query_vector
-    ranked = result.drop_columns([column, "_distance"]).append_column("score", pa.array(scores, pa.float32()))
-    return Results(relevance.page(ranked.sort_by([("score", "descending")]), offset, k), query=query)
-
-
 def _without_id(result: pa.Table, row_id: str | None) -> pa.Table:
     if row_id is None or result.num_rows == 0:
         return result
@@ -391,14 +420,14 @@ def _run(query: Any, where: str | None) -> Any:
 SYNTHETIC_CHOICES = ("include", "exclude", "only")
 
 
-def with_synthetic(where: str | None, synthetic: str, table: Any) -> str | None:
-    """`where` narrowed to real images (`exclude`), generated ones (`only`), or left as it is; the
-    LanceDB `table`'s schema is read only when it matters (each read checks for a newer version)."""
+def with_synthetic(where: str | None, synthetic: str, columns: Sequence[str]) -> str | None:
+    """`where` narrowed to real images (`exclude`), generated ones (`only`), or left as it is, on a
+    table with these `columns`."""
     if synthetic not in SYNTHETIC_CHOICES:
         raise ConfigError(f"synthetic must be one of {', '.join(SYNTHETIC_CHOICES)}, got {synthetic!r}")
     if synthetic == "include":
         return where
-    if "synthetic" not in table.schema.names:  # a table from before generated images: all of it is real
+    if "synthetic" not in columns:  # a table from before generated images: all of it is real
         clause = "TRUE" if synthetic == "exclude" else "FALSE"
     else:
         clause = "synthetic IS NOT TRUE" if synthetic == "exclude" else "synthetic = TRUE"

@@ -19,11 +19,12 @@ import io
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, NamedTuple
 
 import numpy as np
-from fastapi import FastAPI, File, Path, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
@@ -83,6 +84,33 @@ SYNTHETIC = Annotated[
     str, Query(pattern="^(include|exclude|only)$", description="generated images: include, exclude or only")
 ]
 
+THUMBNAILS = Annotated[
+    bool, Query(description="give each hit the address of its thumbnail (null when it has none)")
+]
+
+
+@dataclass(frozen=True)
+class Page:
+    """What every search route takes besides its query: which page of which results."""
+
+    k: K = 20
+    offset: OFFSET = 0
+    where: WHERE = None
+    distinct: DISTINCT = False
+    synthetic: SYNTHETIC = "include"
+    min_score: MIN_SCORE = None
+    order_by: ORDER_BY = None
+    thumbnails: THUMBNAILS = False
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns beyond a hit's own that answering this page needs."""
+        return ("thumbnail",) * self.thumbnails + ("sha256",) * self.distinct
+
+
+PAGE = Annotated[Page, Depends()]
+FIRST_PAGE = Page()
+
 
 class ErrorBody(BaseModel):
     """What every refused request gets back."""
@@ -106,6 +134,7 @@ class SearchKey(NamedTuple):
     where: str | None
     exclude: str | None  # a row left out of the ranking ("more like this" leaves out its own row)
     relevance: Relevance
+    columns: tuple[str, ...]
 
 
 class SearchService:
@@ -118,8 +147,6 @@ class SearchService:
         self._searches: Coalescer[SearchKey, np.ndarray, Results] = Coalescer(self._search_vectors)
         self._cache_lock = threading.Lock()
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.schema = index.table.schema
-        self.filter_columns = [name for name in self.schema.names if name not in HIDDEN_COLUMNS]
 
     def warm(self, text_int8: str = "auto") -> None:
         """Load the model, choose how text queries run (`text_int8`: "auto" tries an int8 text tower,
@@ -159,15 +186,22 @@ class SearchService:
         synthetic: str,
         exclude: str | None = None,
         relevance: Relevance = ANY,
+        columns: tuple[str, ...] = (),
     ) -> Results:
         """Images nearest a query vector; concurrent queries with the same page and filter are
         answered by one multi-vector LanceDB query."""
-        where = with_synthetic(where, synthetic, self.index.table)
-        return self._searches(SearchKey(k, offset, where, exclude, relevance), vector)
+        where = with_synthetic(where, synthetic, self.index.searcher.facts().names)
+        return self._searches(SearchKey(k, offset, where, exclude, relevance, columns), vector)
 
     def _search_vectors(self, key: SearchKey, vectors: list[np.ndarray]) -> list[Results]:
         return self.index.searcher.vectors(
-            vectors, key.k, key.where, offset=key.offset, exclude=key.exclude, relevance=key.relevance
+            vectors,
+            key.k,
+            key.where,
+            offset=key.offset,
+            exclude=key.exclude,
+            relevance=key.relevance,
+            columns=key.columns,
         )
 
     def image_vector(self, data: bytes) -> np.ndarray:
@@ -178,7 +212,7 @@ class SearchService:
     def where(self, where: str | None) -> str | None:
         if where is None or not where.strip():
             return None
-        return check_filter(where, self.filter_columns)
+        return check_filter(where, self.index.searcher.facts().small_columns)
 
     def search(
         self,
@@ -186,24 +220,21 @@ class SearchService:
         vector: np.ndarray | None = None,
         text: str | None = None,
         mode: str = "vector",
-        k: int,
-        offset: int,
-        where: str | None,
-        distinct: bool,
-        synthetic: str = "include",
+        page: Page = FIRST_PAGE,
         exclude: str | None = None,
         hidden_digest: str | None = None,
-        min_score: float | None = None,
-        order_by: str | None = None,
     ) -> Results:
-        """One page of results. `exclude` leaves a row out of the ranking; with `distinct`, exact copies
-        of a better hit are hidden, and so are those of `hidden_digest` (the file a "more like this"
-        query starts from); `min_score` and `order_by` as in mmindex.query.relevance."""
-        checked = self.where(where)
-        controls = relevance(min_score, order_by, lambda: self.schema)
-        fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if distinct else (k, offset)
+        """One page of results. `exclude` leaves a row out of the ranking; with `page.distinct`, exact
+        copies of a better hit are hidden, and so are those of `hidden_digest` (the file a "more like
+        this" query starts from); `min_score` and `order_by` as in mmindex.query.relevance."""
+        checked = self.where(page.where)
+        k, offset = page.k, page.offset
+        controls = relevance(page.min_score, page.order_by, lambda: self.index.searcher.facts().schema)
+        fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if page.distinct else (k, offset)
         # with distinct, a page of the ranking is ordered after its copies are hidden
-        fetched = controls if not distinct or controls.orders_whole_set else Relevance(controls.min_score)
+        columns = page.columns
+        ordered_whole = not page.distinct or controls.orders_whole_set
+        fetched = controls if ordered_whole else Relevance(controls.min_score)
         if vector is not None or mode == "vector":
             if vector is None:
                 assert text is not None
@@ -213,23 +244,31 @@ class SearchService:
                 k=fetch_k,
                 offset=fetch_offset,
                 where=checked,
-                synthetic=synthetic,
+                synthetic=page.synthetic,
                 exclude=exclude,
                 relevance=fetched,
+                columns=columns,
             )
         else:
             assert text is not None
             searched = {"text": self.index.searcher.fulltext, "hybrid": self.index.searcher.hybrid}[mode]
-            where_synthetic = with_synthetic(checked, synthetic, self.index.table)
+            names = self.index.searcher.facts().names
+            where_synthetic = with_synthetic(checked, page.synthetic, names)
             with self._model_lock if mode == "hybrid" else contextlib.nullcontext():  # hybrid embeds
-                found = searched(text, fetch_k, where_synthetic, offset=fetch_offset, relevance=fetched)
-        if not distinct:
+                found = searched(
+                    text,
+                    fetch_k,
+                    where_synthetic,
+                    offset=fetch_offset,
+                    relevance=fetched,
+                    columns=columns,
+                )
+        if not page.distinct:
             return found
-        page = _without_exact_duplicates(found, offset, k, hidden_digest)
+        kept = _without_exact_duplicates(found, offset, k, hidden_digest)
         if fetched is controls:
-            return page
-        ordered = Relevance(order_by=controls.order_by).page(page.to_arrow(), 0, k)
-        return Results(ordered, score_kind=page.score_kind, query=page.query)
+            return kept
+        return kept.with_table(Relevance(order_by=controls.order_by).page(kept.to_arrow(), 0, k))
 
 
 def _without_exact_duplicates(found: Results, offset: int, k: int, hidden_digest: str | None) -> Results:
@@ -243,7 +282,7 @@ def _without_exact_duplicates(found: Results, offset: int, k: int, hidden_digest
         if digest is not None:
             seen.add(digest)
         keep.append(row)
-    return Results(rows_at(table, keep[offset : offset + k]), score_kind=found.score_kind, query=found.query)
+    return found.with_table(rows_at(table, keep[offset : offset + k]))
 
 
 def check_query_image(data: bytes) -> None:
@@ -259,7 +298,10 @@ def check_query_image(data: bytes) -> None:
         )
 
 
-def hit_json(results: Results) -> list[dict[str, Any]]:
+def hit_json(results: Results, thumbnails: bool) -> list[dict[str, Any]]:
+    """The hits as JSON; with `thumbnails`, each with the address of its thumbnail (or null)."""
+    if not thumbnails:
+        return results.to_list()
     table = results.to_arrow()
     has_thumbnail = (
         table.column("thumbnail").is_valid().to_pylist()
@@ -272,14 +314,14 @@ def hit_json(results: Results) -> list[dict[str, Any]]:
     ]
 
 
-def page_json(results: Results, *, mode: str, k: int, offset: int, query: str) -> dict[str, Any]:
+def page_json(results: Results, *, mode: str, page: Page, query: str) -> dict[str, Any]:
     return {
         "query": query,
         "mode": mode,
         "score_kind": results.score_kind,
-        "k": k,
-        "offset": offset,
-        "hits": hit_json(results),
+        "k": page.k,
+        "offset": page.offset,
+        "hits": hit_json(results, page.thumbnails),
     }
 
 
@@ -333,42 +375,20 @@ def create_app(
     )
     def search_text(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_LENGTH)],
-        k: K = 20,
-        offset: OFFSET = 0,
-        where: WHERE = None,
+        page: PAGE,
         mode: Annotated[str, Query(pattern="^(" + "|".join(SEARCH_MODES) + ")$")] = "vector",
-        distinct: DISTINCT = False,
-        synthetic: SYNTHETIC = "include",
-        min_score: MIN_SCORE = None,
-        order_by: ORDER_BY = None,
     ) -> dict[str, Any]:
         if not q.strip():
             raise ConfigError("the query is empty")
-        found = service.search(
-            text=q,
-            mode=mode,
-            k=k,
-            offset=offset,
-            where=where,
-            distinct=distinct,
-            synthetic=synthetic,
-            min_score=min_score,
-            order_by=order_by,
-        )
-        return page_json(found, mode=mode, k=k, offset=offset, query=q)
+        found = service.search(text=q, mode=mode, page=page)
+        return page_json(found, mode=mode, page=page, query=q)
 
     @app.post(
         "/api/search", responses=UPLOAD_ERRORS, summary="image query: the image as multipart field `image`"
     )
     async def search_image(
         image: Annotated[UploadFile, File(description="the query image (JPEG, PNG, WebP, ...)")],
-        k: K = 20,
-        offset: OFFSET = 0,
-        where: WHERE = None,
-        distinct: DISTINCT = False,
-        synthetic: SYNTHETIC = "include",
-        min_score: MIN_SCORE = None,
-        order_by: ORDER_BY = None,
+        page: PAGE,
     ) -> dict[str, Any]:
         async with upload_slots:  # bounds memory: the body waits on disk (spooled) until its turn
             data = await image.read()
@@ -376,51 +396,19 @@ def create_app(
                 raise DecodeError("the uploaded image is empty")
             vector = await run_in_threadpool(service.image_vector, data)  # keep the event loop free
             del data
-        found = await run_in_threadpool(
-            functools.partial(
-                service.search,
-                vector=vector,
-                k=k,
-                offset=offset,
-                where=where,
-                distinct=distinct,
-                synthetic=synthetic,
-                min_score=min_score,
-                order_by=order_by,
-            )
-        )
-        return page_json(found, mode="image", k=k, offset=offset, query=image.filename or "image")
+        found = await run_in_threadpool(functools.partial(service.search, vector=vector, page=page))
+        return page_json(found, mode="image", page=page, query=image.filename or "image")
 
     @app.get(
         "/api/similar/{row_id}",
         responses=ERRORS,
         summary='"more like this": the images nearest an indexed one',
     )
-    def similar(
-        row_id: Annotated[str, Path(max_length=64)],
-        k: K = 20,
-        offset: OFFSET = 0,
-        where: WHERE = None,
-        distinct: DISTINCT = False,
-        synthetic: SYNTHETIC = "include",
-        min_score: MIN_SCORE = None,
-        order_by: ORDER_BY = None,
-    ) -> dict[str, Any]:
+    def similar(row_id: Annotated[str, Path(max_length=64)], page: PAGE) -> dict[str, Any]:
         vector = index.embedding(_checked_id(row_id))
-        digest = index.row(row_id, ["sha256"]).get("sha256") if distinct else None
-        found = service.search(
-            vector=vector,
-            k=k,
-            offset=offset,
-            where=where,
-            distinct=distinct,
-            synthetic=synthetic,
-            exclude=row_id,
-            hidden_digest=digest,
-            min_score=min_score,
-            order_by=order_by,
-        )
-        return page_json(found, mode="similar", k=k, offset=offset, query=row_id)
+        digest = index.row(row_id, ["sha256"]).get("sha256") if page.distinct else None
+        found = service.search(vector=vector, page=page, exclude=row_id, hidden_digest=digest)
+        return page_json(found, mode="similar", page=page, query=row_id)
 
     @app.get(
         "/api/thumbnail/{row_id}", responses=ERRORS, summary="the stored thumbnail of a row (WebP or JPEG)"

@@ -36,13 +36,24 @@ def test_text_search_returns_a_result_set_that_converts(idx: ImageIndex) -> None
     assert list(frame["key"]) == [hit.key for hit in results]
     assert frame["score"].is_monotonic_decreasing
     arrow = results.to_arrow()
-    assert "thumbnail" in arrow.column_names and "image_embedding" not in arrow.column_names
+    assert "image_embedding" not in arrow.column_names and "thumbnail" not in arrow.column_names  # lean
+    assert "fingerprint" not in arrow.column_names
+    asked = idx.search("a blue star", k=3, columns=["thumbnail", "modified_at"]).to_arrow()
+    assert {"thumbnail", "modified_at"} <= set(asked.column_names) and asked["id"] == arrow["id"]
+    assert "fingerprint" in idx.search("a blue star", k=1, columns=["*"]).to_arrow().column_names
+    with pytest.raises(ConfigError, match="no column 'image_embedding' to return"):
+        idx.search("a blue star", columns=["image_embedding"])
+    # scores are exact cosines of the stored vectors, without reading them
+    vectors = np.stack([idx.embedding(hit.id) for hit in results])
+    query = idx.searcher.embedder.embed_texts(["a blue star"])[0]
+    assert np.allclose([hit.score for hit in results], vectors @ query, atol=1e-5)
     assert results.to_list()[0] == results[0].to_dict() and set(results.to_list()[0]) >= {"id", "score"}
     assert "blue-star" in repr(results)
 
 
 def test_results_render_as_a_grid_of_stored_thumbnails(idx: ImageIndex) -> None:
     results = idx.search("a green circle", k=4)
+    assert "thumbnail" not in results.to_arrow().column_names  # read when the grid is drawn
     page = results._repr_html_()
     images = re.findall(r'<img src="data:image/webp;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 4

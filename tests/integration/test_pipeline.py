@@ -281,11 +281,20 @@ def test_rows_after_an_index_build_are_searched_and_growth_rebuilds_the_index(
     searcher = Searcher(store, embedder)
     for row_id, vector in zip(late["id"].to_pylist(), late["image_embedding"].to_pylist(), strict=True):
         assert searcher.vector(np.asarray(vector), k=1)[0].id == row_id  # a row written after the build
+    before = searcher.facts()
+    assert searcher.facts() is before and "image_embedding" in before.indexed  # read once per version
 
     write_corpus(tmp_path / "src" / "c", 120, seed=5, size_range=(40, 60))
     report = run_index(open_source(str(tmp_path / "src")), embedder, store, options)
     assert any("rebuilt IVF_RQ index on image_embedding (420 rows" in note for note in report.notes)
     assert trained_rows(store.lancedb_table().schema, "image_embedding") == 420
+    after = searcher.facts()  # the same searcher follows the table's new version and index
+    assert after.version > before.version and trained_rows(after.schema, "image_embedding") == 420
+    newest = table.search().where("key LIKE 'c/%'").select(["id", "image_embedding"]).limit(1).to_arrow()
+    assert (
+        searcher.vector(np.asarray(newest["image_embedding"][0].as_py()), k=1)[0].id
+        == newest["id"][0].as_py()
+    )
 
 
 def versions(db: Path) -> tuple[int, int]:
@@ -446,13 +455,14 @@ def test_a_selective_filter_on_an_indexed_table_still_gets_k_rows(
     tmp_path: Path, embedder: ClipEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """IVF probes only some partitions; a filter that keeps a few rows must not lose them."""
-    from mmindex.query import search
+    from mmindex.query import facts
     from mmindex.store import upkeep
     from mmindex.toy.shapes import write_corpus
 
     monkeypatch.setattr(upkeep, "ROWS_PER_PARTITION", 16)  # 300 rows -> 18 partitions ...
-    monkeypatch.setattr(search, "MIN_NPROBES", 1)  # ... of which each query probes one
-    monkeypatch.setattr(search, "NPROBE_SHARE", 0.0)
+    monkeypatch.setattr(facts, "MIN_NPROBES", 1)  # ... of which each query probes one
+    monkeypatch.setattr(facts, "NPROBE_SHARE", 0.0)
+    monkeypatch.setattr(facts, "FILTERED_NPROBE_SHARE", 0.0)
     write_corpus(tmp_path / "src", 300, seed=4, size_range=(40, 60))
     store = Store(str(tmp_path / "db"))
     store.vector_index_min_rows = 256

@@ -75,7 +75,10 @@ def test_health_stats_and_local_api_docs(client: httpx.Client) -> None:
 
 
 def test_text_search_pages_and_thumbnails(client: httpx.Client) -> None:
-    page = client.get("/api/search", params={"q": "a blue star", "k": 4}).json()
+    lean = client.get("/api/search", params={"q": "a blue star", "k": 4}).json()
+    assert "thumbnail" not in lean["hits"][0]  # only when asked for
+    page = client.get("/api/search", params={"q": "a blue star", "k": 4, "thumbnails": "true"}).json()
+    assert [hit["id"] for hit in page["hits"]] == [hit["id"] for hit in lean["hits"]]
     assert (
         page["score_kind"] == "cosine"
         and [kind_of(hit["key"]) for hit in page["hits"]][:3] == ["blue-star"] * 3
