@@ -164,16 +164,14 @@ def batched_search_ms(searcher: Searcher, queries: np.ndarray) -> str:
 def in_process_concurrency(store: Store, clients: int = 8, per_client: int = 6) -> str:
     """Text queries from `clients` threads through `SearchService` (what `mmindex serve` runs)."""
     from mmindex.query.handle import ImageIndex
-    from mmindex.server.app import SearchService
+    from mmindex.server.app import Page, SearchService
 
     service = SearchService(ImageIndex(store, device="cpu"))
     service.warm("auto")
 
     def client(worker: int) -> None:
         for n in range(per_client):
-            service.search(
-                text=query_text(500_000 + worker * 100 + n), k=10, offset=0, where=None, distinct=False
-            )
+            service.search(text=query_text(500_000 + worker * 100 + n), page=Page(k=10))
 
     threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
     started = time.perf_counter()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmindex.finetuning.objective import clamp_logit_scale, contrastive_loss, decay_groups
-from mmindex.models.clip import text_inputs
+from mmindex.models.clip import pooled_output, text_inputs
 from mmindex.models.preprocess import model_input
 
 
@@ -75,8 +75,8 @@ class TrainingStep:
             else contextlib.nullcontext()
         )
         with context:
-            images = F.normalize(_pooled(model.get_image_features(pixel_values=pixel_tensor)), dim=-1)
-            texts = F.normalize(_pooled(model.get_text_features(**inputs)), dim=-1)
+            images = F.normalize(pooled_output(model.get_image_features(pixel_values=pixel_tensor)), dim=-1)
+            texts = F.normalize(pooled_output(model.get_text_features(**inputs)), dim=-1)
             loss = contrastive_loss(images, texts, model.logit_scale, captions)
         self.optimiser.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -94,7 +94,3 @@ class TrainingStep:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimiser.load_state_dict(state["optimiser"])
         self.schedule.load_state_dict(state["schedule"])
-
-
-def _pooled(output: Any) -> Any:
-    return getattr(output, "pooler_output", output)

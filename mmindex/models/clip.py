@@ -56,13 +56,8 @@ class ClipEmbedder:
         self.preprocess: ImagePreprocessor | ProcessorCall = (
             preprocess.as_uint8() if isinstance(preprocess, ImagePreprocessor) else preprocess
         )
-        config = model.config
-        self.model_type = getattr(config, "model_type", "")
-        text_config = getattr(config, "text_config", None)
-        positions = getattr(text_config, "max_position_embeddings", None) or 77
-        self.max_text_tokens = min(
-            int(getattr(tokenizer, "model_max_length", positions) or positions), positions
-        )
+        self.model_type = getattr(model.config, "model_type", "")
+        self.max_text_tokens = text_context(model.config, tokenizer)
         self.model = model
         self._compiled: tuple[int, Any] | None = None  # (batch size, compiled image forward)
         self.compile_lost: str | None = None  # why a compiled pass failed and was dropped, if it did
@@ -152,7 +147,7 @@ class ClipEmbedder:
             if output is None:
                 with mode.autocast_context(self.device):
                     output = model.get_image_features(pixel_values=tensor)
-            return _normalise(_pooled(output))
+            return unit_vectors(pooled_output(output))
 
     def compile(self, batch_size: int, *, max_drift: float | None = None) -> str | None:
         """Compile the image tower for batches of `batch_size` (mmindex.models.compiled decides when);
@@ -170,7 +165,7 @@ class ClipEmbedder:
         try:  # torch.compile itself refuses some setups (an unsupported Python), or compiling fails
             compiled = compile_forward(forward)
             with torch.inference_mode():
-                compiled_vectors = _normalise(_pooled(compiled(probe)))  # compiles now, not mid-batch
+                compiled_vectors = unit_vectors(pooled_output(compiled(probe)))  # compiles now, not mid-batch
         except Exception as exc:  # any compiler failure (no C++ compiler, an unsupported op) means eager
             return f"torch.compile failed: {describe_failure(exc)}"
         if max_drift is not None:
@@ -194,7 +189,7 @@ class ClipEmbedder:
         mode = mode or self.mode
         inputs = text_inputs(self.tokenizer, texts, self.max_text_tokens, self.model_type, self.device)
         with torch.inference_mode(), mode.autocast_context(self.device):
-            return _normalise(_pooled(model.get_text_features(**inputs)))
+            return unit_vectors(pooled_output(model.get_text_features(**inputs)))
 
     def speed_up_text_queries(self, texts: Sequence[str] = ()) -> str:
         """For a process that answers many text queries: on a CPU in fp32, answer them with an int8
@@ -289,17 +284,28 @@ def text_inputs(tokenizer: Any, texts: Sequence[str], max_tokens: int, model_typ
     return {name: tokens[name].to(device) for name in ("input_ids", "attention_mask") if name in tokens}
 
 
-def load_parts(ref: ModelRef) -> tuple[Any, Any, Any]:
-    """A dual encoder's model, tokenizer and (PIL) image processor; ModelError with one line."""
+def text_context(config: Any, tokenizer: Any) -> int:
+    """The most tokens the text tower reads."""
+    positions = getattr(getattr(config, "text_config", None), "max_position_embeddings", None) or 77
+    return min(int(getattr(tokenizer, "model_max_length", positions) or positions), positions)
+
+
+def load_parts(ref: ModelRef, *, images: bool = True) -> tuple[Any, Any, Any]:
+    """A dual encoder's model, tokenizer and (PIL) image processor (None without `images`: its
+    import alone takes over a second); ModelError with one line."""
     quiet_transformers()
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     try:
         model = AutoModel.from_pretrained(ref.location, local_files_only=ref.local)
         tokenizer = AutoTokenizer.from_pretrained(ref.location, local_files_only=ref.local)
-        image_processor = AutoImageProcessor.from_pretrained(
-            ref.location, local_files_only=ref.local, backend="pil"
-        )
+        image_processor = None
+        if images:
+            from transformers import AutoImageProcessor
+
+            image_processor = AutoImageProcessor.from_pretrained(
+                ref.location, local_files_only=ref.local, backend="pil"
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load model {ref.name!r}: {first_line(exc)}") from exc
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
@@ -325,11 +331,11 @@ def quantize_int8(model: Any) -> Any:
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def _pooled(output: Any) -> Any:
+def pooled_output(output: Any) -> Any:
     return getattr(output, "pooler_output", output)
 
 
-def _normalise(vectors: Any) -> Any:
+def unit_vectors(vectors: Any) -> Any:
     import torch
 
     vectors = vectors.float()

@@ -22,6 +22,7 @@ from mmindex.errors import ConfigError, DecodeError, TableError, engine_message
 from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
 from mmindex.models.precision import check_precision
+from mmindex.models.text_tower import TextTower
 from mmindex.query.facts import VECTOR_COLUMNS, FactsCache, TableFacts
 from mmindex.query.relevance import ANY, Relevance
 from mmindex.query.results import LabelScore, Results, rows_at
@@ -56,18 +57,32 @@ class Searcher:
         self.precision = precision
         self.quantize = quantize
         self._embedder = embedder
+        self._text_tower: TextTower | None = None
         self._facts = FactsCache(store)
 
     @property
     def embedder(self) -> ClipEmbedder:
         if self._embedder is None:
-            model = self.facts().model
-            if model is None:
-                raise TableError(f"table {self.store.describe()} records no embedding model")
             self._embedder = ClipEmbedder.load(
-                model, device=self.device, precision=self.precision, quantize=self.quantize
+                self._model(), device=self.device, precision=self.precision, quantize=self.quantize
             )
         return self._embedder
+
+    def _model(self) -> str:
+        model = self.facts().model
+        if model is None:
+            raise TableError(f"table {self.store.describe()} records no embedding model")
+        return model
+
+    @property
+    def text_encoder(self) -> ClipEmbedder | TextTower:
+        """What embeds text queries: the embedder once it is loaded, else the model's text half
+        alone (in fp32; loading it skips the image processor and the mode probes)."""
+        if self._embedder is not None or self.precision != "auto" or self.quantize is not None:
+            return self.embedder
+        if self._text_tower is None:
+            self._text_tower = TextTower.load(self._model(), device=self.device)
+        return self._text_tower
 
     @property
     def loaded_embedder(self) -> ClipEmbedder | None:
@@ -91,7 +106,7 @@ class Searcher:
         columns: Sequence[str] = (),
     ) -> Results:
         """Images whose embedding is closest to the text's."""
-        vector = self.embedder.embed_texts([query])[0]
+        vector = self.text_encoder.embed_texts([query])[0]
         return self.vector(vector, k, where, offset=offset, query=query, relevance=relevance, columns=columns)
 
     def image(
@@ -317,7 +332,7 @@ class Searcher:
         _check_unscaled(relevance, "rrf")
         table, facts = self._facts.current()
         self._require_fts(facts)
-        vector = self.embedder.embed_texts([query])[0]
+        vector = self.text_encoder.embed_texts([query])[0]
         search = (
             table.search(query_type="hybrid", vector_column_name="image_embedding", fts_columns="caption")
             .vector(vector)

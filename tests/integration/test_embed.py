@@ -336,3 +336,14 @@ def test_model_errors_are_one_clear_line(tmp_path: Path, tiny_clip: str) -> None
 def test_asking_for_cuda_without_one_is_a_model_error(tiny_clip: str) -> None:
     with pytest.raises(ModelError, match="no CUDA device"):
         ClipEmbedder.load(tiny_clip, device="cuda")
+
+
+def test_the_text_tower_alone_embeds_texts_as_the_whole_model_does_in_fp32(tiny_clip: str) -> None:
+    from mmindex.models.text_tower import TextTower
+
+    texts = ["a red circle", "two blue squares on a long grey road at night"]
+    whole = ClipEmbedder.load(tiny_clip, device="cpu", precision="fp32").embed_texts(texts)
+    alone = TextTower.load(tiny_clip, device="cpu")
+    assert alone.embed_texts(texts) == pytest.approx(whole, abs=1e-6)
+    with pytest.raises(ModelError):  # the same one-line refusal as the whole model's
+        TextTower.load(str(Path(tiny_clip) / "missing"), device="cpu")
