@@ -34,6 +34,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmindex.errors import ConfigError, DecodeError, MMIndexError, TableError
+from mmindex.ingest.sources.base import SourceItem
+from mmindex.ingest.sources.uri import UriReader
 from mmindex.query.filters import check_filter
 from mmindex.query.handle import SEARCH_MODES, ImageIndex
 from mmindex.query.relevance import ANY, Relevance, relevance
@@ -350,6 +352,7 @@ def create_app(
     _add_error_handlers(app)
     upload_slots = asyncio.Semaphore(UPLOAD_SLOTS)
     page = resources.files("mmindex.server").joinpath("static/index.html").read_text(encoding="utf-8")
+    originals = functools.cache(UriReader)  # S3 settings from the environment, as the index run had
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> HTMLResponse:
@@ -420,10 +423,52 @@ def create_app(
         mime = "image/webp" if data[8:12] == b"WEBP" else "image/jpeg"
         return Response(data, media_type=mime, headers={"Cache-Control": "max-age=300"})
 
+    @app.get("/api/row/{row_id}", responses=ERRORS, summary="a row's stored columns (no vectors, no preview)")
+    def row(row_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+        columns = index.searcher.facts().small_columns
+        found = index.row(_checked_id(row_id), columns)
+        return {name: _json_value(found.get(name)) for name in columns}
+
+    @app.get(
+        "/api/original/{row_id}",
+        responses=ERRORS,
+        summary="a row's original image, read from the row's own uri (never from a path given here)",
+    )
+    def original(row_id: Annotated[str, Path(max_length=64)]) -> Response:
+        found = index.row(_checked_id(row_id), ["uri", "key", "size", "version", "format"])
+        item = SourceItem(
+            uri=found["uri"], key=found["key"], size=found["size"] or 0, version=found["version"] or ""
+        )
+        try:
+            data = originals().read(item)
+        except MMIndexError as exc:
+            return JSONResponse({"error": f"the original cannot be read: {exc}"}, status_code=404)
+        media = ORIGINAL_TYPES.get(str(found.get("format") or "").upper(), "application/octet-stream")
+        return Response(data, media_type=media, headers={"Cache-Control": "max-age=300"})
+
+    @app.get("/api/examples", responses=ERRORS, summary="a few of the table's captions, to start from")
+    def examples(n: Annotated[int, Query(ge=1, le=20)] = 6) -> dict[str, Any]:
+        captions = list(dict.fromkeys(index.sample_captions(n * 4)))[:n]
+        return {"captions": captions}
+
     guarded: Any = BodyLimit(app, max_upload_bytes)
     if token:
         guarded = TokenCheck(guarded, token)
     return AccessLog(SecurityHeaders(HostCheck(guarded, hosts), page_policy(page)))
+
+
+ORIGINAL_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def _checked_id(row_id: str) -> str:

@@ -14,6 +14,8 @@ import pytest
 from conftest import CliRunner, free_port
 from PIL import Image
 
+from mmindex.store.reader import Store
+
 UPLOAD_CAP = 1024 * 1024  # the server under test takes uploads up to 1 MB
 
 
@@ -333,3 +335,20 @@ def test_rows_committed_while_the_server_runs_are_searched(
     assert client.get("/healthz").json()["rows"] == 102
     keys = {hit["uri"] for hit in client.get("/api/search", params={"q": "a shape", "k": 102}).json()["hits"]}
     assert any(uri.startswith(str(extra)) for uri in keys)
+
+
+def test_a_row_its_original_and_example_captions(client: httpx.Client, served: tuple[str, Path]) -> None:
+    hit = client.get("/api/search", params={"q": "a green square", "k": 1}).json()["hits"][0]
+    row = client.get(f"/api/row/{hit['id']}").json()
+    assert (
+        row["uri"] == hit["uri"] and row["sha256"] and "image_embedding" not in row and "thumbnail" not in row
+    )
+    original = client.get(f"/api/original/{hit['id']}")
+    assert original.status_code == 200 and original.content == Path(hit["uri"]).read_bytes()
+    assert original.headers["content-type"] == "image/" + hit["format"].lower()
+    assert client.get("/api/original/" + "0" * 32).status_code == 404  # only rows of the table, by id
+    assert client.get("/api/original/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    examples = client.get("/api/examples", params={"n": 3}).json()["captions"]
+    assert 1 <= len(examples) <= 3 and len(set(examples)) == len(examples)
+    captions = Store(str(served[1])).lancedb_table().search().select(["caption"]).limit(None).to_arrow()
+    assert set(examples) <= set(captions["caption"].to_pylist())
