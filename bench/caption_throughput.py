@@ -42,7 +42,7 @@ def time_captioning(captioner: Any, pixels: np.ndarray, batch: int) -> tuple[flo
 def main() -> None:
     from index_throughput import corpus
 
-    from mmindex.ingest.decode import decode
+    from mmindex.decode import decode
     from mmindex.models.captioner import Captioner, GenerationSettings
     from mmindex.toy.models import real_size_blip
 

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from mmindex.store.writer import open_writer
+
 A100_IMAGES_PER_SECOND = 2500
 DIM = 512
 THUMBNAIL_BYTES = 8 * 1024
@@ -106,7 +108,7 @@ def make_table(root: Path):  # noqa: ANN201
     from mmindex.store.reader import Store
 
     store = Store(str(root / "db"))
-    with store.open_writer() as writer:
+    with open_writer(store) as writer:
         writer.prepare("bench-model", DIM)
     return store
 
@@ -175,7 +177,7 @@ def measure_commits(root: Path, shard_size: int, shards_per_commit: int) -> dict
         shard = shard_of(small_rows, i * small_rows)
         group.append((shard, stage(store, shard, rows_for(shard, schema))))
     staging = time.perf_counter() - start
-    with store.open_writer() as writer:
+    with open_writer(store) as writer:
         committer = Committer(writer, "bench")
         start = time.perf_counter()
         committer.commit(single, 0)

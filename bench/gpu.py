@@ -112,7 +112,7 @@ def decode_only(root: Path, batch: int, limit: int) -> dict[str, float]:
     import torch
     from transformers import CLIPImageProcessorPil
 
-    from mmindex.ingest.decode import decode
+    from mmindex.decode import decode
     from mmindex.models.device_decode import DeviceDecoder, nvimgcodec_decoder
     from mmindex.models.preprocess import preprocessor_for
 

@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mmindex.store.writer import open_writer
+
 BUCKET = "bench-listing"
 MODEL = "bench/random-16d"
 DIM = 16
@@ -138,7 +140,7 @@ def child_prepare(endpoint: str, db: str) -> dict[str, Any]:
 
     started = time.perf_counter()
     store = Store(db, "images")
-    with store.open_writer() as writer:
+    with open_writer(store) as writer:
         writer.prepare(MODEL, DIM)
     schema = images_schema(DIM, MODEL)
     source = S3Source(f"s3://{BUCKET}/", config=S3Config(endpoint_url=endpoint))

@@ -47,6 +47,7 @@ from mmindex.query.search import Searcher
 from mmindex.schema import images_schema
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import refresh_indices
+from mmindex.store.writer import open_writer
 
 DIM = 512
 WORDS = "red green blue yellow purple orange circle square triangle star photo of a the small large".split()
@@ -100,7 +101,7 @@ def built_store(db: Path, rows: int, model: str) -> Store:
     if store.exists() and store.info().rows == rows:
         print(f"reusing the {rows}-row table in {db}")
         return store
-    with store.open_writer() as writer:
+    with open_writer(store) as writer:
         writer.prepare(model, DIM)
         started = time.perf_counter()
         write_rows(rows, model, writer.images)

@@ -14,9 +14,9 @@ from prefect.flows import Flow
 
 from mmindex.config import Settings
 from mmindex.flows.reporting import FlowProgress, publish_report
-from mmindex.jobs.run import RunHooks, run_job
 from mmindex.jobs.spec import Job, option_of, ordered_fields
 from mmindex.progress import TerminalProgress
+from mmindex.run import RunHooks, run_job
 from mmindex.tasks.index import CAPTION_STEPS, INDEX_STEPS
 from mmindex.tasks.models import load_captioner, load_embedder, maintain_table
 

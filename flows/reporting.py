@@ -15,9 +15,8 @@ from prefect.artifacts import (
 )
 
 from mmindex.finetuning.report import FinetuneReport
-from mmindex.ingest.pipeline import ProgressUpdate
 from mmindex.progress import TerminalProgress
-from mmindex.report import RunReport
+from mmindex.report import ProgressUpdate, RunReport
 from mmindex.store.upkeep import MaintenanceReport
 
 

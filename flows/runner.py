@@ -18,9 +18,9 @@ from typing import Any
 from prefect.flows import Flow
 
 from mmindex.errors import ConfigError, first_line
-from mmindex.jobs.run import run_job
 from mmindex.jobs.spec import Job
 from mmindex.progress import TerminalProgress
+from mmindex.run import run_job
 
 log = logging.getLogger(__name__)
 

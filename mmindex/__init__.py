@@ -36,7 +36,7 @@ _EXPORTS = {
     "IndexJob": "mmindex.jobs.spec",
     "CaptionJob": "mmindex.jobs.spec",
     "MaintainJob": "mmindex.jobs.spec",
-    "run_job": "mmindex.jobs.run",
+    "run_job": "mmindex.run",
     "MaintenanceReport": "mmindex.store.upkeep",
     "Captioner": "mmindex.models.captioner",
     "Settings": "mmindex.config",
@@ -101,7 +101,6 @@ if TYPE_CHECKING:
     from mmindex.finetuning.report import FinetuneReport
     from mmindex.ingest.pipeline import IndexOptions, run_index
     from mmindex.ingest.sources import ScanFilter, SourceItem, open_source
-    from mmindex.jobs.run import run_job
     from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, MaintainJob, ThumbnailJob
     from mmindex.models.captioner import Captioner
     from mmindex.models.clip import ClipEmbedder
@@ -109,6 +108,7 @@ if TYPE_CHECKING:
     from mmindex.query.results import Duplicates, Hit, LabelScore, Results
     from mmindex.query.search import Searcher
     from mmindex.report import RunReport
+    from mmindex.run import run_job
     from mmindex.store.reader import Store
     from mmindex.store.upkeep import MaintenanceReport
 

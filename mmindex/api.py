@@ -19,11 +19,11 @@ from mmindex.config import (
     THUMBNAIL_SIZE,
 )
 from mmindex.finetuning.report import FinetuneReport
-from mmindex.jobs.run import run_job
 from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, MaintainJob, ThumbnailJob
 from mmindex.progress import TerminalProgress
 from mmindex.query.search import Searcher
 from mmindex.report import RunReport
+from mmindex.run import run_job
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import MaintenanceReport
 

@@ -2,7 +2,7 @@
 configuration (one line on stderr), 1 anything else that stopped a run.
 
 `index`, `caption` and `maintain` take their options from the job specs (mmindex.jobs.spec), validate
-the job before anything starts, and hand it to a runner (mmindex.jobs.runner): by default a Prefect
+the job before anything starts, and hand it to a runner (mmindex.runner): by default a Prefect
 flow, never imported here. Heavy imports (torch, transformers, prefect) happen inside the commands
 that need them, so `mmindex stats` and `mmindex --help` stay quick.
 """
@@ -166,8 +166,8 @@ def job_command(job_class: type[Job]) -> Callable[[Callable[..., None]], Callabl
 
 def run_job_command(job: Job, *, json_output: bool, progress: bool) -> None:
     """Validate the job (exit 2 before any flow or model starts), run it, print the result."""
-    from mmindex.jobs.run import validate
-    from mmindex.jobs.runner import runner_named
+    from mmindex.run import validate
+    from mmindex.runner import runner_named
 
     _check_device(getattr(job, "device", None))
     validate(job)
@@ -477,9 +477,10 @@ def serve(
 def stats(db: DbOption = None, table: TableOption = None, json_output: JsonOption = False) -> None:
     """Rows, failures, captions by source, the embedding model and the indices of a table."""
     from mmindex.store.reader import Store
+    from mmindex.store.upkeep import table_stats
 
     settings = _settings(db, table)
-    result = Store.from_settings(settings).stats()
+    result = table_stats(Store.from_settings(settings))
     if json_output:
         emit_json(result)
         return
@@ -566,8 +567,8 @@ def demo(
         show_queries,
         table_for,
     )
-    from mmindex.jobs.runner import runner_named
     from mmindex.query.search import Searcher
+    from mmindex.runner import runner_named
     from mmindex.store.reader import Store
 
     if finetune:
@@ -613,8 +614,8 @@ def _finetune_demo(directory: Path) -> None:
     import shutil
 
     from mmindex.demo import FINETUNE_OPTIONS, prepare_finetune_corpus, show_new_colour_queries
-    from mmindex.jobs.runner import runner_named
     from mmindex.query.search import Searcher
+    from mmindex.runner import runner_named
     from mmindex.store.reader import Store
 
     corpus = prepare_finetune_corpus(directory)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mmindex.ingest.pipeline import ProgressUpdate
+from mmindex.report import ProgressUpdate
 
 
 class TerminalProgress:

@@ -22,6 +22,17 @@ UNEXPECTED_LOGGED = 3  # tracebacks logged per kind of unexpected error
 UNEXPECTED = "unexpected"  # how the failure text of an error not known to describe the item begins
 
 
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """Items finished so far, of `planned` known to need work; `planned` is final once `listing_done`."""
+
+    done: int
+    planned: int
+    scanned: int
+    listing_done: bool
+    note: str = ""  # shown beside the rate, e.g. a training run's epoch and loss
+
+
 class UnexpectedErrors:
     """Stops a run (RunStopped) once most items failed the same unexpected way: a bug or a broken
     setup, which a row per item would bury. It judges chunks as the run consumes them, and only first

@@ -49,10 +49,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mmindex.ingest.sources.base import SourceItem
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -154,8 +151,21 @@ class FailureRecord:
         return cls(row_id, uri, key, stage, error, **kwargs)  # type: ignore[arg-type]
 
     @classmethod
-    def from_item(cls, item: SourceItem, stage: str, error: str, **kwargs: object) -> FailureRecord:
+    def from_item(cls, item: Listed, stage: str, error: str, **kwargs: object) -> FailureRecord:
         return cls(item.id, item.uri, item.key, stage, error, fingerprint=item.fingerprint, **kwargs)  # type: ignore[arg-type]
+
+
+class Listed(Protocol):
+    """What a failure records of a listed item (mmindex.ingest.sources.SourceItem)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def uri(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def fingerprint(self) -> int: ...
 
 
 def failures_table(records: Iterable[FailureRecord]) -> pa.Table:

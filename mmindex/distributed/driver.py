@@ -19,16 +19,17 @@ from mmindex.distributed.shards import Shard, cut_shards
 from mmindex.distributed.worker import ShardResult
 from mmindex.errors import TableError
 from mmindex.ingest.backfill import caption_targets, stage_failures
-from mmindex.ingest.pipeline import ProgressUpdate, ReadAhead, _is_partial, _timed_scan
+from mmindex.ingest.pipeline import ReadAhead, _is_partial, _timed_scan
 from mmindex.ingest.plan import plan
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.jobs.prepare import PreparedCaption, PreparedIndex
 from mmindex.jobs.spec import CaptionJob, IndexJob
-from mmindex.report import RunReport, UnexpectedErrors
+from mmindex.report import ProgressUpdate, RunReport, UnexpectedErrors
 from mmindex.schema import SEVERITY_ERROR
 from mmindex.store.staging import RUN_ID_TIME
 from mmindex.store.state import SeenIds
 from mmindex.store.upkeep import finish_run
+from mmindex.store.writer import open_writer
 
 LOOKAHEAD_SHARDS = 8
 
@@ -63,7 +64,7 @@ def run_sharded(
             info = engine.start()
         report.models = info.compute
         report.notes.extend(info.notes)
-        with store.open_writer(options.lock_timeout) as writer:
+        with open_writer(store, options.lock_timeout) as writer:
             writer.prepare(info.model_id, info.dim)
             with report.timed("list", 0):
                 state = store.load_state()
@@ -116,7 +117,7 @@ def run_sharded_captions(
         with report.timed("start", 0):
             info = engine.start()
         report.models = info.compute
-        with store.open_writer(options.lock_timeout) as writer:
+        with open_writer(store, options.lock_timeout) as writer:
             if store.info().model != info.model_id:
                 raise TableError(
                     f"table {store.describe()} was built with {store.info().model!r}, not {info.model_id!r}"

@@ -12,15 +12,11 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from mmindex.distributed.shards import Shard
-from mmindex.distributed.worker import CaptionShardWorker, ModelInfo, ShardResult, ShardWorker
-from mmindex.errors import ConfigError, MMIndexError
+from mmindex.distributed.worker import ModelInfo, ShardFailed, ShardResult, ShardWorker, worker_class
+from mmindex.errors import ConfigError
 from mmindex.jobs.spec import CaptionJob, IndexJob
 
 log = logging.getLogger(__name__)
-
-
-class ShardFailed(MMIndexError):
-    """A shard failed on every attempt (not an item's problem: those are failure rows)."""
 
 
 class Engine(Protocol):
@@ -61,11 +57,6 @@ class InProcessEngine:
 
     def close(self) -> None:
         self.worker = None
-
-
-def worker_class(job: IndexJob | CaptionJob) -> type[ShardWorker]:
-    """The shard function's holder for a job: indexing, or a caption backfill."""
-    return CaptionShardWorker if isinstance(job, CaptionJob) else ShardWorker
 
 
 def engine_for(job: IndexJob | CaptionJob, run_id: str) -> Engine:

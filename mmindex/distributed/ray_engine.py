@@ -14,9 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from mmindex.distributed.engines import ShardFailed, worker_class
 from mmindex.distributed.shards import Shard
-from mmindex.distributed.worker import ModelInfo, ShardResult
+from mmindex.distributed.worker import ModelInfo, ShardFailed, ShardResult, worker_class
 from mmindex.errors import ConfigError
 from mmindex.jobs.spec import CaptionJob, IndexJob
 from mmindex.models.precision import CPU_KIND_ENV, cpu_kind, native_bf16

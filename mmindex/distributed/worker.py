@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmindex.distributed.shards import Shard
+from mmindex.errors import MMIndexError
 from mmindex.ingest.backfill import inherit_captions
 from mmindex.ingest.pipeline import load_pools, overlapped
 from mmindex.ingest.steps import (
@@ -87,7 +88,7 @@ class ShardWorker:
 
     def __init__(self, job: IndexJob, run_id: str) -> None:
         from mmindex.jobs.prepare import prepare_index
-        from mmindex.jobs.run import load_captioner, load_embedder
+        from mmindex.models.choice import load_captioner, load_embedder
 
         self.run_id = run_id
         self.prepared = prepare_index(job, check=False)
@@ -208,7 +209,7 @@ class CaptionShardWorker(ShardWorker):
 
     def __init__(self, job: CaptionJob, run_id: str) -> None:
         from mmindex.jobs.prepare import prepare_caption
-        from mmindex.jobs.run import load_captioner, load_embedder
+        from mmindex.models.choice import load_captioner, load_embedder
 
         self.run_id = run_id
         self.caption = prepare_caption(job, check=False)
@@ -287,3 +288,12 @@ def _injected_faults() -> None:
         with open(marker, "w") as handle:
             handle.write(str(os.getpid()))
         os._exit(17)
+
+
+class ShardFailed(MMIndexError):
+    """A shard failed on every attempt (not an item's problem: those are failure rows)."""
+
+
+def worker_class(job: IndexJob | CaptionJob) -> type[ShardWorker]:
+    """The shard function's holder for a job: indexing, or a caption backfill."""
+    return CaptionShardWorker if isinstance(job, CaptionJob) else ShardWorker

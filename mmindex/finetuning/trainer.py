@@ -46,13 +46,13 @@ from mmindex.finetuning.objective import (
 )
 from mmindex.finetuning.report import EpochRecord, FinetuneReport
 from mmindex.finetuning.step import TrainingStep
-from mmindex.ingest.pipeline import ProgressUpdate, overlapped
+from mmindex.ingest.pipeline import overlapped
 from mmindex.ingest.steps import Reader
 from mmindex.models.clip import ClipEmbedder, load_parts
 from mmindex.models.execution import autocast_mode
 from mmindex.models.precision import autocast_dtype, compute_label
 from mmindex.models.resolve import ModelRef, pick_device, quiet_transformers
-from mmindex.report import RunReport
+from mmindex.report import ProgressUpdate, RunReport
 
 CHECKPOINT = ".checkpoint"
 EVAL_CACHE_BYTES = 256 << 20  # held-out pixels kept in memory between evaluations, at most

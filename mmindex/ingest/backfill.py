@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from mmindex.config import CAPTION_WRITE_ROWS, CPU_CAPTION_BATCH_SIZE, WRITE_SECONDS
 from mmindex.errors import TableError, engine_message
-from mmindex.ingest.pipeline import ProgressUpdate, Writer, load_pools, overlapped
+from mmindex.ingest.pipeline import Writer, load_pools, overlapped
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.ingest.steps import (
@@ -32,11 +32,12 @@ from mmindex.ingest.steps import (
     load_batch,
     vector_column,
 )
-from mmindex.report import RunReport, UnexpectedErrors
+from mmindex.report import ProgressUpdate, RunReport, UnexpectedErrors
 from mmindex.schema import CAPTION_GENERATED, SEVERITY_ERROR, FailureRecord
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_string
 from mmindex.store.upkeep import finish_run
+from mmindex.store.writer import open_writer
 
 CAPTION_STAGES = ("caption",)
 _TARGET_COLUMNS = ["id", "uri", "key", "size", "version", "modified_at"]
@@ -243,7 +244,7 @@ def run_caption(
     reader = reader or UriReader()
     report = report or RunReport(kind="caption", source=store.describe(), table=store.describe())
     report.models = f"{captioner.compute}; {embedder.compute}"
-    with store.open_writer(options.lock_timeout) as writer:
+    with open_writer(store, options.lock_timeout) as writer:
         started = time.perf_counter()
         if store.info().model != embedder.model_id:
             raise TableError(

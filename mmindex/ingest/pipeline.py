@@ -42,11 +42,12 @@ from mmindex.ingest.steps import (
 )
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE, Thumbnailer
 from mmindex.models.compiled import Compilable, CompilePolicy
-from mmindex.report import RunReport, UnexpectedErrors
+from mmindex.report import ProgressUpdate, RunReport, UnexpectedErrors
 from mmindex.schema import SEVERITY_ERROR, FailureRecord
 from mmindex.store.reader import Store
 from mmindex.store.state import SeenIds
 from mmindex.store.upkeep import finish_run
+from mmindex.store.writer import open_writer
 
 T = TypeVar("T")
 B = TypeVar("B")
@@ -96,17 +97,6 @@ class Steps:
     write: Callable[..., None] = write_batch
 
 
-@dataclass(frozen=True)
-class ProgressUpdate:
-    """Items finished so far, of `planned` known to need work; `planned` is final once `listing_done`."""
-
-    done: int
-    planned: int
-    scanned: int
-    listing_done: bool
-    note: str = ""  # shown beside the rate, e.g. a training run's epoch and loss
-
-
 def run_index(
     source: Source,
     embedder: Embedder,
@@ -129,7 +119,7 @@ def run_index(
     steps = steps or Steps()
     report = report or RunReport(kind="index", source=source.describe(), table=store.describe())
     report.models = "; ".join(model.compute for model in (embedder, captioner) if model is not None)
-    with store.open_writer(options.lock_timeout) as writer:
+    with open_writer(store, options.lock_timeout) as writer:
         started = time.perf_counter()
         writer.prepare(embedder.model_id, embedder.dim)
         with report.timed("list", 0):

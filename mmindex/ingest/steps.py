@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from mmindex.decode import decode, inspect
 from mmindex.errors import ItemError
-from mmindex.ingest.decode import decode, inspect
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.sidecar import Provenance, parse_sidecar
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmindex.ingest.pipeline import ProgressUpdate
 from mmindex.ingest.sources.sidecar import GENERATED_FIELD, Provenance
 from mmindex.models.generator import ImageSettings, TextToImage
-from mmindex.report import RunReport
+from mmindex.report import ProgressUpdate, RunReport
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class Output:
         self.location = location.rstrip("/")
         self._s3: Any = None
         if location.startswith("s3://"):
-            from mmindex.ingest.sources.s3.client import S3Config, S3Objects, parse_s3_uri
+            from mmindex.s3 import S3Config, S3Objects, parse_s3_uri
 
             self._s3 = S3Objects(s3_config or S3Config())
             self.bucket, prefix = parse_s3_uri(self.location)

@@ -18,14 +18,15 @@ import pyarrow as pa
 from mmindex.config import CAPTION_WRITE_ROWS, WRITE_SECONDS
 from mmindex.errors import TableError
 from mmindex.ingest.backfill import backfill_targets, stage_failures
-from mmindex.ingest.pipeline import ProgressUpdate, load_pools, overlapped
+from mmindex.ingest.pipeline import load_pools, overlapped
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.ingest.steps import LoadedBatch, Reader, load_batch
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE, Thumbnailer
-from mmindex.report import RunReport, UnexpectedErrors
+from mmindex.report import ProgressUpdate, RunReport, UnexpectedErrors
 from mmindex.schema import FailureRecord
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import finish_run
+from mmindex.store.writer import open_writer
 
 THUMBNAIL_STAGES = ("thumbnail",)
 
@@ -59,7 +60,7 @@ def run_thumbnails(
     # decode at reduced scale, as long as the preview keeps its full size
     thumbnailer = replace(options.thumbnailer, draft_side=options.thumbnailer.size)
     preprocessors = {THUMBNAIL_ROLE: thumbnailer}
-    with store.open_writer(options.lock_timeout) as writer:
+    with open_writer(store, options.lock_timeout) as writer:
         started = time.perf_counter()
         info = store.info()
         writer.prepare(info.model or "", info.dim or 0)  # migrates an older table

@@ -8,7 +8,7 @@ environment). Validation is cheap: it opens nothing heavier than a model's confi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from mmindex.jobs.spec import (
     ThumbnailJob,
 )
 from mmindex.models.captioner import GenerationSettings, check_caption_config
+from mmindex.models.choice import ModelChoice
 from mmindex.models.clip import check_embedding_config
 from mmindex.models.compiled import check_compile
 from mmindex.models.precision import check_precision
@@ -53,21 +54,6 @@ from mmindex.store.upkeep import parse_retention
 
 if TYPE_CHECKING:
     from mmindex.models.generator import ImageSettings
-
-
-@dataclass
-class ModelChoice:
-    """Which models a run loads, on which device; loading happens where the run executes."""
-
-    embed_model: str
-    device: str
-    precision: str = "auto"
-    quantize: str | None = None
-    caption_model: str | None = None
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-
-    def __post_init__(self) -> None:
-        check_precision(self.precision, self.quantize)
 
 
 @dataclass
@@ -396,7 +382,7 @@ class PreparedGenerate:
 def prepare_generate(job: GenerateJob, *, check: bool = True) -> PreparedGenerate:
     """Validate a generation job: prompts, size, the model's pipeline class (exit 2 for a model that
     is not a text-to-image pipeline) and, when the images are indexed, the index job that follows."""
-    from mmindex.models.generator import ImageSettings, check_generator, parse_size
+    from mmindex.models.generator import ImageSettings, check_generator, parse_size, resolve_generator
 
     prompts = [p.strip() for p in job.prompts if p.strip()]
     if job.prompts_file:
@@ -420,15 +406,3 @@ def prepare_generate(job: GenerateJob, *, check: bool = True) -> PreparedGenerat
             lock_timeout=job.lock_timeout,
         )  # fmt: skip
     return PreparedGenerate(prompts, settings, model, job.out, s3_config, index_job)
-
-
-def resolve_generator(name: str | None) -> str:
-    """The generator a job names: a toy name, a directory (made absolute) or a hub id."""
-    from mmindex.config import DEFAULT_GENERATOR
-    from mmindex.toy import TOY_MODELS
-
-    name = (name or DEFAULT_GENERATOR).strip()
-    if name in TOY_MODELS:
-        return name
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmindex.captions import clean_caption
 from mmindex.config import MAX_NEW_TOKENS, NUM_BEAMS
 from mmindex.errors import ModelError, first_line
-from mmindex.ingest.sources.sidecar import clean_caption
 from mmindex.models.execution import Mode, apply_mode, choose_mode
 from mmindex.models.precision import check_precision
 from mmindex.models.preprocess import ImagePreprocessor, ProcessorCall, preprocessor_for

@@ -3,7 +3,7 @@
 At thousands of images per second the CPU's JPEG decoding is the limit, so on CUDA nvImageCodec
 (`pip install "mmindex[gpu]"`) decodes a whole batch on the GPU and torch resizes, crops and casts
 it there. Every image it cannot take (no CUDA, no nvImageCodec, another format, a decode error) is
-decoded by the CPU path (`mmindex.ingest.decode`: Pillow, draft mode, EXIF orientation) and goes
+decoded by the CPU path (`mmindex.decode`: Pillow, draft mode, EXIF orientation) and goes
 through the same torch resize, so one batch may mix both. The resize is torch's antialiased bicubic,
 which differs from Pillow's by a fraction of a grey level on average (embeddings agree within cosine
 0.99; see the tests).
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from mmindex.decode import decode
 from mmindex.errors import DecodeError
-from mmindex.ingest.decode import decode
 from mmindex.models.preprocess import ImagePreprocessor, centre_crop_origin
 
 JPEG_MAGIC = b"\xff\xd8\xff"

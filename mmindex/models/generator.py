@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmindex.config import DEFAULT_GENERATOR
 from mmindex.errors import ConfigError, ModelError, first_line
 
 # steps and guidance a model's card prescribes, where the pipeline class's own defaults (50 steps,
@@ -183,3 +184,14 @@ def toy_path(name: str) -> Path:
     from mmindex.toy import TOY_MODELS
 
     return TOY_MODELS.get(name, Path(name).expanduser())
+
+
+def resolve_generator(name: str | None) -> str:
+    """The generator a job names: a toy name, a directory (made absolute) or a hub id."""
+    from mmindex.toy import TOY_MODELS
+
+    name = (name or DEFAULT_GENERATOR).strip()
+    if name in TOY_MODELS:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name

@@ -22,6 +22,7 @@ from mmindex.query.relevance import ANY, relevance
 from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Results
 from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher, with_synthetic
 from mmindex.store.reader import Store
+from mmindex.store.upkeep import table_stats
 
 SEARCH_MODES = ("vector", "text", "hybrid")
 DUPLICATE_TILE = 4096  # rows per side of one similarity tile (64 MB of float32 scores)
@@ -56,7 +57,7 @@ class ImageIndex:
         return self.store.lancedb_table()
 
     def stats(self) -> dict[str, Any]:
-        return self.store.stats()
+        return table_stats(self.store)
 
     def search(
         self,
@@ -135,8 +136,7 @@ class ImageIndex:
 
     def _generator(self, name: str | None) -> Any:
         """The text-to-image model for imagined queries, loaded once per handle and name."""
-        from mmindex.jobs.prepare import resolve_generator
-        from mmindex.models.generator import load_generator
+        from mmindex.models.generator import load_generator, resolve_generator
 
         resolved = resolve_generator(name)
         cache: dict[str, Any] = self.__dict__.setdefault("_generators", {})

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mmindex.decode import decode
 from mmindex.errors import ConfigError, DecodeError, TableError, engine_message
-from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder
 from mmindex.models.precision import check_precision
 from mmindex.models.text_tower import TextTower

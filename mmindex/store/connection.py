@@ -21,7 +21,7 @@ def storage_options_for(settings: Settings) -> dict[str, str] | None:
     """LanceDB storage options for the database Settings name: S3 settings for `s3://`, else none."""
     if not settings.db.startswith("s3://"):
         return None
-    from mmindex.ingest.sources.s3 import S3Config, lance_storage_options
+    from mmindex.s3 import S3Config, lance_storage_options
 
     return lance_storage_options(S3Config.from_settings(settings))
 

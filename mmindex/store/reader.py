@@ -10,10 +10,9 @@ reads mmindex does not wrap (search, a notebook's own queries).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
@@ -21,13 +20,9 @@ from mmindex.config import Settings
 from mmindex.errors import TableError
 from mmindex.schema import FAILURES_SCHEMA, META_DIM, META_MODEL, failures_table_name
 from mmindex.store.connection import connect, open_table, storage_options_for
-from mmindex.store.lock import write_guard
 from mmindex.store.migrate import check_readable
 from mmindex.store.sql import sql_in
 from mmindex.store.state import IndexedState
-
-if TYPE_CHECKING:
-    from mmindex.store.writer import TableWriter
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +75,8 @@ class Store:
 
     def lancedb_table(self, *, failures: bool = False) -> Any:
         """Escape hatch: the raw LanceDB images table (or failures table; None if it does not exist),
-        for reads mmindex does not wrap. Write only through `open_writer()`: LanceDB duplicates rows
-        when two writers upsert at once, and the writer keeps the commit order that makes runs
+        for reads mmindex does not wrap. Write only through `mmindex.store.writer.open_writer`: LanceDB
+        duplicates rows when two writers upsert at once, and the writer keeps the commit order that makes runs
         resumable."""
         if failures:
             return self._handle(failures_table_name(self.table_name))
@@ -94,15 +89,6 @@ class Store:
 
     def exists(self) -> bool:
         return self._handle(self.table_name) is not None
-
-    @contextmanager
-    def open_writer(self, timeout: float | None = None) -> Iterator[TableWriter]:
-        """The table's single writer, for as long as the block runs: waits (up to `timeout` seconds)
-        while another run writes the table, then opens fresh handles that start from its result."""
-        from mmindex.store.writer import TableWriter
-
-        with write_guard(self.db_uri, self.table_name, timeout) as guard:
-            yield TableWriter(self, self.connect(), guard)
 
     # -- what the table holds --------------------------------------------------------------------
 
@@ -162,9 +148,3 @@ class Store:
             query.to_arrow().sort_by([("key", "ascending"), ("stage", "ascending")]).to_pylist()
         )
         return rows
-
-    def stats(self) -> dict[str, Any]:
-        """Rows, failures, captions by source, model, version, fragments and indices (`mmindex stats`)."""
-        from mmindex.store.upkeep import table_stats
-
-        return table_stats(self)

@@ -21,7 +21,7 @@ from mmindex.schema import CAPTION_SOURCES, SEVERITY_ERROR
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_string
 from mmindex.store.staging import sweep_staging
-from mmindex.store.writer import TableWriter
+from mmindex.store.writer import TableWriter, open_writer
 
 ROWS_PER_PARTITION = 4096
 # maintenance holds the write lock, so no run is writing; the hour spares a killed driver's last workers
@@ -133,7 +133,7 @@ def maintain(
         raise ConfigError("retention cannot be negative")
     report = MaintenanceReport(store.describe(), retention)
     started = time.perf_counter()
-    with store.open_writer(lock_timeout) as writer:
+    with open_writer(store, lock_timeout) as writer:
         tables = {"images": writer.images, "failures": writer.failures}
         report.actions += writer.migrations
         report.before = {name: TableHealth.of(table) for name, table in tables.items()}

@@ -1,6 +1,6 @@
 """The single writer of an images table and its failures table, and the order in which it commits.
 
-A `TableWriter` exists only inside `Store.open_writer()`, that is while the table's write lock is
+A `TableWriter` exists only inside `open_writer(store)`, that is while the table's write lock is
 held (LanceDB duplicates rows when two writers upsert the same new key at once). It opens its own
 handles once the lock is taken, so a run that waited starts from the previous run's result.
 
@@ -34,6 +34,7 @@ from mmindex.schema import (
     images_schema,
 )
 from mmindex.store.connection import open_table
+from mmindex.store.lock import write_guard
 from mmindex.store.migrate import migrate
 from mmindex.store.sql import sql_in
 from mmindex.store.state import SeenIds
@@ -50,7 +51,7 @@ DELETE_CHUNK = 1000
 
 class TableWriter:
     """Writes one table (and its failures table) while its lock is held; get one from
-    `Store.open_writer()`. `guard` says how the lock is held (file lock, orchestrator slot, unguarded)."""
+    `open_writer(store)`. `guard` says how the lock is held (file lock, orchestrator slot, unguarded)."""
 
     def __init__(self, store: Store, connection: Any, guard: str) -> None:
         self.store = store
@@ -294,3 +295,11 @@ def conform_rows(rows: pa.Table, schema: pa.Schema) -> pa.Table:
         for field in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+@contextmanager
+def open_writer(store: Store, timeout: float | None = None) -> Iterator[TableWriter]:
+    """The table's single writer, for as long as the block runs: waits (up to `timeout` seconds)
+    while another run writes the table, then opens fresh handles that start from its result."""
+    with write_guard(store.db_uri, store.table_name, timeout) as guard:
+        yield TableWriter(store, store.connect(), guard)

@@ -9,6 +9,7 @@ on its own; the text decides what is drawn. `scripts/train_toy.py generator` tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -149,6 +150,4 @@ class ToyTextToImage:
         return [Image.fromarray(image, "RGB") for image in array]
 
     def defaults(self, settings: Any) -> Any:
-        from mmindex.models.generator import ImageSettings
-
-        return ImageSettings(1, None, settings.width, settings.height)  # one pass, no guidance
+        return dataclasses.replace(settings, steps=1, guidance=None)  # one pass, no guidance

@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import (
 
 from mmindex.flows.index import index
 from mmindex.store.reader import Store
+from mmindex.store.writer import open_writer
 
 
 async def flow_run_record(flow_run_id: Any) -> tuple[Any, list[Any], list[Any]]:
@@ -83,7 +84,7 @@ def test_a_run_refuses_to_wait_past_lock_timeout_while_another_holds_the_table(
     from mmindex.store.reader import Store
 
     db = str(tmp_path / "db")
-    with Store(db).open_writer():  # another writer holds the table
+    with open_writer(Store(db)):  # another writer holds the table
         result = cli("index", str(corpus), "--db", db, "--model", "toy-clip", "--lock-timeout", "2")
     assert result.returncode == 2, result.stderr
     assert f"pid {os.getpid()}" in result.stderr and "gave up after" in result.stderr

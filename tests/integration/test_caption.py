@@ -23,6 +23,7 @@ from mmindex.models.clip import ClipEmbedder
 from mmindex.models.execution import BF16_AUTOCAST, BF16_WEIGHTS, FP32
 from mmindex.query.search import Searcher
 from mmindex.store.reader import Store
+from mmindex.store.writer import open_writer
 from mmindex.toy.models import tiny_blip, tiny_git, tiny_vision_encoder_decoder
 from mmindex.toy.shapes import samples, write_corpus
 
@@ -309,7 +310,7 @@ def test_the_writer_never_overwrites_a_human_caption(corpus: Path, tmp_path: Pat
     update = pa.table(
         {"id": [human["id"]], "caption": ["generated over it"], "caption_source": ["generated"]}
     )
-    with Store(str(db)).open_writer() as writer:
+    with open_writer(Store(str(db))) as writer:
         writer.update_captions(update)  # as a backfill with a malicious --where would
     assert rows(db)[human["key"]]["caption"] == human["caption"]
 
@@ -349,9 +350,9 @@ def test_index_with_caption_missing_does_not_caption_its_own_failures_twice(
 ) -> None:
     """The leftover pass of `index --caption-missing` captions the source's older rows only: the
     images this run just failed to caption wait for the next run (not the same run's second pass)."""
-    from mmindex.jobs.run import RunHooks, run_job
     from mmindex.jobs.spec import IndexJob
     from mmindex.report import RunReport
+    from mmindex.run import RunHooks, run_job
 
     write_corpus(tmp_path / "corpus", 12, seed=10, captioned_fraction=0.0)
     job = IndexJob(source=str(tmp_path / "corpus"), db=str(tmp_path / "db"), model="toy-clip",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from mmindex.ingest.decode import decode
+from mmindex.decode import decode
 from mmindex.ingest.pipeline import IndexOptions, run_index
 from mmindex.ingest.sources import open_source
 from mmindex.ingest.steps import embed_role

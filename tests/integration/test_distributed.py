@@ -23,6 +23,7 @@ import mmindex
 from mmindex.config import Settings
 from mmindex.distributed import commit as commit_module
 from mmindex.store.reader import Store
+from mmindex.store.upkeep import table_stats
 from mmindex.toy.shapes import write_corpus
 
 SHARDED = {"runner": "sharded", "shard_size": 7, "commit_every": 2}
@@ -213,7 +214,7 @@ def test_local_sharded_and_ray_runs_embed_alike_whichever_mode_auto_picks(
         mmindex.index(str(corpus), db=db, model="toy-clip", progress=False, runner=runner, shard_size=3)
     local = rows_of(dbs["local"])
     assert {row["embed_mode"] for row in local.values()} == {mode}
-    assert Store(dbs["local"]).stats()["embed_modes"] == {mode: 8}
+    assert table_stats(Store(dbs["local"]))["embed_modes"] == {mode: 8}
     assert_same_tables(rows_of(dbs["sharded"]), local)
     assert_same_tables(rows_of(dbs["ray"]), local)
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageFilter
 from transformers import AutoImageProcessor
 
+from mmindex.decode import decode
 from mmindex.errors import ConfigError, ModelError
-from mmindex.ingest.decode import decode
 from mmindex.models.clip import ClipEmbedder, load_parts
 from mmindex.models.execution import (
     BF16_AUTOCAST,

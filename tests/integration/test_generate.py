@@ -15,6 +15,7 @@ from PIL import Image
 import mmindex
 from mmindex.finetuning.data import HOLDOUT, TRAIN, PairQuery, Split
 from mmindex.store.reader import Store
+from mmindex.store.upkeep import table_stats
 
 PROMPTS = ["a red circle", "a blue square"]
 SMALL = {"size": "32x32", "steps": 2, "guidance": 0.0}
@@ -61,7 +62,7 @@ def test_generated_images_carry_their_provenance_into_the_table(
     )
     assert (row["generation_seed"], row["generation_steps"], row["generation_guidance"]) == (8, 2, 0.0)
     assert sum(1 for r in rows if r["synthetic"] is False) == 24  # the real images say so too
-    captions = Store(db).stats()["captions"]
+    captions = table_stats(Store(db))["captions"]
     assert captions["prompt"] == 4 and sum(captions.values()) == len(rows) == 28  # every row counted once
 
     # search selects, excludes or includes them, and says which hits are synthetic

@@ -343,7 +343,7 @@ def test_a_caption_manifest_for_a_prefix(s3_bucket: S3Bucket, tmp_path: Path) ->
 def test_reads_return_exact_bytes_through_503s_drops_and_truncated_bodies(
     s3_bucket: S3Bucket, tmp_path: Path, faulty_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="mmindex.ingest.sources.s3.client")
+    caplog.set_level(logging.DEBUG, logger="mmindex.s3")
     corpus = upload_corpus(s3_bucket, tmp_path / "corpus", prefix="f/", count=30)
     proxy = faulty_proxy(s3_bucket.endpoint, Faults(slow_down=0.3, drop=0.1, truncate=0.15, seed=7))
     source = S3Source(s3_bucket.uri("f/"), config=s3_bucket.config(proxy.endpoint))

@@ -19,6 +19,8 @@ from mmindex.schema import META_SCHEMA_VERSION, PROVENANCE_FIELDS
 from mmindex.store import migrate
 from mmindex.store.lock import TableBusy
 from mmindex.store.reader import Store
+from mmindex.store.upkeep import table_stats
+from mmindex.store.writer import open_writer
 
 
 @pytest.fixture
@@ -32,14 +34,14 @@ def indexed(corpus: Path, tmp_path: Path, tiny_clip: str) -> Path:
 def test_a_read_handle_sees_what_a_writer_commits_later(indexed: Path) -> None:
     reader = Store(str(indexed))
     assert reader.lancedb_table().count_rows() == 24
-    with Store(str(indexed)).open_writer() as writer:
+    with open_writer(Store(str(indexed))) as writer:
         writer.delete_rows([reader.lancedb_table().search().limit(1).to_arrow()["id"][0].as_py()])
     assert reader.lancedb_table().count_rows() == 23 and reader.info().rows == 23
 
 
 def test_the_writer_is_exclusive(indexed: Path) -> None:
-    with Store(str(indexed)).open_writer(), pytest.raises(TableBusy):
-        with Store(str(indexed)).open_writer(timeout=0):
+    with open_writer(Store(str(indexed))), pytest.raises(TableBusy):
+        with open_writer(Store(str(indexed)), timeout=0):
             pass
 
 
@@ -65,21 +67,21 @@ def test_an_older_table_is_migrated_by_its_writer_and_its_rows_keep_working(
     old.update_field_metadata({"path": "id", "metadata": {META_SCHEMA_VERSION.decode(): "1"}})
     store = Store(str(indexed))
     assert migrate.table_version(store.lancedb_table().schema) == 1
-    with store.open_writer() as writer:
+    with open_writer(store) as writer:
         writer.prepare(store.info().model or "", store.info().dim or 0)
         assert writer.migrations == [f"migrated {store.describe()} to schema version {v}" for v in (2, 3, 4)]
     table = Store(str(indexed)).lancedb_table()
     assert migrate.table_version(table.schema) == 4 and "thumbnail" in table.schema.names
     for column in ("thumbnail", "synthetic", "embed_mode"):
         assert table.to_arrow().column(column).null_count == 24
-    assert Store(str(indexed)).stats()["embed_modes"] == {"not recorded": 24}
+    assert table_stats(Store(str(indexed)))["embed_modes"] == {"not recorded": 24}
 
     (corpus / "set-a" / "new.png").write_bytes(next(corpus.glob("set-a/*.png")).read_bytes())
     report = run_index(open_source(str(corpus)), ClipEmbedder.load(tiny_clip), Store(str(indexed)))
     assert report.indexed == 1 and Store(str(indexed)).info().rows == 25
     assert Store(str(indexed)).lancedb_table().to_arrow().column("thumbnail").null_count == 24
-    assert Store(str(indexed)).stats()["embed_modes"] == {"fp32 on cpu": 1, "not recorded": 24}
-    with Store(str(indexed)).open_writer() as writer:
+    assert table_stats(Store(str(indexed)))["embed_modes"] == {"fp32 on cpu": 1, "not recorded": 24}
+    with open_writer(Store(str(indexed))) as writer:
         writer.prepare(store.info().model or "", store.info().dim or 0)
         assert writer.migrations == []  # already current
 
@@ -128,4 +130,4 @@ def test_a_run_in_another_mode_says_the_table_now_mixes_modes(
     report = run_index(open_source(str(corpus)), bf16, Store(str(indexed)))
     assert report.indexed == 1
     assert any("this run embedded in bf16 weights on cpu, but 24 rows" in note for note in report.notes)
-    assert Store(str(indexed)).stats()["embed_modes"] == {"fp32 on cpu": 24, "bf16 weights on cpu": 1}
+    assert table_stats(Store(str(indexed)))["embed_modes"] == {"fp32 on cpu": 24, "bf16 weights on cpu": 1}

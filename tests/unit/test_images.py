@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmindex.decode import decode, sniff_format
 from mmindex.errors import DecodeError
-from mmindex.ingest.decode import decode, sniff_format
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -152,7 +152,7 @@ def test_a_file_plain_pillow_cannot_load_never_decodes() -> None:
 
 
 def test_only_errors_that_describe_the_file_are_decode_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmindex.ingest import decode as decode_module
+    from mmindex import decode as decode_module
 
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, "PNG")

@@ -100,7 +100,7 @@ def _holds_only_tars(location: str, s3_config: Any | None) -> bool:
     if is_manifest_name(location):
         return False
     if location.startswith("s3://"):
-        from mmindex.ingest.sources.s3.client import S3Config, S3Objects, parse_s3_uri
+        from mmindex.s3 import S3Config, S3Objects, parse_s3_uri
 
         bucket, prefix = parse_s3_uri(location)
         prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from mmindex.decode import IMAGE_EXTENSIONS, SNIFF_BYTES, sniff_format
 from mmindex.errors import FetchError, SourceError
-from mmindex.ingest.decode import IMAGE_EXTENSIONS, SNIFF_BYTES, sniff_format
 from mmindex.ingest.sources.base import NOT_UTF8, ScanFilter, ScanProblem, SourceItem, is_utf8, printable
 from mmindex.ingest.sources.manifest import (
     BadRow,

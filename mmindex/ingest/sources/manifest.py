@@ -17,9 +17,9 @@ from typing import IO
 
 import pyarrow.parquet as pq
 
+from mmindex.captions import clean_caption
 from mmindex.errors import SourceError
 from mmindex.ingest.sources.base import ScanProblem
-from mmindex.ingest.sources.sidecar import clean_caption
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 PATH_COLUMNS = ("path", "uri", "url", "file", "filename", "file_name", "image", "image_path", "key")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from mmindex.captions import clean_caption
+
 SIDECAR_SUFFIXES = (".txt", ".json")
 JSON_CAPTION_FIELDS = ("caption", "text", "alt", "title")
 GENERATED_FIELD = "generated"
@@ -64,15 +66,6 @@ def decode_text(data: bytes) -> tuple[str, str | None]:
     except UnicodeDecodeError as exc:
         warning = f"invalid UTF-8 at byte {exc.start}; undecodable bytes replaced with U+FFFD"
         return data.decode("utf-8-sig", errors="replace"), warning
-
-
-def clean_caption(text: str | None) -> str | None:
-    """Drop control characters, collapse whitespace; an empty caption is no caption."""
-    if text is None:
-        return None
-    printable = "".join(ch if ch.isprintable() else " " for ch in text)
-    cleaned = " ".join(printable.split())
-    return cleaned or None
 
 
 def _parse_json(text: str, warning: str | None) -> SidecarCaption:

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from mmindex.decode import IMAGE_EXTENSIONS
 from mmindex.errors import FetchError, SourceError
-from mmindex.ingest.decode import IMAGE_EXTENSIONS
 from mmindex.ingest.sources.base import ScanFilter, ScanProblem, SourceItem
 from mmindex.ingest.sources.sidecar import parse_sidecar
 
@@ -61,7 +61,7 @@ def read_member(item: SourceItem, s3_objects: Any | None = None) -> bytes:
     """An image member's bytes: one seek in a local tar, one ranged GET (If-Match the tar's ETag) on S3."""
     tar, tar_version, offset = member_location(item)
     if tar.startswith("s3://"):
-        from mmindex.ingest.sources.s3.client import parse_s3_uri
+        from mmindex.s3 import parse_s3_uri
 
         if s3_objects is None:
             raise FetchError("no S3 client to read a tar member with", retryable=False)
@@ -92,7 +92,7 @@ class WebDatasetSource:
         self._s3: Any = None
         if location.startswith("s3://"):
             from mmindex.ingest.sources.s3 import S3Config
-            from mmindex.ingest.sources.s3.client import S3Objects, parse_s3_uri
+            from mmindex.s3 import S3Objects, parse_s3_uri
 
             self.config = s3_config or S3Config()
             self._s3 = S3Objects(self.config)

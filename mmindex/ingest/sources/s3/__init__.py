@@ -16,9 +16,10 @@ Credentials never appear in messages, `describe()` or logs.
 
 from __future__ import annotations
 
-from mmindex.ingest.sources.s3.client import S3Config, S3ObjectReader, lance_storage_options, parse_s3_uri
 from mmindex.ingest.sources.s3.listing import S3Source
 from mmindex.ingest.sources.s3.manifest import S3ManifestSource, load_s3_caption_manifest
+from mmindex.ingest.sources.s3.reader import S3ObjectReader
+from mmindex.s3 import S3Config, lance_storage_options, parse_s3_uri
 
 __all__ = [
     "S3Config",

@@ -7,18 +7,18 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from mmindex.decode import IMAGE_EXTENSIONS
 from mmindex.errors import SourceError
-from mmindex.ingest.decode import IMAGE_EXTENSIONS
 from mmindex.ingest.sources.base import ScanFilter, ScanProblem, SourceItem
-from mmindex.ingest.sources.s3.client import (
+from mmindex.ingest.sources.s3.reader import S3ObjectReader
+from mmindex.ingest.sources.sidecar import SIDECAR_SUFFIXES, sidecar_names
+from mmindex.s3 import (
     LIST_PAGE_SIZE,
     S3Config,
-    S3ObjectReader,
     aware_utc,
     parse_s3_uri,
     strip_etag,
 )
-from mmindex.ingest.sources.sidecar import SIDECAR_SUFFIXES, sidecar_names
 
 
 class S3Source(S3ObjectReader):

@@ -19,9 +19,9 @@ from mmindex.ingest.sources.manifest import (
     manifest_problem,
     read_manifest,
 )
-from mmindex.ingest.sources.s3.client import (
+from mmindex.ingest.sources.s3.reader import S3ObjectReader
+from mmindex.s3 import (
     S3Config,
-    S3ObjectReader,
     S3Objects,
     aware_utc,
     http_status,

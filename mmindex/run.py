@@ -13,14 +13,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from mmindex.errors import ModelError
 from mmindex.finetuning.report import FinetuneReport
 from mmindex.ingest.backfill import CaptionSteps, inherit_captions, run_caption
-from mmindex.ingest.pipeline import ProgressUpdate, Steps, run_index
+from mmindex.ingest.pipeline import Steps, run_index
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.ingest.thumbnail_backfill import run_thumbnails
 from mmindex.jobs.prepare import (
-    ModelChoice,
     PreparedIndex,
     prepare_caption,
     prepare_finetune,
@@ -31,25 +29,12 @@ from mmindex.jobs.prepare import (
 )
 from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, Job, MaintainJob, ThumbnailJob
 from mmindex.models.captioner import Captioner
+from mmindex.models.choice import ModelChoice, load_captioner, load_embedder
 from mmindex.models.clip import ClipEmbedder
-from mmindex.report import RunReport
+from mmindex.report import ProgressUpdate, RunReport
 from mmindex.store.upkeep import MaintenanceReport, maintain
 
 Progress = Callable[[ProgressUpdate], None]
-
-
-def load_embedder(models: ModelChoice) -> ClipEmbedder:
-    return ClipEmbedder.load(
-        models.embed_model, device=models.device, precision=models.precision, quantize=models.quantize
-    )
-
-
-def load_captioner(models: ModelChoice) -> Captioner:
-    if models.caption_model is None:
-        raise ModelError("no captioning model chosen")
-    return Captioner.load(
-        models.caption_model, device=models.device, precision=models.precision, settings=models.generation
-    )
 
 
 @dataclass

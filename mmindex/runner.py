@@ -12,9 +12,9 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from mmindex.errors import ConfigError
-from mmindex.jobs.run import run_job
 from mmindex.jobs.spec import Job
 from mmindex.progress import TerminalProgress
+from mmindex.run import run_job
 
 RUNNER_PLUGINS = "mmindex.runners"
 DEFAULT_ORCHESTRATOR = "prefect"
