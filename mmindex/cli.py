@@ -286,6 +286,10 @@ def search(
             help="search in this process even when a running `mmindex serve` of this table is found",
         ),
     ] = False,
+    generation: Annotated[
+        str | None,
+        typer.Option("--generation", help="search this embedding generation, not the active one"),
+    ] = None,
     token: TokenOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -300,7 +304,7 @@ def search(
     if text is not None and image is not None:
         raise ConfigError("give either a TEXT query or --image, not both")
     settings = _settings(db, table)
-    if not server and not no_server and not (labels or captions or imagine):
+    if not server and not no_server and not (labels or captions or imagine or generation):
         from mmindex.server.announce import find_server
 
         found = find_server(settings.db, settings.table)
@@ -327,6 +331,7 @@ def search(
             token=token,
             min_score=min_score,
             order_by=order_by,
+            generation=generation,
         )
         print_hits(hits, json_output)
         return
@@ -359,8 +364,168 @@ def search(
             generator=generator,
             min_score=min_score,
             order_by=order_by,
+            generation=generation,
         )
     print_hits(results.to_list(), json_output, first_rank=offset + 1)
+
+
+@app.command()
+@handles_errors
+def reembed(
+    model: Annotated[
+        str, typer.Option("--model", help="the embedding model: a hub id, a directory or a toy name")
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="the generation's name [derived from the model]")
+    ] = None,
+    from_: Annotated[
+        str,
+        typer.Option("--from", help="read the images from their source, or from the stored thumbnails"),
+    ] = "source",
+    db: DbOption = None,
+    table: TableOption = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 64,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="embed at most N rows in this run")
+    ] = None,
+    progress: ProgressOption = True,
+    json_output: JsonOption = False,
+) -> None:
+    """Build an embedding generation of another model beside the active one, which keeps answering
+    queries meanwhile. Resumable: a rerun continues; rows indexed meanwhile are caught up."""
+    from mmindex.ingest.reembed import ReembedOptions, coverage, run_reembed
+    from mmindex.models.clip import ClipEmbedder
+    from mmindex.progress import TerminalProgress
+    from mmindex.store.reader import Store
+
+    _check_device(device)
+    settings = _settings(db, table)
+    store = Store.from_settings(settings)
+    store.lancedb_table()  # a missing table is one clear error, before the model loads
+    embedder = ClipEmbedder.load(model, device=device or settings.device, precision=precision)
+    options = ReembedOptions(name=name, from_=from_, batch_size=batch_size, limit=limit)
+    with TerminalProgress("re-embedding", enabled=progress and not json_output) as bar:
+        report, built = run_reembed(store, embedder, options, progress=bar)
+    embedded, rows = coverage(store, built)
+    result = {
+        "generation": built.name,
+        "model": built.model,
+        "dim": built.dim,
+        "state": built.state,
+        "rows_embedded": embedded,
+        "rows": rows,
+        "embedded_this_run": report.indexed,
+        "failed": report.failed,
+        "seconds": round(report.seconds, 2),
+        "notes": report.notes,
+    }
+    if json_output:
+        emit_json(result)
+        return
+    typer.echo(
+        f"generation {built.name} ({built.model}, {built.dim}-d, {embedder.embed_mode}): {embedded} of "
+        f"{rows} rows embedded, {report.indexed} in this run, {report.failed} failed, "
+        f"{report.seconds:.1f} s; state {built.state}"
+    )
+    for note in report.notes:
+        typer.echo(f"  note: {note}")
+    if built.state == "ready":
+        typer.echo(
+            f"next: `mmindex activate {built.name}` (the active generation stays available to roll back)"
+        )
+    else:
+        typer.echo(
+            "rows are still missing: run the same command again to continue (failures: `mmindex failures`)"
+        )
+
+
+@app.command("generations")
+@handles_errors
+def list_generations(db: DbOption = None, table: TableOption = None, json_output: JsonOption = False) -> None:
+    """The table's embedding generations: name, model, dimension, state and rows embedded."""
+    from mmindex.query.handle import ImageIndex
+    from mmindex.store.reader import Store
+
+    listed = ImageIndex(Store.from_settings(_settings(db, table))).generations()
+    if json_output:
+        emit_json(listed)
+        return
+    for generation in listed:
+        share = generation["rows_embedded"] / generation["rows"] if generation["rows"] else 0.0
+        typer.echo(
+            f"{generation['state']:8}  {generation['name']:24}  {generation['dim']:5}-d  "
+            f"{generation['rows_embedded']}/{generation['rows']} rows ({share:.0%})  {generation['model']}"
+        )
+
+
+@app.command()
+@handles_errors
+def activate(
+    name: Annotated[str, typer.Argument(help="the generation to answer queries with")],
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="activate even if some rows lack its vectors")
+    ] = False,
+    db: DbOption = None,
+    table: TableOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Switch the table to another embedding generation, atomically; activating the previous one rolls
+    back. A running `mmindex serve` follows at its next query."""
+    from mmindex.ingest.reembed import coverage
+    from mmindex.store import generations
+    from mmindex.store.reader import Store
+    from mmindex.store.writer import open_writer
+
+    store = Store.from_settings(_settings(db, table))
+    chosen = generations.generation_named(store.lancedb_table().schema, name)
+    embedded, rows = coverage(store, chosen) if chosen.state != "retired" else (0, 0)
+    if chosen.state != "active" and embedded < rows and not allow_partial:
+        raise ConfigError(
+            f"generation {name} covers {embedded} of {rows} rows ({embedded / rows:.1%}): finish it with "
+            f"`mmindex reembed --model {chosen.model} --name {name}`, or pass --allow-partial"
+        )
+    with open_writer(store) as writer:
+        previous, now = generations.activate(writer.images, name)
+    result = {
+        "active": now.name,
+        "model": now.model,
+        "previous": previous.name,
+        "rows_embedded": embedded,
+        "rows": rows,
+    }
+    if json_output:
+        emit_json(result)
+    elif previous.name == now.name:
+        typer.echo(f"{now.name} is already the active generation")
+    else:
+        typer.echo(
+            f"active: {now.name} ({now.model}); was {previous.name}: "
+            f"`mmindex activate {previous.name}` rolls back"
+        )
+
+
+@app.command()
+@handles_errors
+def retire(
+    name: Annotated[str, typer.Argument(help="the generation to drop")],
+    db: DbOption = None,
+    table: TableOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Drop an inactive generation's vectors and indices; the space returns at the next `mmindex maintain`."""
+    from mmindex.store import generations
+    from mmindex.store.reader import Store
+    from mmindex.store.writer import open_writer
+
+    store = Store.from_settings(_settings(db, table))
+    with open_writer(store) as writer:
+        retired = generations.retire(writer.images, name)
+    if json_output:
+        emit_json(retired.to_dict())
+    else:
+        typer.echo(f"retired {retired.name} ({retired.model}); `mmindex maintain` returns its space")
 
 
 def print_hits(hits: list[dict[str, Any]], json_output: bool, first_rank: int = 1) -> None:

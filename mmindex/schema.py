@@ -40,8 +40,9 @@ Table `<name>_failures`, one row per (id, stage) problem:
     fingerprint      the item's fingerprint when it failed (a changed file is always retried)
     failed_at        timestamp
 
-The embedding model and dimension are also kept in the images table's schema metadata, so a table is
-never filled from two models.
+The embedding model and dimension are kept in the field metadata of the vector columns (and, as the
+table was created, in its schema metadata), so a table is never filled from two models. Other
+models' vectors live beside them as generations (mmindex.store.generations, schema v5).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 META_MODEL = b"mmindex.embed_model"
 META_DIM = b"mmindex.embedding_dim"
 META_SCHEMA_VERSION = b"mmindex.schema_version"

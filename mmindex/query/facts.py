@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmindex.errors import ConfigError
-from mmindex.schema import META_DIM, META_MODEL
+from mmindex.store.generations import Generation, active_generation, generation_named
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import trained_partitions
 
@@ -58,13 +58,15 @@ class TableFacts:
 
     @property
     def dim(self) -> int | None:
-        raw = (self.schema.metadata or {}).get(META_DIM)
-        return int(raw) if raw else None
+        return active_generation(self.schema).dim or None
 
     @property
     def model(self) -> str | None:
-        raw = (self.schema.metadata or {}).get(META_MODEL)
-        return raw.decode() if raw else None
+        return active_generation(self.schema).model
+
+    def generation(self, name: str | None) -> Generation:
+        """The generation a query names (None: the active one)."""
+        return active_generation(self.schema) if name is None else generation_named(self.schema, name)
 
     def query_settings(self, column: str, *, filtered: bool) -> dict[str, int]:
         """LanceDB settings for a vector query on `column`: none for an exact search of an

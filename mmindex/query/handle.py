@@ -42,7 +42,39 @@ class ImageIndex:
     ) -> None:
         self.store = store
         self.searcher = Searcher(store, embedder, device=device, precision=precision, quantize=quantize)
+        self._by_generation: dict[str, Searcher] = {}
         store.lancedb_table()  # a missing table is one clear error now, not at the first query
+
+    def searcher_for(self, generation: str | None) -> Searcher:
+        """The searcher of a named embedding generation (None: the active one, `self.searcher`)."""
+        if generation is None or generation == self.searcher.facts().generation(None).name:
+            return self.searcher
+        self.searcher.facts().generation(generation)  # an unknown name is one clear error
+        if generation not in self._by_generation:
+            self._by_generation[generation] = Searcher(
+                self.store,
+                device=self.searcher.device,
+                precision=self.searcher.precision,
+                quantize=self.searcher.quantize,
+                generation=generation,
+            )
+        return self._by_generation[generation]
+
+    def generations(self) -> list[dict[str, Any]]:
+        """The table's embedding generations (name, model, dim, state, coverage), the active first."""
+        from mmindex.store.generations import generations
+
+        table = self.store.lancedb_table()
+        rows = table.count_rows()
+        listed = []
+        for generation in generations(table.schema):
+            filled = (
+                table.count_rows(f"{generation.image_column} IS NOT NULL")
+                if generation.state != "retired"
+                else 0
+            )
+            listed.append({**generation.to_dict(), "rows_embedded": filled, "rows": rows})
+        return listed
 
     def __repr__(self) -> str:
         info = self.store.info()
@@ -75,6 +107,7 @@ class ImageIndex:
         min_score: float | None = None,
         order_by: str | None = None,
         columns: Sequence[str] = (),
+        generation: str | None = None,
     ) -> Results:
         """Images for one query: `text`, `image` (path, bytes or PIL image) or a `vector` from the
         table's model. `mode`: "vector" (CLIP similarity, the default), "text" (BM25 over captions)
@@ -87,7 +120,8 @@ class ImageIndex:
         orders the relevant hits by a column (mmindex.query.relevance). Hits carry id, uri, key,
         caption, caption_source, width, height, format and synthetic, plus `columns` ("thumbnail":
         the preview bytes, else read when a notebook grid is drawn; "*": every column but the
-        embeddings) in `to_arrow()`."""
+        embeddings) in `to_arrow()`. `generation` searches another embedding generation than the
+        active one (`generations()` lists them), with its own model."""
         where = with_synthetic(where, synthetic, self.searcher.facts().names)
         controls = relevance(min_score, order_by, lambda: self.searcher.facts().schema)
         given = [
@@ -104,20 +138,21 @@ class ImageIndex:
         if text is not None and not text.strip():
             raise ConfigError("the text query is empty")
         page: dict[str, Any] = {"offset": offset, "relevance": controls, "columns": columns}
+        searcher = self.searcher_for(generation)
         if vector is not None:
-            return self.searcher.vector(vector, k, where, **page)
+            return searcher.vector(vector, k, where, **page)
         if image is not None:
-            return self.searcher.image(image, k, where, **page)
+            return searcher.image(image, k, where, **page)
         assert text is not None
         if imagine:
             if controls != ANY:
                 raise ConfigError("min_score and order_by do not apply to imagined (fused) searches")
             return self._imagined(text, imagine, generator, k, where, offset, mode)
         if mode == "text":
-            return self.searcher.fulltext(text, k, where, **page)
+            return searcher.fulltext(text, k, where, **page)
         if mode == "hybrid":
-            return self.searcher.hybrid(text, k, where, **page)
-        return self.searcher.text(text, k, where, **page)
+            return searcher.hybrid(text, k, where, **page)
+        return searcher.text(text, k, where, **page)
 
     def _imagined(
         self, text: str, count: int, generator: str | None, k: int, where: str | None, offset: int, mode: str

@@ -10,6 +10,7 @@ drawn as a grid), embeddings never.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,29 +51,38 @@ class Searcher:
         device: str = "auto",
         precision: str = "auto",
         quantize: str | None = None,
+        generation: str | None = None,
     ) -> None:
+        """`generation` names the embedding generation queried (mmindex.store.generations); None
+        follows the active one, and a model change there (`mmindex activate`) loads the new model."""
         check_precision(precision, quantize)
         self.store = store
         self.device = device
         self.precision = precision
         self.quantize = quantize
+        self.generation = generation
         self._embedder = embedder
+        self._embedder_model: str | None = None  # the model the table recorded when it was loaded
         self._text_tower: TextTower | None = None
+        self._text_tower_model: str | None = None
         self._facts = FactsCache(store)
+        self._load_lock = threading.Lock()
 
     @property
     def embedder(self) -> ClipEmbedder:
-        if self._embedder is None:
-            self._embedder = ClipEmbedder.load(
-                self._model(), device=self.device, precision=self.precision, quantize=self.quantize
-            )
+        model = self._model()
+        if self._embedder is None or self._embedder_model not in (None, model):
+            with self._load_lock:
+                if self._embedder is None or self._embedder_model not in (None, model):
+                    self._embedder = ClipEmbedder.load(
+                        model, device=self.device, precision=self.precision, quantize=self.quantize
+                    )
+                    self._text_tower = None
+        self._embedder_model = model
         return self._embedder
 
     def _model(self) -> str:
-        model = self.facts().model
-        if model is None:
-            raise TableError(f"table {self.store.describe()} records no embedding model")
-        return model
+        return self.facts().generation(self.generation).model
 
     @property
     def text_encoder(self) -> ClipEmbedder | TextTower:
@@ -80,8 +90,12 @@ class Searcher:
         alone (in fp32; loading it skips the image processor and the mode probes)."""
         if self._embedder is not None or self.precision != "auto" or self.quantize is not None:
             return self.embedder
-        if self._text_tower is None:
-            self._text_tower = TextTower.load(self._model(), device=self.device)
+        model = self._model()
+        if self._text_tower is None or self._text_tower_model != model:
+            with self._load_lock:
+                if self._text_tower is None or self._text_tower_model != model:
+                    self._text_tower = TextTower.load(model, device=self.device)
+                    self._text_tower_model = model
         return self._text_tower
 
     @property
@@ -210,6 +224,7 @@ class Searcher:
         table, facts = self._facts.current()
         query_vectors = [self._checked(vector, facts) for vector in vectors]
         columns = facts.result_columns([*columns, *relevance.columns])
+        column = self._column(column, facts)
         indexed = column in facts.indexed
         settings = facts.query_settings(column, filtered=bool(where))
         wanted = relevance.depth(offset, k) + (1 if exclude is not None else 0)
@@ -248,12 +263,20 @@ class Searcher:
         """The query vector as float32 and unit length, refused if its dimension is not the table's."""
         return self._checked(vector, self.facts())
 
+    def _column(self, column: str, facts: TableFacts) -> str:
+        """A known vector column as the queried generation names it."""
+        generation = facts.generation(self.generation)
+        return {"image_embedding": generation.image_column, "text_embedding": generation.text_column}.get(
+            column, column
+        )
+
     def _checked(self, vector: np.ndarray | Sequence[float], facts: TableFacts) -> np.ndarray:
         array = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if facts.dim is not None and array.shape[0] != facts.dim:
+        generation = facts.generation(self.generation)
+        if generation.dim and array.shape[0] != generation.dim:
             raise ConfigError(
                 f"the query vector has {array.shape[0]} dimensions, but table {self.store.describe()} "
-                f"holds {facts.dim}-d embeddings of {facts.model or '?'}: embed the query with that model"
+                f"holds {generation.dim}-d embeddings of {generation.model}: embed the query with that model"
             )
         if not np.all(np.isfinite(array)) or not np.any(array):
             raise ConfigError("the query vector must be finite and not all zeros")
@@ -333,8 +356,9 @@ class Searcher:
         table, facts = self._facts.current()
         self._require_fts(facts)
         vector = self.text_encoder.embed_texts([query])[0]
+        image_column = self._column("image_embedding", facts)
         search = (
-            table.search(query_type="hybrid", vector_column_name="image_embedding", fts_columns="caption")
+            table.search(query_type="hybrid", vector_column_name=image_column, fts_columns="caption")
             .vector(vector)
             .text(query)
             .distance_type("cosine")
@@ -342,7 +366,7 @@ class Searcher:
             .select(facts.result_columns([*columns, *relevance.columns]))
             .limit(offset + k)
         )
-        search = _tuned(search, facts.query_settings("image_embedding", filtered=bool(where)))
+        search = _tuned(search, facts.query_settings(image_column, filtered=bool(where)))
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)

@@ -86,6 +86,10 @@ SYNTHETIC = Annotated[
     str, Query(pattern="^(include|exclude|only)$", description="generated images: include, exclude or only")
 ]
 
+GENERATION = Annotated[
+    str | None,
+    Query(max_length=48, description="an embedding generation to search (default: the active one)"),
+]
 THUMBNAILS = Annotated[
     bool, Query(description="give each hit the address of its thumbnail (null when it has none)")
 ]
@@ -103,6 +107,7 @@ class Page:
     min_score: MIN_SCORE = None
     order_by: ORDER_BY = None
     thumbnails: THUMBNAILS = False
+    generation: GENERATION = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -137,6 +142,7 @@ class SearchKey(NamedTuple):
     exclude: str | None  # a row left out of the ranking ("more like this" leaves out its own row)
     relevance: Relevance
     columns: tuple[str, ...]
+    generation: str | None
 
 
 class SearchService:
@@ -148,7 +154,7 @@ class SearchService:
         self._texts: Coalescer[None, str, np.ndarray] = Coalescer(self._embed_texts, self._model_lock)
         self._searches: Coalescer[SearchKey, np.ndarray, Results] = Coalescer(self._search_vectors)
         self._cache_lock = threading.Lock()
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     def warm(self, text_int8: str = "auto") -> None:
         """Load the model, choose how text queries run (`text_int8`: "auto" tries an int8 text tower,
@@ -158,17 +164,23 @@ class SearchService:
             embedder.speed_up_text_queries(self.index.sample_captions(PROBE_CAPTIONS))
         self.text_vector("warm-up")
 
-    def text_vector(self, text: str) -> np.ndarray:
-        """The text's embedding; concurrent queries share one forward pass, repeated ones (paging)
-        reuse it."""
+    def text_vector(self, text: str, generation: str | None = None) -> np.ndarray:
+        """The text's embedding by the model of `generation` (None: the active one, followed across
+        `mmindex activate`); concurrent queries share one forward pass, repeated ones (paging) reuse it."""
+        searcher = self.index.searcher_for(generation)
+        key = (searcher.facts().generation(generation).model, text)
         with self._cache_lock:
-            cached = self._vectors.get(text)
+            cached = self._vectors.get(key)
             if cached is not None:
-                self._vectors.move_to_end(text)
+                self._vectors.move_to_end(key)
                 return cached
-        vector = self._texts(None, text)
+        if searcher is self.index.searcher:
+            vector = self._texts(None, text)
+        else:
+            with self._model_lock:
+                vector = searcher.text_encoder.embed_texts([text])[0]
         with self._cache_lock:
-            self._vectors[text] = vector
+            self._vectors[key] = vector
             while len(self._vectors) > TEXT_CACHE_SIZE:
                 self._vectors.popitem(last=False)
         return vector
@@ -189,14 +201,15 @@ class SearchService:
         exclude: str | None = None,
         relevance: Relevance = ANY,
         columns: tuple[str, ...] = (),
+        generation: str | None = None,
     ) -> Results:
         """Images nearest a query vector; concurrent queries with the same page and filter are
         answered by one multi-vector LanceDB query."""
         where = with_synthetic(where, synthetic, self.index.searcher.facts().names)
-        return self._searches(SearchKey(k, offset, where, exclude, relevance, columns), vector)
+        return self._searches(SearchKey(k, offset, where, exclude, relevance, columns, generation), vector)
 
     def _search_vectors(self, key: SearchKey, vectors: list[np.ndarray]) -> list[Results]:
-        return self.index.searcher.vectors(
+        return self.index.searcher_for(key.generation).vectors(
             vectors,
             key.k,
             key.where,
@@ -240,7 +253,7 @@ class SearchService:
         if vector is not None or mode == "vector":
             if vector is None:
                 assert text is not None
-                vector = self.text_vector(text)
+                vector = self.text_vector(text, page.generation)
             found = self.nearest(
                 vector,
                 k=fetch_k,
@@ -250,10 +263,12 @@ class SearchService:
                 exclude=exclude,
                 relevance=fetched,
                 columns=columns,
+                generation=page.generation,
             )
         else:
             assert text is not None
-            searched = {"text": self.index.searcher.fulltext, "hybrid": self.index.searcher.hybrid}[mode]
+            searcher = self.index.searcher_for(page.generation)
+            searched = {"text": searcher.fulltext, "hybrid": searcher.hybrid}[mode]
             names = self.index.searcher.facts().names
             where_synthetic = with_synthetic(checked, page.synthetic, names)
             with self._model_lock if mode == "hybrid" else contextlib.nullcontext():  # hybrid embeds
@@ -408,7 +423,10 @@ def create_app(
         summary='"more like this": the images nearest an indexed one',
     )
     def similar(row_id: Annotated[str, Path(max_length=64)], page: PAGE) -> dict[str, Any]:
-        vector = index.embedding(_checked_id(row_id))
+        queried = index.searcher_for(page.generation)
+        vector = index.embedding(
+            _checked_id(row_id), queried.facts().generation(page.generation).image_column
+        )
         digest = index.row(row_id, ["sha256"]).get("sha256") if page.distinct else None
         found = service.search(vector=vector, page=page, exclude=row_id, hidden_digest=digest)
         return page_json(found, mode="similar", page=page, query=row_id)

@@ -30,6 +30,7 @@ def search_remote(
     token: str | None = None,
     min_score: float | None = None,
     order_by: str | None = None,
+    generation: str | None = None,
 ) -> list[dict[str, Any]]:
     """The hits, as `mmindex search --json` prints them locally. `token` is the server's shared
     secret, if it requires one."""
@@ -44,6 +45,8 @@ def search_remote(
         params["min_score"] = repr(min_score)
     if order_by:
         params["order_by"] = order_by
+    if generation:
+        params["generation"] = generation
     if image is not None:
         try:
             data = image.expanduser().read_bytes()

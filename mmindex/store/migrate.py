@@ -21,6 +21,7 @@ from mmindex.schema import (
     SCHEMA_VERSION,
     THUMBNAIL_FIELD,
 )
+from mmindex.store.generations import record_active
 
 Migration = Callable[[Any], None]
 
@@ -77,4 +78,5 @@ MIGRATIONS: dict[int, Migration] = {
     2: add_columns(THUMBNAIL_FIELD),  # previews; filled by new runs and `mmindex thumbnails`
     3: add_columns(*PROVENANCE_FIELDS),  # generated images: synthetic flag, generator, seed, steps, guidance
     4: add_columns(EMBED_MODE_FIELD),  # the number format each row was embedded in (older rows: null)
+    5: record_active,  # the vectors say which generation and model made them; no vector is rewritten
 }

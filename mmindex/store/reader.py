@@ -18,8 +18,9 @@ import pyarrow as pa
 
 from mmindex.config import Settings
 from mmindex.errors import TableError
-from mmindex.schema import FAILURES_SCHEMA, META_DIM, META_MODEL, failures_table_name
+from mmindex.schema import FAILURES_SCHEMA, failures_table_name
 from mmindex.store.connection import connect, open_table, storage_options_for
+from mmindex.store.generations import active_generation
 from mmindex.store.migrate import check_readable
 from mmindex.store.sql import sql_in
 from mmindex.store.state import IndexedState
@@ -93,13 +94,10 @@ class Store:
     # -- what the table holds --------------------------------------------------------------------
 
     def info(self) -> TableInfo:
+        """Rows, and the model and dimension of the active generation's vectors."""
         table = self.lancedb_table()
-        metadata = table.schema.metadata or {}
-        dim = metadata.get(META_DIM)
-        model = metadata.get(META_MODEL)
-        return TableInfo(
-            rows=table.count_rows(), model=model.decode() if model else None, dim=int(dim) if dim else None
-        )
+        active = active_generation(table.schema)
+        return TableInfo(rows=table.count_rows(), model=active.model, dim=active.dim or None)
 
     def recorded_model(self) -> str | None:
         """The embedding model recorded in the table, or None when the table does not exist yet."""

@@ -18,6 +18,7 @@ from mmindex.config import RETENTION
 from mmindex.errors import ConfigError
 from mmindex.report import RunReport
 from mmindex.schema import CAPTION_SOURCES, SEVERITY_ERROR
+from mmindex.store.generations import generations
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_string
 from mmindex.store.staging import sweep_staging
@@ -183,7 +184,7 @@ def refresh_indices(writer: TableWriter, *, cleanup_older_than: timedelta | None
     if "caption" not in existing and table.count_rows("caption IS NOT NULL") > 0:
         table.create_index("caption", config=FTS())
         actions.append("created full-text index on caption")
-    for column in ("image_embedding", "text_embedding"):
+    for column in vector_columns(table.schema):
         filled = rows if column == "image_embedding" else table.count_rows(f"{column} IS NOT NULL")
         if filled < writer.store.vector_index_min_rows:
             continue
@@ -206,6 +207,17 @@ def refresh_indices(writer: TableWriter, *, cleanup_older_than: timedelta | None
         table.optimize(cleanup_older_than=cleanup_older_than)
         actions.append(f"optimized: compacted {fragments} fragments, folded {unindexed} unindexed rows")
     return actions
+
+
+def vector_columns(schema: Any) -> list[str]:
+    """The vector columns of every generation that is not retired, the active one's first."""
+    return [
+        column
+        for generation in generations(schema)
+        if generation.state != "retired"
+        for column in (generation.image_column, generation.text_column)
+        if column in schema.names
+    ]
 
 
 def vector_index_config(rows: int) -> Any:

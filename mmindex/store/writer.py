@@ -34,6 +34,7 @@ from mmindex.schema import (
     images_schema,
 )
 from mmindex.store.connection import open_table
+from mmindex.store.generations import record_active
 from mmindex.store.lock import write_guard
 from mmindex.store.migrate import migrate
 from mmindex.store.sql import sql_in
@@ -99,6 +100,7 @@ class TableWriter:
                 self.store.table_name, schema=images_schema(dim, model_id), exist_ok=True
             )
             self.store.check_model(model_id)  # someone else may have created it first
+            record_active(table)
             try:
                 table.set_unenforced_primary_key("id")
             except (ValueError, RuntimeError) as exc:  # already set by a concurrent creator

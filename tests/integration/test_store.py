@@ -17,6 +17,7 @@ from mmindex.ingest.sources import open_source
 from mmindex.models.clip import ClipEmbedder
 from mmindex.schema import META_SCHEMA_VERSION, PROVENANCE_FIELDS
 from mmindex.store import migrate
+from mmindex.store.generations import generations
 from mmindex.store.lock import TableBusy
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import table_stats
@@ -69,9 +70,16 @@ def test_an_older_table_is_migrated_by_its_writer_and_its_rows_keep_working(
     assert migrate.table_version(store.lancedb_table().schema) == 1
     with open_writer(store) as writer:
         writer.prepare(store.info().model or "", store.info().dim or 0)
-        assert writer.migrations == [f"migrated {store.describe()} to schema version {v}" for v in (2, 3, 4)]
+        assert writer.migrations == [
+            f"migrated {store.describe()} to schema version {v}" for v in (2, 3, 4, 5)
+        ]
     table = Store(str(indexed)).lancedb_table()
-    assert migrate.table_version(table.schema) == 4 and "thumbnail" in table.schema.names
+    assert migrate.table_version(table.schema) == 5 and "thumbnail" in table.schema.names
+    (only,) = generations(table.schema)  # one generation, active, its vectors left where they were
+    assert (
+        only.state == "active" and only.model == store.info().model and only.image_column == "image_embedding"
+    )
+    assert table.schema.field("image_embedding").metadata[b"mmindex.generation"] == only.name.encode()
     for column in ("thumbnail", "synthetic", "embed_mode"):
         assert table.to_arrow().column(column).null_count == 24
     assert table_stats(Store(str(indexed)))["embed_modes"] == {"not recorded": 24}

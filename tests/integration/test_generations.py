@@ -1,0 +1,134 @@
+"""Embedding generations: built beside the active one (resumably, catching up rows indexed meanwhile),
+searched by name, switched atomically, rolled back, retired; a running server follows a switch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CliRunner
+from starlette.testclient import TestClient
+
+import mmindex
+from mmindex.ingest.reembed import ReembedOptions, coverage, run_reembed
+from mmindex.models.clip import ClipEmbedder
+from mmindex.server.app import create_app
+from mmindex.store import generations
+from mmindex.store.reader import Store
+from mmindex.store.writer import open_writer
+from mmindex.toy.shapes import write_corpus
+
+
+@pytest.fixture
+def table(shapes_db: Path, tmp_path: Path) -> Path:
+    """A copy of the shapes table (toy CLIP, 64-d, 98 rows), free to change."""
+    copy = tmp_path / "db"
+    shutil.copytree(shapes_db, copy)
+    return copy
+
+
+def as_json(result: object) -> object:
+    assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
+    return json.loads(result.stdout)  # type: ignore[attr-defined]
+
+
+def test_a_generation_is_built_resumed_searched_switched_rolled_back_and_retired(
+    table: Path, tiny_clip: str, cli: CliRunner, tmp_path: Path
+) -> None:
+    db = ["--db", str(table)]
+    (active,) = as_json(cli("generations", *db, "--json"))
+    assert active["state"] == "active" and active["model"] == "toy-clip" and active["rows_embedded"] == 98
+    before = as_json(cli("search", "a red circle", *db, "--no-server", "--json"))
+    assert "red-circle" in before[0]["key"]
+
+    built = as_json(cli("reembed", "--model", tiny_clip, "--name", "tiny", "--limit", "30", *db, "--json"))
+    assert built["state"] == "building" and built["rows_embedded"] == 30 and built["embedded_this_run"] == 30
+    refused = cli("activate", "tiny", *db)
+    assert (
+        refused.returncode == 2
+        and "covers 30 of 98 rows" in refused.stderr
+        and "--allow-partial" in refused.stderr
+    )
+
+    # ingestion goes on during the build (the active model embeds the new rows); the build catches up
+    write_corpus(tmp_path / "more", 5, seed=77)
+    shutil.copytree(tmp_path / "more", table.parent / "added")
+    indexed = cli("index", str(table.parent / "added"), *db, env={"MMINDEX_ORCHESTRATOR": "inprocess"})
+    assert indexed.returncode == 0, indexed.stderr
+    before = as_json(cli("search", "a red circle", *db, "--no-server", "--json"))
+    finished = as_json(cli("reembed", "--model", tiny_clip, "--name", "tiny", *db, "--json"))
+    assert finished["state"] == "ready" and finished["rows_embedded"] == finished["rows"] == 103
+    assert finished["embedded_this_run"] == 103 - 30  # no row embedded twice
+    assert (
+        as_json(cli("search", "a red circle", *db, "--no-server", "--json")) == before
+    )  # still the active one
+
+    tiny = as_json(cli("search", "a red circle", *db, "--generation", "tiny", "--json"))
+    assert [hit["score"] for hit in tiny] != [hit["score"] for hit in before]
+    switched = as_json(cli("activate", "tiny", *db, "--json"))
+    assert switched == {
+        "active": "tiny",
+        "model": switched["model"],
+        "previous": "toy_clip",
+        "rows_embedded": 103,
+        "rows": 103,
+    }
+    assert (
+        as_json(cli("search", "a red circle", *db, "--no-server", "--json")) == tiny
+    )  # every reader follows
+    listed = {g["name"]: g for g in as_json(cli("generations", *db, "--json"))}
+    assert listed["tiny"]["state"] == "active" and listed["toy_clip"]["state"] == "ready"
+    assert Store(str(table)).info().dim == ClipEmbedder.load(tiny_clip).dim
+
+    back = as_json(cli("activate", "toy_clip", *db, "--json"))
+    assert back["active"] == "toy_clip" and back["previous"] == "tiny"
+    assert as_json(cli("search", "a red circle", *db, "--no-server", "--json"))[:5] == before[:5]
+
+    assert cli("retire", "toy_clip", *db).returncode == 2  # the active one stays
+    assert as_json(cli("retire", "tiny", *db, "--json"))["state"] == "retired"
+    names = Store(str(table)).lancedb_table().schema.names
+    assert not any(name.endswith("__tiny") for name in names)
+    assert cli("activate", "tiny", *db).returncode == 2
+
+
+def test_a_generation_from_the_stored_thumbnails_and_a_changed_row_is_emptied_in_the_others(
+    table: Path, tiny_clip: str
+) -> None:
+    store = Store(str(table))
+    embedder = ClipEmbedder.load(tiny_clip)
+    report, built = run_reembed(store, embedder, ReembedOptions(name="thumbs", from_="thumbnails"))
+    assert built.state == "ready" and report.indexed == 98 and coverage(store, built) == (98, 98)
+    vectors = store.lancedb_table().search().select([built.image_column]).limit(None).to_arrow()
+    norms = np.linalg.norm(np.stack(vectors[built.image_column].to_numpy(zero_copy_only=False)), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-4)
+
+    # an upsert of a changed image leaves no stale vector in the other generations
+    table_handle = store.lancedb_table()
+    row = table_handle.search().limit(1).to_arrow()
+    with open_writer(store) as writer:
+        writer.upsert_rows(row.drop_columns([built.image_column, built.text_column]))
+    assert coverage(store, built) == (97, 98)
+    again, _ = run_reembed(store, embedder, ReembedOptions(name="thumbs", from_="thumbnails"))
+    assert again.indexed == 1 and coverage(store, built) == (98, 98)
+
+
+def test_a_running_server_follows_a_switch_without_a_restart(table: Path, tiny_clip: str) -> None:
+    store = Store(str(table))
+    run_reembed(store, ClipEmbedder.load(tiny_clip), ReembedOptions(name="tiny"))
+    client = TestClient(create_app(mmindex.connect(str(table)), warm=False), base_url="http://127.0.0.1:8000")
+
+    def scores(**params: str) -> list[float]:
+        response = client.get("/api/search", params={"q": "a green star", "k": "5", **params})
+        assert response.status_code == 200, response.text
+        return [hit["score"] for hit in response.json()["hits"]]
+
+    old, tiny = scores(), scores(generation="tiny")
+    assert old != tiny
+    with open_writer(store) as writer:
+        generations.activate(writer.images, "tiny")
+    assert scores() == pytest.approx(tiny, abs=1e-5)  # the next query answers with the new model
+    assert scores(generation="toy_clip") == pytest.approx(old, abs=1e-5)
+    assert client.get("/api/search", params={"q": "x", "generation": "nosuch"}).status_code == 400
