@@ -462,6 +462,45 @@ def list_generations(db: DbOption = None, table: TableOption = None, json_output
 
 @app.command()
 @handles_errors
+def compare(
+    a: Annotated[str, typer.Argument(help="a generation (see `mmindex generations`)")],
+    b: Annotated[str, typer.Argument(help="another generation")],
+    queries: Annotated[
+        Path | None,
+        typer.Option("--queries", help="a file of query texts, one per line [the table's captions]"),
+    ] = None,
+    max_queries: Annotated[int, typer.Option("--max-queries", min=1, help="use at most N queries")] = 200,
+    db: DbOption = None,
+    table: TableOption = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Shadow evaluation before a switch: each generation's caption->image and image->caption
+    recall@1/5/10 on the table's human captions, the overlap of their results, where they disagree."""
+    from mmindex.query.handle import ImageIndex
+    from mmindex.store.reader import Store
+
+    _check_device(device)
+    settings = _settings(db, table)
+    texts = None
+    if queries is not None:
+        try:
+            texts = [
+                line.strip() for line in queries.read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
+        except OSError as exc:
+            raise ConfigError(f"cannot read --queries {queries}: {exc.strerror or exc}") from exc
+    index = ImageIndex(Store.from_settings(settings), device=device or settings.device)
+    result = index.compare(a, b, queries=max_queries, texts=texts)
+    if json_output:
+        emit_json(result.to_dict())
+        return
+    for line in result.lines():
+        typer.echo(line)
+
+
+@app.command()
+@handles_errors
 def activate(
     name: Annotated[str, typer.Argument(help="the generation to answer queries with")],
     allow_partial: Annotated[

@@ -11,7 +11,7 @@ index runs have committed since.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Result
 from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher, with_synthetic
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import table_stats
+
+if TYPE_CHECKING:
+    from mmindex.query.compare import Comparison, SideBySide
 
 SEARCH_MODES = ("vector", "text", "hybrid")
 DUPLICATE_TILE = 4096  # rows per side of one similarity tile (64 MB of float32 scores)
@@ -59,6 +62,27 @@ class ImageIndex:
                 generation=generation,
             )
         return self._by_generation[generation]
+
+    def compare(
+        self, a: str, b: str, *, queries: int = 200, texts: Sequence[str] | None = None
+    ) -> Comparison:
+        """A shadow evaluation of generations `a` and `b` (mmindex.query.compare) on up to `queries` of
+        the table's human captions, or on `texts`."""
+        from mmindex.query.compare import compare, labelled_queries
+        from mmindex.store.generations import generation_named
+
+        schema = self.searcher.facts().schema
+        chosen = (generation_named(schema, a), generation_named(schema, b))
+        labelled = labelled_queries(self.table, queries, texts)
+        asked = list(dict.fromkeys(texts))[:queries] if texts is not None else list(labelled)
+        searchers = (self.searcher_for(a), self.searcher_for(b))
+        return compare(searchers, (a, b), (chosen[0].model, chosen[1].model), asked, labelled)
+
+    def side_by_side(self, text: str, a: str, b: str, k: int = 10) -> SideBySide:
+        """One text query in two generations, drawn side by side in a notebook."""
+        from mmindex.query.compare import SideBySide
+
+        return SideBySide(text, {name: self.search(text, k=k, generation=name) for name in (a, b)})
 
     def generations(self) -> list[dict[str, Any]]:
         """The table's embedding generations (name, model, dim, state, coverage), the active first."""

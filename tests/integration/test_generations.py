@@ -115,9 +115,38 @@ def test_a_generation_from_the_stored_thumbnails_and_a_changed_row_is_emptied_in
     assert again.indexed == 1 and coverage(store, built) == (98, 98)
 
 
-def test_a_running_server_follows_a_switch_without_a_restart(table: Path, tiny_clip: str) -> None:
+def test_a_running_server_follows_a_switch_without_a_restart_and_generations_compare(
+    table: Path, tiny_clip: str, cli: CliRunner, tmp_path: Path
+) -> None:
     store = Store(str(table))
     run_reembed(store, ClipEmbedder.load(tiny_clip), ReembedOptions(name="tiny"))
+
+    compared = as_json(cli("compare", "toy_clip", "tiny", "--db", str(table), "--json"))
+    trained, untrained = (compared["generations"][name] for name in ("toy_clip", "tiny"))
+    assert compared["queries"] == compared["labelled_queries"] > 10
+    assert trained["caption_to_image"]["r10"] > untrained["caption_to_image"]["r10"]  # the trained toy wins
+    assert trained["image_to_caption"]["r1"] > untrained["image_to_caption"]["r1"]
+    assert 0.0 <= compared["overlap_at_10"] < 1.0 and compared["disagreements"]
+    worst = compared["disagreements"][0]
+    assert len(worst["toy_clip"]) == 3 and worst["overlap"] == min(
+        d["overlap"] for d in compared["disagreements"]
+    )
+    (tmp_path / "queries.txt").write_text("a red circle\nsomething no caption says\n")
+    mixed = as_json(
+        cli(
+            "compare",
+            "toy_clip",
+            "tiny",
+            "--db",
+            str(table),
+            "--queries",
+            str(tmp_path / "queries.txt"),
+            "--json",
+        )
+    )
+    assert mixed["queries"] == 2 and mixed["labelled_queries"] == 1
+    grid = mmindex.connect(str(table)).side_by_side("a red circle", "toy_clip", "tiny")._repr_html_()
+    assert "toy_clip" in grid and "tiny" in grid and grid.count("<img") == 20
     client = TestClient(create_app(mmindex.connect(str(table)), warm=False), base_url="http://127.0.0.1:8000")
 
     def scores(**params: str) -> list[float]:
