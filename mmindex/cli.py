@@ -215,7 +215,7 @@ def generate(job: GenerateJob, json_output: JsonOption = False, progress: Progre
 @job_command(FinetuneJob)
 def finetune(job: FinetuneJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
     """Fine-tune the table's CLIP model on its own captioned rows, report held-out recall before and
-    after, and save a model directory (use it with `mmindex index SOURCE --model DIR --new-table NAME`)."""
+    after, and save a model directory (then `mmindex reembed --model DIR`, `compare`, `activate`)."""
     run_job_command(job, json_output=json_output, progress=progress)
 
 
@@ -818,9 +818,14 @@ def _finetune_demo(directory: Path) -> None:
     import shutil
 
     from mmindex.demo import FINETUNE_OPTIONS, prepare_finetune_corpus, show_new_colour_queries
+    from mmindex.ingest.reembed import ReembedOptions, run_reembed
+    from mmindex.models.clip import ClipEmbedder
+    from mmindex.query.handle import ImageIndex
     from mmindex.query.search import Searcher
     from mmindex.runner import runner_named
+    from mmindex.store import generations
     from mmindex.store.reader import Store
+    from mmindex.store.writer import open_writer
 
     corpus = prepare_finetune_corpus(directory)
     db, out = str(directory / "db"), directory / "finetuned"
@@ -832,11 +837,18 @@ def _finetune_demo(directory: Path) -> None:
     job = FinetuneJob(db=db, table="shapes", out=str(out), **FINETUNE_OPTIONS)  # type: ignore[arg-type]
     report = runner.run(job, progress_bar=progress)
     typer.echo("\n" + "\n".join(report["summary"]))
-    new_table = IndexJob(source=str(corpus), db=db, table="shapes", model=str(out), new_table="shapes_tuned")
-    runner.run(new_table, progress_bar=progress)
-    show_new_colour_queries(Searcher(Store(db, "shapes")), Searcher(Store(db, "shapes_tuned")), typer.echo)
-    typer.echo(f"\nthe model: {out} (README.md is its model card, metrics.json its figures)")
-    typer.echo(f'explore: mmindex search "a magenta star" --db {db} --table shapes_tuned')
+    # the documented path: the tuned model's vectors beside the base's, compared, then switched to
+    store = Store(db, "shapes")
+    base = ImageIndex(store).generations()[0]["name"]
+    _, built = run_reembed(store, ClipEmbedder.load(str(out)), ReembedOptions(name="tuned"))
+    typer.echo(f"\nre-embedded the table with the tuned model: generation {built.name} ({built.state})\n")
+    typer.echo("\n".join(ImageIndex(store).compare(base, "tuned").lines()[:9]))
+    show_new_colour_queries(Searcher(store), Searcher(store, generation="tuned"), typer.echo)
+    with open_writer(store) as writer:
+        generations.activate(writer.images, "tuned")
+    typer.echo(f"\nactivated {built.name}; `mmindex activate {base} --db {db} --table shapes` rolls back")
+    typer.echo(f"the model: {out} (README.md is its model card, metrics.json its figures)")
+    typer.echo(f'explore: mmindex search "a magenta star" --db {db} --table shapes')
 
 
 def main() -> None:

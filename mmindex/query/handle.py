@@ -50,7 +50,7 @@ class ImageIndex:
 
     def searcher_for(self, generation: str | None) -> Searcher:
         """The searcher of a named embedding generation (None: the active one, `self.searcher`)."""
-        if generation is None or generation == self.searcher.facts().generation(None).name:
+        if generation in (None, "active") or generation == self.searcher.facts().generation(None).name:
             return self.searcher
         self.searcher.facts().generation(generation)  # an unknown name is one clear error
         if generation not in self._by_generation:
@@ -73,10 +73,13 @@ class ImageIndex:
 
         schema = self.searcher.facts().schema
         chosen = (generation_named(schema, a), generation_named(schema, b))
+        if chosen[0].name == chosen[1].name:
+            raise ConfigError(f"{a} and {b} are the same generation: compare two different ones")
         labelled = labelled_queries(self.table, queries, texts)
         asked = list(dict.fromkeys(texts))[:queries] if texts is not None else list(labelled)
         searchers = (self.searcher_for(a), self.searcher_for(b))
-        return compare(searchers, (a, b), (chosen[0].model, chosen[1].model), asked, labelled)
+        names = (chosen[0].name, chosen[1].name)
+        return compare(searchers, names, (chosen[0].model, chosen[1].model), asked, labelled)
 
     def side_by_side(self, text: str, a: str, b: str, k: int = 10) -> SideBySide:
         """One text query in two generations, drawn side by side in a notebook."""

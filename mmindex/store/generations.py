@@ -60,15 +60,21 @@ def name_for(model: str, taken: set[str]) -> str:
     """A generation name derived from a model id or directory: its last part, lower case, `_` for
     anything but letters and digits; numbered when taken."""
     base = re.sub(r"[^a-z0-9]+", "_", model.rstrip("/").rsplit("/", 1)[-1].lower()).strip("_")[:40] or "model"
+    base = "model" if base == ACTIVE else base
     name, n = base, 2
     while name in taken:
         name, n = f"{base}_{n}", n + 1
     return name
 
 
+ACTIVE = "active"  # names the active generation wherever a generation is named
+
+
 def check_name(name: str) -> str:
-    if not NAME.fullmatch(name):
-        raise ConfigError(f"generation name {name!r}: use 1-48 lower-case letters, digits and '_'")
+    if not NAME.fullmatch(name) or name == ACTIVE:
+        raise ConfigError(
+            f"generation name {name!r}: use 1-48 lower-case letters, digits and '_' (not 'active')"
+        )
     return name
 
 
@@ -98,6 +104,9 @@ def active_generation(schema: pa.Schema, listed: list[Generation] | None = None)
 
 
 def generation_named(schema: pa.Schema, name: str) -> Generation:
+    """The generation called `name` ("active": the active one)."""
+    if name == ACTIVE:
+        return active_generation(schema)
     for generation in generations(schema):
         if generation.name == name:
             return generation

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from conftest import CliRunner
 
+import mmindex
+
 INDEX_FIELDS = ("scanned", "indexed", "unchanged", "failed")
 
 
@@ -129,6 +131,10 @@ def test_finetune_demo_shows_the_new_colours_found_after_fine_tuning(cli: CliRun
     line = result.stdout.split("right images in the top 4: ")[1].splitlines()[0]
     before, after = int(line.split(" of ")[0]), int(line.split("before, ")[1].split(" of ")[0])
     assert before <= 6 and after >= 12, line
+    # the documented path: re-embedded beside the base, compared, then activated
+    assert "generation tuned (ready)" in result.stdout and "caption to image R@1" in result.stdout
+    active = mmindex.connect(str(tmp_path / "demo" / "db"), "shapes").generations()[0]
+    assert active["name"] == "tuned" and active["model"] == str(tmp_path / "demo" / "finetuned")
 
 
 def test_new_table_reembeds_with_a_new_model_and_leaves_the_old_table_alone(
