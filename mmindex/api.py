@@ -241,7 +241,7 @@ def finetune(
     holdout: float = 0.1,
     where: str | None = None,
     include_generated: bool = False,
-    wise_alpha: float | None = None,
+    wise_alpha: float | str | None = None,
     control: str | None = None,
     weight_decay: float = 0.1,
     seed: int = 0,
@@ -254,8 +254,9 @@ def finetune(
 ) -> FinetuneReport:
     """Fine-tune the table's CLIP model on its human-captioned rows and save it to `out`, in this
     process (see `mmindex finetune --help`). The report holds held-out recall for the base and the
-    fine-tuned model (`report.metric_rows()`); `out` loads with from_pretrained and
-    `mmindex.index(source, model=out, new_table=...)`. A killed run resumes when called again."""
+    fine-tuned model (`report.metric_rows()`); `out` loads with from_pretrained, and `mmindex reembed
+    --model OUT` puts its vectors beside the table's. `wise_alpha="auto"` picks the interpolation
+    with the base that keeps what the base answered well. A killed run resumes when called again."""
     job = FinetuneJob(
         out=out,
         db=db,
@@ -268,7 +269,7 @@ def finetune(
         holdout=holdout,
         where=where,
         include_generated=include_generated,
-        wise_alpha=wise_alpha,
+        wise_alpha=None if wise_alpha is None else str(wise_alpha),
         control=control,
         weight_decay=weight_decay,
         seed=seed,

@@ -56,6 +56,9 @@ class FinetuneReport:
     train_seconds: float = 0.0
     pairs_trained: int = 0
     notes: list[str] = field(default_factory=list)
+    # --wise-alpha auto: per alpha, held-out recall@5 of the queries the base answered ("known"),
+    # of the others ("new") and of all
+    wise_frontier: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def pairs_per_second(self) -> float:
@@ -93,6 +96,11 @@ class FinetuneReport:
             lines.append(f"{split}: " + " | ".join(headers))
             for row in rows:
                 lines.append(f"  {row['metric']}: " + " -> ".join(f"{row[h]:g}" for h in headers))
+        if self.wise_frontier:
+            lines.append("WiSE-FT alpha: held-out recall@5 of the queries the base answered | of the others")
+            lines += [
+                f"  {row['alpha']:.1f}: {row['known']:.2f} | {row['new']:.2f}" for row in self.wise_frontier
+            ]
         if self.failed:
             stages = ", ".join(f"{stage} {n}" for stage, n in sorted(self.failures_by_stage.items()))
             lines.append(f"{self.failed} images could not be used ({stages}); see failure_examples")
@@ -110,6 +118,25 @@ class FinetuneReport:
             out += ["", f"## {split}", "", "| " + " | ".join(headers) + " |"]
             out.append("|" + "---|" * len(headers))
             out += ["| " + " | ".join(str(row[h]) for h in headers) + " |" for row in rows]
+        if self.wise_frontier:
+            out += [
+                "",
+                "## WiSE-FT frontier (held-out recall@5)",
+                "",
+                "| alpha | answered by the base | others | all | plot |",
+            ]
+            out.append("|---|---|---|---|---|")
+            out += [
+                f"| {row['alpha']:.1f} | {row['known']:.3f} | {row['new']:.3f} | {row['all']:.3f} | "
+                f"`{_bar(row['known'])}` `{_bar(row['new'])}` |"
+                for row in self.wise_frontier
+            ]
         if self.notes:
             out += ["", *[f"- {note}" for note in self.notes]]
         return "\n".join(out) + "\n"
+
+
+def _bar(value: float, width: int = 20) -> str:
+    """A text bar for a share in [0, 1] (the frontier's plot in markdown)."""
+    filled = 0 if value != value else round(max(0.0, min(1.0, value)) * width)
+    return "█" * filled + "·" * (width - filled)

@@ -36,7 +36,7 @@ from mmindex.finetuning.data import (
     load_pairs,
     shuffled,
 )
-from mmindex.finetuning.metrics import retrieval_metrics, unique_captions
+from mmindex.finetuning.metrics import first_hit_ranks, retrieval_metrics, unique_captions
 from mmindex.finetuning.objective import (
     TrainPart,
     interpolate,
@@ -59,6 +59,10 @@ EVAL_CACHE_BYTES = 256 << 20  # held-out pixels kept in memory between evaluatio
 Progress = Callable[[ProgressUpdate], None]
 
 
+WISE_RECALL_AT = 5  # a held-out query is "answered" when a right image is in the top 5
+WISE_TOLERANCE = 0.02  # --wise-alpha auto keeps the recall of the base's answered queries this close
+
+
 @dataclass
 class FinetuneSettings:
     """Hyperparameters and where the result goes (see FinetuneJob for each one's reason)."""
@@ -70,7 +74,7 @@ class FinetuneSettings:
     part: TrainPart = TrainPart("full")
     weight_decay: float = 0.1
     warmup: float = 0.1  # share of the steps spent warming the learning rate up from zero
-    wise_alpha: float | None = None
+    wise_alpha: float | str | None = None  # a number, or "auto" (`_choose_alpha`)
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -236,12 +240,57 @@ class Finetune:
             )
         saved_state = best_state
         alpha = self.settings.wise_alpha
-        if alpha is not None:
+        if alpha == "auto":
+            alpha = self._choose_alpha(model, embedder, base_state, best_state)
+            self.report.hyperparameters["wise_alpha_chosen"] = alpha
+        if isinstance(alpha, float):
             saved_state = interpolate(base_state, best_state, alpha)
             _load_plain(model, saved_state)
             self.report.metrics["wise"] = self._evaluate(embedder)
             self.report.saved = "wise"
         _save_model(model, saved_state, tokenizer, image_processor, self.settings.out)
+
+    def _choose_alpha(
+        self, model: Any, embedder: ClipEmbedder, base_state: dict[str, Any], best_state: dict[str, Any]
+    ) -> float:
+        """The largest WiSE-FT alpha (of 0, 0.1, ..., 1) that keeps held-out text->image recall@5, on
+        the queries the base model answers (a right image in its top 5), within WISE_TOLERANCE of the
+        base; every alpha's recall on those and on the others goes into the report (the frontier)."""
+        _load_plain(model, base_state)
+        known = self._holdout_ranks(embedder) <= WISE_RECALL_AT
+        frontier = []
+        for step in range(11):
+            alpha = step / 10
+            _load_plain(model, interpolate(base_state, best_state, alpha))
+            right = self._holdout_ranks(embedder) <= WISE_RECALL_AT
+            frontier.append(
+                {
+                    "alpha": alpha,
+                    "known": float(right[known].mean()) if known.any() else float("nan"),
+                    "new": float(right[~known].mean()) if (~known).any() else float("nan"),
+                    "all": float(right.mean()) if len(right) else float("nan"),
+                }
+            )
+        kept = [row for row in frontier if not known.any() or row["known"] >= 1.0 - WISE_TOLERANCE]
+        chosen = max(kept, key=lambda row: row["alpha"])
+        self.report.wise_frontier = frontier
+        self.report.notes.append(
+            f"--wise-alpha auto chose {chosen['alpha']:.1f}: held-out recall@{WISE_RECALL_AT} of the "
+            f"{int(known.sum())} queries the base answered {chosen['known']:.2f} (kept within "
+            f"{WISE_TOLERANCE}), of the {int((~known).sum())} others "
+            f"{frontier[0]['new']:.2f} -> {chosen['new']:.2f}"
+        )
+        return float(chosen["alpha"])
+
+    def _holdout_ranks(self, embedder: ClipEmbedder) -> np.ndarray:
+        """For each distinct held-out caption, the rank of its first right image (text -> image)."""
+        holdout = next(eval_set for eval_set in self.sets if eval_set.name == HOLDOUT)
+        embedded = self._embedded(embedder, holdout)
+        if embedded is None:
+            return np.zeros(0, dtype=np.int64)
+        image_vectors, index, text_vectors = embedded
+        positives = index[None, :] == np.arange(len(text_vectors))[:, None]
+        return first_hit_ranks(text_vectors @ image_vectors.T, positives)
 
     def _train_epoch(
         self, epoch: int, step: TrainingStep, embedder: ClipEmbedder, done_before: int, planned: int
@@ -285,18 +334,27 @@ class Finetune:
         return results
 
     def _score(self, embedder: ClipEmbedder, eval_set: EvalSet) -> dict[str, float]:
+        embedded = self._embedded(embedder, eval_set)
+        return {} if embedded is None else retrieval_metrics(*embedded)
+
+    def _embedded(
+        self, embedder: ClipEmbedder, eval_set: EvalSet
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """An evaluation set's image vectors, each image's caption index, and the vectors of the
+        distinct captions; None for an empty set."""
+        embedder.model.eval()
         vectors, captions = [], []
         for batch in self._eval_batches(embedder, eval_set):
             if len(batch):
                 vectors.append(embedder.embed_pixels(batch.pixels))
                 captions += batch.captions
         if not captions:
-            return {}
+            return None
         texts, index = unique_captions(captions)
         text_vectors = np.concatenate(
             [embedder.embed_texts(texts[i : i + 256]) for i in range(0, len(texts), 256)]
         )
-        return retrieval_metrics(np.concatenate(vectors), index, text_vectors)
+        return np.concatenate(vectors), index, text_vectors
 
     def _eval_batches(self, embedder: ClipEmbedder, eval_set: EvalSet) -> Iterator[PixelBatch]:
         """The set's first `eval_pairs` pairs, loaded; kept in memory if they fit EVAL_CACHE_BYTES."""

@@ -290,7 +290,7 @@ def prepare_finetune(job: FinetuneJob) -> PreparedFinetune:
         batch_size=job.batch_size or (FINETUNE_GPU_BATCH if gpu else FINETUNE_CPU_BATCH),
         part=part,
         weight_decay=job.weight_decay,
-        wise_alpha=job.wise_alpha,
+        wise_alpha=parse_wise_alpha(job.wise_alpha),
         device=settings.device,
         precision=job.precision,
         seed=job.seed,
@@ -406,3 +406,16 @@ def prepare_generate(job: GenerateJob, *, check: bool = True) -> PreparedGenerat
             lock_timeout=job.lock_timeout,
         )  # fmt: skip
     return PreparedGenerate(prompts, settings, model, job.out, s3_config, index_job)
+
+
+def parse_wise_alpha(value: str | float | None) -> float | str | None:
+    """--wise-alpha: a number in [0, 1], "auto", or none."""
+    if value is None or value == "auto":
+        return value
+    try:
+        alpha = float(value)
+    except ValueError:
+        raise ConfigError(f"--wise-alpha must be a number from 0 to 1 or 'auto', got {value!r}") from None
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"--wise-alpha must be a number from 0 to 1 or 'auto', got {value!r}")
+    return alpha

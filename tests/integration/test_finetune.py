@@ -185,6 +185,7 @@ def test_bad_arguments_exit_2_with_one_line(tuned: dict[str, Any], cli: CliRunne
         "--train-part must be": ["--train-part", "last:0"],
         "has only 3 layers": ["--train-part", "last:7"],
         "already holds a fine-tuned model": ["--out", str(tuned["out"])],
+        "--wise-alpha must be a number from 0 to 1 or 'auto'": ["--wise-alpha", "1.5"],
     }
     for message, extra in cases.items():
         result = cli(
@@ -193,6 +194,24 @@ def test_bad_arguments_exit_2_with_one_line(tuned: dict[str, Any], cli: CliRunne
         assert result.returncode == 2, (message, result.stderr)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not Path(new_out).exists()
+
+
+def test_wise_alpha_auto_keeps_what_the_base_answered_and_reports_the_frontier(
+    tuned: dict[str, Any], tmp_path: Path
+) -> None:
+    report = mmindex.finetune(
+        db=str(tuned["db"]), out=str(tmp_path / "auto"), epochs=3, lr=5e-4, batch_size=32,
+        holdout=HOLDOUT_SHARE, wise_alpha="auto", progress=False,
+    )  # fmt: skip
+    frontier = report.wise_frontier
+    assert [row["alpha"] for row in frontier] == [step / 10 for step in range(11)]
+    assert frontier[0]["known"] == 1.0  # the base answers the queries it answers
+    chosen = report.hyperparameters["wise_alpha_chosen"]
+    kept = [row["alpha"] for row in frontier if row["known"] >= 0.98]
+    assert chosen == max(kept) and report.saved == "wise" and "wise" in report.metrics
+    picked = next(row for row in frontier if row["alpha"] == chosen)
+    assert picked["new"] >= frontier[0]["new"]  # what it gained on the queries the base missed
+    assert "WiSE-FT frontier" in report.to_markdown() and "auto chose" in " ".join(report.notes)
 
 
 def test_multi_positive_loss_does_not_punish_identical_captions() -> None:
