@@ -3,12 +3,13 @@
     python deployments/deploy.py --source /data/images --db ./mmindex.lancedb [--pool mmindex]
     python deployments/deploy.py --source s3://bucket/photos --db s3://bucket/index --serve
 
-Four deployments, all on the same table:
+Four deployments, all on the same table (a fifth with --reembed-model):
 
     mmindex-index/nightly-ingest              cron, 02:00 UTC: index new and changed images
     mmindex-index/backfill                    unscheduled: run with prefix / since / until parameters
     mmindex-caption-missing/caption-backfill  unscheduled (or --caption-cron): caption rows without one
     mmindex-maintain/maintenance              cron, 03:30 UTC: compact, fold indices, delete old versions
+    mmindex-reembed/reembed                   --reembed-model M (and --reembed-cron): a generation of M
 
 With --pool (default), the deployments go to a process work pool (created if missing) and a worker runs
 them: `prefect worker start --pool mmindex`. The worker's machine needs this project installed and the
@@ -31,8 +32,9 @@ ENTRYPOINTS = {
     "index": "flows/index.py:index",
     "caption": "flows/caption.py:caption_missing",
     "maintain": "flows/maintain.py:maintain",
+    "reembed": "flows/reembed.py:reembed",
 }
-JOB_OF_FLOW = {"index": JOBS["index"], "caption": JOBS["caption"], "maintain": JOBS["maintain"]}
+JOB_OF_FLOW = {flow: JOBS[flow] for flow in ENTRYPOINTS}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -55,6 +57,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ingest-cron", default="0 2 * * *", help="nightly ingest schedule (UTC)")
     parser.add_argument("--maintain-cron", default="30 3 * * *", help="maintenance schedule (UTC)")
     parser.add_argument("--caption-cron", default=None, help="caption backfill schedule (UTC) [none]")
+    parser.add_argument(
+        "--reembed-model",
+        default=None,
+        help="also deploy mmindex-reembed/reembed, building an embedding generation of this model "
+        "(each run also catches up rows indexed since the last one)",
+    )
+    parser.add_argument("--reembed-cron", default=None, help="re-embedding schedule (UTC) [none]")
     parser.add_argument("--pool", default="mmindex", help="process work pool to deploy to [mmindex]")
     parser.add_argument("--serve", action="store_true", help="serve the deployments from this process")
     parser.add_argument("--tag", action="append", default=["mmindex"], help="tags for the deployments")
@@ -75,7 +84,22 @@ def specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.caption_missing:
         ingest.update(caption_missing=True, **captioner)
     caption = {**where, **captioner}
-    return [
+    reembed = (
+        [
+            {
+                "flow": "reembed",
+                "name": "reembed",
+                "cron": args.reembed_cron,
+                "parameters": {**where, "model": args.reembed_model},
+                "description": "Build (or catch up) an embedding generation of another model beside the "
+                "active one; `mmindex compare` and `mmindex activate` switch to it.",
+                "concurrency_limit": 1,
+            }
+        ]
+        if args.reembed_model
+        else []
+    )
+    return reembed + [
         {
             "flow": "index",
             "name": "nightly-ingest",
@@ -155,8 +179,9 @@ def serve_all(args: argparse.Namespace) -> None:
     from mmindex.flows.caption import caption_missing
     from mmindex.flows.index import index
     from mmindex.flows.maintain import maintain
+    from mmindex.flows.reembed import reembed
 
-    flows = {"index": index, "caption": caption_missing, "maintain": maintain}
+    flows = {"index": index, "caption": caption_missing, "maintain": maintain, "reembed": reembed}
     serve(
         *[
             flows[spec["flow"]].to_deployment(

@@ -10,6 +10,7 @@ orchestrator never costs a run.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -32,30 +33,24 @@ class ServerDidNotStart(Exception):
     """Prefect's temporary server did not answer in time (or exited)."""
 
 
+FLOWS = {  # job kind -> (module, flow function)
+    "index": ("mmindex.flows.index", "index"),
+    "caption": ("mmindex.flows.caption", "caption_missing"),
+    "maintain": ("mmindex.flows.maintain", "maintain"),
+    "thumbnails": ("mmindex.flows.thumbnails", "thumbnails"),
+    "reembed": ("mmindex.flows.reembed", "reembed"),
+    "finetune": ("mmindex.flows.finetune", "finetune"),
+    "generate": ("mmindex.flows.generate", "generate"),
+}
+
+
 def flow_for(job: Job) -> Flow[..., dict[str, Any]]:
-    if job.kind == "index":
-        from mmindex.flows.index import index
-
-        return index
-    if job.kind == "caption":
-        from mmindex.flows.caption import caption_missing
-
-        return caption_missing
-    if job.kind == "finetune":
-        from mmindex.flows.finetune import finetune
-
-        return finetune
-    if job.kind == "generate":
-        from mmindex.flows.generate import generate
-
-        return generate
-    if job.kind == "thumbnails":
-        from mmindex.flows.thumbnails import thumbnails
-
-        return thumbnails
-    from mmindex.flows.maintain import maintain
-
-    return maintain
+    """The Prefect flow that runs a job of this kind (an unknown kind is an error, never a fallback)."""
+    if job.kind not in FLOWS:
+        raise ConfigError(f"no Prefect flow runs {job.kind!r} jobs; kinds with one: {', '.join(FLOWS)}")
+    module, name = FLOWS[job.kind]
+    flow: Flow[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+    return flow
 
 
 class PrefectRunner:

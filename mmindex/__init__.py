@@ -27,12 +27,14 @@ _EXPORTS = {
     "caption": "mmindex.api",
     "maintain": "mmindex.api",
     "thumbnails": "mmindex.api",
+    "reembed": "mmindex.api",
     "finetune": "mmindex.api",
     "generate": "mmindex.api",
     "GenerateJob": "mmindex.jobs.spec",
     "FinetuneJob": "mmindex.jobs.spec",
     "FinetuneReport": "mmindex.finetuning.report",
     "ThumbnailJob": "mmindex.jobs.spec",
+    "ReembedJob": "mmindex.jobs.spec",
     "IndexJob": "mmindex.jobs.spec",
     "CaptionJob": "mmindex.jobs.spec",
     "MaintainJob": "mmindex.jobs.spec",
@@ -65,7 +67,9 @@ __all__ = [
     "caption",
     "maintain",
     "thumbnails",
+    "reembed",
     "ThumbnailJob",
+    "ReembedJob",
     "finetune",
     "FinetuneJob",
     "generate",
@@ -95,13 +99,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mmindex.api import caption, finetune, generate, index, maintain, open_searcher, thumbnails
+    from mmindex.api import caption, finetune, generate, index, maintain, open_searcher, reembed, thumbnails
     from mmindex.config import Settings
     from mmindex.errors import ConfigError, MMIndexError
     from mmindex.finetuning.report import FinetuneReport
     from mmindex.ingest.pipeline import IndexOptions, run_index
     from mmindex.ingest.sources import ScanFilter, SourceItem, open_source
-    from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, MaintainJob, ThumbnailJob
+    from mmindex.jobs.spec import (
+        CaptionJob,
+        FinetuneJob,
+        GenerateJob,
+        IndexJob,
+        MaintainJob,
+        ReembedJob,
+        ThumbnailJob,
+    )
     from mmindex.models.captioner import Captioner
     from mmindex.models.clip import ClipEmbedder
     from mmindex.query.handle import ImageIndex, connect

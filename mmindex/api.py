@@ -19,7 +19,15 @@ from mmindex.config import (
     THUMBNAIL_SIZE,
 )
 from mmindex.finetuning.report import FinetuneReport
-from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, MaintainJob, ThumbnailJob
+from mmindex.jobs.spec import (
+    CaptionJob,
+    FinetuneJob,
+    GenerateJob,
+    IndexJob,
+    MaintainJob,
+    ReembedJob,
+    ThumbnailJob,
+)
 from mmindex.progress import TerminalProgress
 from mmindex.query.search import Searcher
 from mmindex.report import RunReport
@@ -220,6 +228,44 @@ def thumbnails(
         workers=workers,
         thumbnail_size=thumbnail_size,
         thumbnail_format=thumbnail_format,
+        lock_timeout=lock_timeout,
+    )
+    with TerminalProgress(job.doing, enabled=progress) as bar:
+        report = run_job(job, progress=bar)
+    assert isinstance(report, RunReport)
+    return report
+
+
+def reembed(
+    *,
+    model: str,
+    db: str | None = None,
+    table: str | None = None,
+    name: str | None = None,
+    from_: str = "source",
+    limit: int | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    lock_timeout: float | None = None,
+    progress: bool | None = None,
+) -> RunReport:
+    """Build an embedding generation of `model` beside the table's active one, in this process;
+    resumable, and rows indexed meanwhile are caught up (see `mmindex reembed --help`). The report's
+    `generation` says its name, state and coverage; `mmindex.connect().compare("active", name)`
+    measures it, and `mmindex activate NAME` switches to it."""
+    job = ReembedJob(
+        db=db,
+        table=table,
+        model=model,
+        name=name,
+        from_=from_,
+        limit=limit,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
         lock_timeout=lock_timeout,
     )
     with TerminalProgress(job.doing, enabled=progress) as bar:

@@ -34,6 +34,7 @@ from mmindex.jobs.spec import (
     IndexJob,
     Job,
     MaintainJob,
+    ReembedJob,
     ThumbnailJob,
     option_of,
     ordered_fields,
@@ -369,76 +370,11 @@ def search(
     print_hits(results.to_list(), json_output, first_rank=offset + 1)
 
 
-@app.command()
-@handles_errors
-def reembed(
-    model: Annotated[
-        str, typer.Option("--model", help="the embedding model: a hub id, a directory or a toy name")
-    ],
-    name: Annotated[
-        str | None, typer.Option("--name", help="the generation's name [derived from the model]")
-    ] = None,
-    from_: Annotated[
-        str,
-        typer.Option("--from", help="read the images from their source, or from the stored thumbnails"),
-    ] = "source",
-    db: DbOption = None,
-    table: TableOption = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps")] = None,
-    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 64,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="embed at most N rows in this run")
-    ] = None,
-    progress: ProgressOption = True,
-    json_output: JsonOption = False,
-) -> None:
+@job_command(ReembedJob)
+def reembed(job: ReembedJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
     """Build an embedding generation of another model beside the active one, which keeps answering
     queries meanwhile. Resumable: a rerun continues; rows indexed meanwhile are caught up."""
-    from mmindex.ingest.reembed import ReembedOptions, coverage, run_reembed
-    from mmindex.models.clip import ClipEmbedder
-    from mmindex.progress import TerminalProgress
-    from mmindex.store.reader import Store
-
-    _check_device(device)
-    settings = _settings(db, table)
-    store = Store.from_settings(settings)
-    store.lancedb_table()  # a missing table is one clear error, before the model loads
-    embedder = ClipEmbedder.load(model, device=device or settings.device, precision=precision)
-    options = ReembedOptions(name=name, from_=from_, batch_size=batch_size, limit=limit)
-    with TerminalProgress("re-embedding", enabled=progress and not json_output) as bar:
-        report, built = run_reembed(store, embedder, options, progress=bar)
-    embedded, rows = coverage(store, built)
-    result = {
-        "generation": built.name,
-        "model": built.model,
-        "dim": built.dim,
-        "state": built.state,
-        "rows_embedded": embedded,
-        "rows": rows,
-        "embedded_this_run": report.indexed,
-        "failed": report.failed,
-        "seconds": round(report.seconds, 2),
-        "notes": report.notes,
-    }
-    if json_output:
-        emit_json(result)
-        return
-    typer.echo(
-        f"generation {built.name} ({built.model}, {built.dim}-d, {embedder.embed_mode}): {embedded} of "
-        f"{rows} rows embedded, {report.indexed} in this run, {report.failed} failed, "
-        f"{report.seconds:.1f} s; state {built.state}"
-    )
-    for note in report.notes:
-        typer.echo(f"  note: {note}")
-    if built.state == "ready":
-        typer.echo(
-            f"next: `mmindex activate {built.name}` (the active generation stays available to roll back)"
-        )
-    else:
-        typer.echo(
-            "rows are still missing: run the same command again to continue (failures: `mmindex failures`)"
-        )
+    run_job_command(job, json_output=json_output, progress=progress)
 
 
 @app.command("generations")

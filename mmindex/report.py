@@ -114,6 +114,7 @@ class RunReport:
     caption_failed: int = 0
     thumbnails: int = 0  # thumbnails made by a thumbnail backfill
     generated: int = 0  # images made by a text-to-image model
+    generation: dict[str, Any] = field(default_factory=dict)  # a reembed run's generation, as it ends
     listing_incomplete: bool = False
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -178,9 +179,12 @@ class RunReport:
 
     @property
     def items_per_second(self) -> float:
-        done = {"index": self.indexed, "thumbnails": self.thumbnails, "generate": self.generated}.get(
-            self.kind, self.captioned
-        )
+        done = {
+            "index": self.indexed,
+            "reembed": self.indexed,
+            "thumbnails": self.thumbnails,
+            "generate": self.generated,
+        }.get(self.kind, self.captioned)
         return done / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +214,7 @@ class RunReport:
             "kind": self.kind,
             "models": self.models,
             "notes": list(self.notes) + [f"{what}: {n}" for what, n in sorted(self.counters.items())],
+            **({"generation": dict(self.generation)} if self.generation else {}),
         }
 
     @classmethod
@@ -223,6 +228,7 @@ class RunReport:
         report.stage_items = dict(data.get("stage_items", {}))
         report.failures_by_stage = Counter(data.get("failures_by_stage", {}))
         report.notes = list(data.get("notes", []))
+        report.generation = dict(data.get("generation", {}))
         return report
 
     def stage_rows(self) -> list[tuple[str, float, int, float]]:
@@ -245,6 +251,14 @@ class RunReport:
                 f"generate -> {self.source} -> {self.table}",
                 f"  images {self.scanned}  generated {self.generated}  already there {self.unchanged}"
                 f"  failed {self.failed}  indexed {self.indexed}",
+            ]
+        elif self.kind == "reembed":
+            built = self.generation
+            lines = [
+                f"reembed {self.table}: generation {built.get('name')} ({built.get('model')}, "
+                f"{built.get('dim')}-d, {built.get('mode')}), state {built.get('state')}",
+                f"  rows embedded {built.get('rows_embedded')} of {built.get('rows')}  in this run "
+                f"{self.indexed}  failed {self.failed}",
             ]
         elif self.kind == "thumbnails":
             lines = [

@@ -16,6 +16,7 @@ from typing import Any
 from mmindex.finetuning.report import FinetuneReport
 from mmindex.ingest.backfill import CaptionSteps, inherit_captions, run_caption
 from mmindex.ingest.pipeline import Steps, run_index
+from mmindex.ingest.reembed import coverage, run_reembed
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.ingest.thumbnail_backfill import run_thumbnails
 from mmindex.jobs.prepare import (
@@ -25,9 +26,19 @@ from mmindex.jobs.prepare import (
     prepare_generate,
     prepare_index,
     prepare_maintain,
+    prepare_reembed,
     prepare_thumbnails,
 )
-from mmindex.jobs.spec import CaptionJob, FinetuneJob, GenerateJob, IndexJob, Job, MaintainJob, ThumbnailJob
+from mmindex.jobs.spec import (
+    CaptionJob,
+    FinetuneJob,
+    GenerateJob,
+    IndexJob,
+    Job,
+    MaintainJob,
+    ReembedJob,
+    ThumbnailJob,
+)
 from mmindex.models.captioner import Captioner
 from mmindex.models.choice import ModelChoice, load_captioner, load_embedder
 from mmindex.models.clip import ClipEmbedder
@@ -64,11 +75,29 @@ def run_job(job: Job, *, hooks: RunHooks | None = None, progress: Progress | Non
     if isinstance(job, ThumbnailJob):
         made = prepare_thumbnails(job)
         return run_thumbnails(made.store, made.options, reader=made.reader, progress=progress)
+    if isinstance(job, ReembedJob):
+        return _reembed(job, hooks, progress)
     if isinstance(job, FinetuneJob):
         return _finetune(job, progress)
     if isinstance(job, GenerateJob):
         return _generate(job, hooks, progress)
     raise TypeError(f"not an mmindex job: {job!r}")
+
+
+def _reembed(job: ReembedJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
+    made = prepare_reembed(job)
+    embedder = hooks.load_embedder(made.models)
+    report, built = run_reembed(made.store, embedder, made.options, reader=made.reader, progress=progress)
+    report.models = embedder.compute
+    embedded, rows = coverage(made.store, built)
+    report.generation = {**built.to_dict(), "rows_embedded": embedded, "rows": rows}
+    if built.state == "ready":
+        report.notes.append(
+            f"next: `mmindex compare active {built.name}`, then `mmindex activate {built.name}`"
+        )
+    else:
+        report.notes.append("rows are still missing: the same command continues (see `mmindex failures`)")
+    return report
 
 
 def _index(job: IndexJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
@@ -174,6 +203,8 @@ def validate(job: Job) -> Any:
         return prepare_maintain(job)
     if isinstance(job, ThumbnailJob):
         return prepare_thumbnails(job)
+    if isinstance(job, ReembedJob):
+        return prepare_reembed(job)
     if isinstance(job, FinetuneJob):
         return prepare_finetune(job)
     if isinstance(job, GenerateJob):

@@ -29,6 +29,7 @@ from mmindex.config import (
 from mmindex.errors import ConfigError, ModelError
 from mmindex.ingest.backfill import CaptionOptions
 from mmindex.ingest.pipeline import IndexOptions
+from mmindex.ingest.reembed import FROM_CHOICES, ReembedOptions
 from mmindex.ingest.sources import ScanFilter, Source, open_source
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.ingest.thumbnail import Thumbnailer
@@ -40,6 +41,7 @@ from mmindex.jobs.spec import (
     GenerateJob,
     IndexJob,
     MaintainJob,
+    ReembedJob,
     ScaleSpec,
     ThumbnailJob,
 )
@@ -49,6 +51,7 @@ from mmindex.models.clip import check_embedding_config
 from mmindex.models.compiled import check_compile
 from mmindex.models.precision import check_precision
 from mmindex.models.resolve import resolve_model
+from mmindex.store.generations import check_name
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import parse_retention
 
@@ -84,6 +87,14 @@ class PreparedMaintain:
 class PreparedThumbnails:
     store: Store
     options: ThumbnailOptions
+    reader: UriReader
+
+
+@dataclass
+class PreparedReembed:
+    store: Store
+    models: ModelChoice
+    options: ReembedOptions
     reader: UriReader
 
 
@@ -194,6 +205,30 @@ def prepare_maintain(job: MaintainJob) -> PreparedMaintain:
     store = Store.from_settings(job.settings())
     store.lancedb_table()  # TableError (exit 2) for a missing table, before any lock is taken
     return PreparedMaintain(store, retention)
+
+
+def prepare_reembed(job: ReembedJob) -> PreparedReembed:
+    """Validate a re-embedding: a table that exists, an image-text model, a known --from and name."""
+    settings = job.settings()
+    store = Store.from_settings(settings)
+    store.lancedb_table()  # TableError (exit 2) for a missing table
+    if job.from_ not in FROM_CHOICES:
+        raise ConfigError(f"--from must be one of {', '.join(FROM_CHOICES)}, got {job.from_!r}")
+    if job.name is not None:
+        check_name(job.name)
+    models = ModelChoice(job.model, device=settings.device, precision=job.precision)
+    check_models(models)
+    options = ReembedOptions(
+        name=job.name,
+        from_=job.from_,
+        batch_size=job.batch_size,
+        limit=job.limit,
+        workers=settings.workers or 1,
+        write_rows=min(settings.write_rows, CAPTION_WRITE_ROWS),
+        write_seconds=settings.write_seconds,
+        lock_timeout=job.lock_timeout,
+    )
+    return PreparedReembed(store, models, options, UriReader(settings))
 
 
 def prepare_thumbnails(job: ThumbnailJob) -> PreparedThumbnails:

@@ -266,6 +266,26 @@ class ThumbnailJob(ThumbnailSpec, Job):
 
 
 @dataclass(kw_only=True)
+class ReembedJob(Job):
+    """Build an embedding generation of another model beside the active one, which keeps answering
+    queries; resumable, and rows indexed meanwhile are caught up (see mmindex.ingest.reembed)."""
+
+    kind: ClassVar[str] = "reembed"
+    doing: ClassVar[str] = "re-embedding"
+
+    model: str = option(help="the embedding model: a hub id, a directory or a toy name")
+    name: str | None = option(None, help="the generation's name [derived from the model]")
+    from_: str = option(
+        "source", flag="--from", help="read the images from their source, or from the stored thumbnails"
+    )
+    limit: int | None = option(None, min=1, help="embed at most N rows in this run")
+    batch_size: int = option(64, min=1, help="images per forward pass")
+    workers: int | None = option(None, min=1, help="decode threads [1]")
+    device: str | None = option(None, help=DEVICE_HELP)
+    precision: str = option("auto", help=PRECISION_HELP)
+
+
+@dataclass(kw_only=True)
 class FinetuneJob(Job):
     """Fine-tune the table's CLIP model on its own captioned rows; report held-out recall before and after."""
 
@@ -341,5 +361,6 @@ class GenerateJob(Job):
 
 
 JOBS: dict[str, type[Job]] = {
-    job.kind: job for job in (IndexJob, CaptionJob, MaintainJob, ThumbnailJob, FinetuneJob, GenerateJob)
+    job.kind: job
+    for job in (IndexJob, CaptionJob, MaintainJob, ThumbnailJob, ReembedJob, FinetuneJob, GenerateJob)
 }

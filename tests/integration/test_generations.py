@@ -45,7 +45,8 @@ def test_a_generation_is_built_resumed_searched_switched_rolled_back_and_retired
     assert "red-circle" in before[0]["key"]
 
     built = as_json(cli("reembed", "--model", tiny_clip, "--name", "tiny", "--limit", "30", *db, "--json"))
-    assert built["state"] == "building" and built["rows_embedded"] == 30 and built["embedded_this_run"] == 30
+    assert built["generation"]["state"] == "building" and built["generation"]["rows_embedded"] == 30
+    assert built["indexed"] == 30 and built["kind"] == "reembed"
     refused = cli("activate", "tiny", *db)
     assert (
         refused.returncode == 2
@@ -60,8 +61,9 @@ def test_a_generation_is_built_resumed_searched_switched_rolled_back_and_retired
     assert indexed.returncode == 0, indexed.stderr
     before = as_json(cli("search", "a red circle", *db, "--no-server", "--json"))
     finished = as_json(cli("reembed", "--model", tiny_clip, "--name", "tiny", *db, "--json"))
-    assert finished["state"] == "ready" and finished["rows_embedded"] == finished["rows"] == 103
-    assert finished["embedded_this_run"] == 103 - 30  # no row embedded twice
+    assert finished["generation"]["state"] == "ready"
+    assert finished["generation"]["rows_embedded"] == finished["generation"]["rows"] == 103
+    assert finished["indexed"] == 103 - 30  # no row embedded twice
     assert (
         as_json(cli("search", "a red circle", *db, "--no-server", "--json")) == before
     )  # still the active one

@@ -34,6 +34,7 @@ CONTRACT = {
     },
     "maintain": {"--db", "--table", "--retention", "--lock-timeout", "--json"},
     "thumbnails": {"--db", "--table", "--limit", "--where", "--retry-failed", "--json"},
+    "reembed": {"--model", "--name", "--from", "--limit", "--db", "--table", "--device", "--json"},
     "generate": {
         "--prompts", "--n", "--seed", "--model", "--steps", "--guidance", "--size", "--out", "--db",
         "--table", "--no-index", "--json",
@@ -49,6 +50,7 @@ API = {
     "caption": mmindex.caption,
     "maintain": mmindex.maintain,
     "thumbnails": mmindex.thumbnails,
+    "reembed": mmindex.reembed,
     "finetune": mmindex.finetune,
     "generate": mmindex.generate,
 }
@@ -83,7 +85,7 @@ def test_flow_parameters_are_the_job_fields(kind: str) -> None:
     from mmindex.flows.runner import flow_for
 
     job_class = JOBS[kind]
-    flow = flow_for(job_class.from_values({"source": "x", "out": "x"}))
+    flow = flow_for(job_class.from_values({"source": "x", "out": "x", "model": "x"}))
     parameters = inspect.signature(flow.fn).parameters
     assert set(parameters) == {f.name for f in fields(job_class)} | {"progress_bar"}
     schema = flow.parameters.properties
