@@ -65,6 +65,34 @@ class Comparison:
             "disagreements": self.disagreements,
         }
 
+    def to_markdown(self) -> str:
+        """The comparison as a markdown report (the compare flow's artifact)."""
+        names = (self.a.name, self.b.name)
+        out = [
+            f"# `{names[0]}` vs `{names[1]}`",
+            "",
+            f"{self.queries} queries, {self.labelled} of them captions of the table "
+            f"(models: `{self.a.model}`, `{self.b.model}`).",
+            "",
+            f"| measure | {names[0]} | {names[1]} |",
+            "|---|---|---|",
+        ]
+        for direction in ("caption_to_image", "image_to_caption"):
+            for k in RECALL_AT:
+                left = getattr(self.a, direction).get(f"r{k}", float("nan"))
+                right = getattr(self.b, direction).get(f"r{k}", float("nan"))
+                out.append(f"| {direction.replace('_', ' ')} R@{k} | {left:.3f} | {right:.3f} |")
+        out += ["", f"Overlap@10 of the top images: {self.overlap_at_10:.3f}"]
+        if self.disagreements:
+            out += ["", "## Where they disagree most", "", f"| query | overlap | {names[0]} | {names[1]} |"]
+            out.append("|---|---|---|---|")
+            for case in self.disagreements:
+                out.append(
+                    f"| {case['query']} | {case['overlap']:.1f} | {', '.join(case[names[0]])} | "
+                    f"{', '.join(case[names[1]])} |"
+                )
+        return "\n".join(out) + "\n"
+
     def lines(self) -> list[str]:
         """The comparison as a terminal table."""
         head = f"{'':28}{self.a.name:>18}{self.b.name:>18}"

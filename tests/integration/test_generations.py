@@ -3,9 +3,11 @@ searched by name, switched atomically, rolled back, retired; a running server fo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from conftest import CliRunner
 from starlette.testclient import TestClient
 
 import mmindex
+from mmindex.flows.compare import compare_generations
 from mmindex.ingest.reembed import ReembedOptions, coverage, run_reembed
 from mmindex.models.clip import ClipEmbedder
 from mmindex.server.app import create_app
@@ -28,6 +31,16 @@ def table(shapes_db: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "db"
     shutil.copytree(shapes_db, copy)
     return copy
+
+
+async def artifacts_of(flow_run_id: Any) -> list[Any]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
 
 
 def as_json(result: object) -> object:
@@ -149,6 +162,10 @@ def test_a_running_server_follows_a_switch_without_a_restart_and_generations_com
     assert mixed["queries"] == 2 and mixed["labelled_queries"] == 1
     grid = mmindex.connect(str(table)).side_by_side("a red circle", "toy_clip", "tiny")._repr_html_()
     assert "toy_clip" in grid and "tiny" in grid and grid.count("<img") == 20
+    state = compare_generations(a="toy_clip", b="tiny", db=str(table), return_state=True)
+    assert state.is_completed() and state.result()["overlap_at_10"] == compared["overlap_at_10"]
+    (artifact,) = asyncio.run(artifacts_of(state.state_details.flow_run_id))
+    assert "| caption to image R@1 |" in artifact.data and "Where they disagree most" in artifact.data
     client = TestClient(create_app(mmindex.connect(str(table)), warm=False), base_url="http://127.0.0.1:8000")
 
     def scores(**params: str) -> list[float]:
