@@ -88,7 +88,9 @@ class ImageIndex:
         return SideBySide(text, {name: self.search(text, k=k, generation=name) for name in (a, b)})
 
     def generations(self) -> list[dict[str, Any]]:
-        """The table's embedding generations (name, model, dim, state, coverage), the active first."""
+        """The table's embedding generations (name, model, dim, state, coverage), the active first. A
+        generation that rows indexed since its build lack is `building` again until a reembed run
+        catches it up."""
         from mmindex.store.generations import generations
 
         table = self.store.lancedb_table()
@@ -100,7 +102,10 @@ class ImageIndex:
                 if generation.state != "retired"
                 else 0
             )
-            listed.append({**generation.to_dict(), "rows_embedded": filled, "rows": rows})
+            entry = {**generation.to_dict(), "rows_embedded": filled, "rows": rows}
+            if generation.state == "ready" and filled < rows:  # rows indexed since it was built
+                entry["state"] = "building"
+            listed.append(entry)
         return listed
 
     def __repr__(self) -> str:
