@@ -192,7 +192,10 @@ def refresh_indices(writer: TableWriter, *, cleanup_older_than: timedelta | None
         if column in existing and (trained is None or filled < REBUILD_GROWTH * trained):
             continue
         config = vector_index_config(filled)
-        table.create_index(column, config=config, replace=True)
+        # a rebuild replaces the column's own index by name: after `mmindex activate` renamed the columns,
+        # the column's index may carry another column's default name
+        name = existing[column].name if column in existing else None
+        table.create_index(column, config=config, replace=True, name=name)
         table.update_field_metadata(
             {
                 "path": column,

@@ -182,3 +182,27 @@ def test_a_running_server_follows_a_switch_without_a_restart_and_generations_com
     assert scores() == pytest.approx(tiny, abs=1e-5)  # the next query answers with the new model
     assert scores(generation="toy_clip") == pytest.approx(old, abs=1e-5)
     assert client.get("/api/search", params={"q": "x", "generation": "nosuch"}).status_code == 400
+
+
+def test_indices_follow_a_switch_and_a_rebuild_keeps_one_index_per_column(
+    table: Path, tiny_clip: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collections import Counter
+
+    from mmindex.store import upkeep
+
+    store = Store(str(table))
+    store.vector_index_min_rows = 50  # the 98-row table gets vector indices, the new generation too
+    with open_writer(store) as writer:
+        upkeep.refresh_indices(writer)
+    run_reembed(store, ClipEmbedder.load(tiny_clip), ReembedOptions(name="tiny"))
+    indexed = Counter(index.columns[0] for index in store.lancedb_table().list_indices())
+    assert indexed["image_embedding"] == indexed["image_embedding__tiny"] == 1  # built with the generation
+    with open_writer(store) as writer:
+        generations.activate(writer.images, "tiny")
+        monkeypatch.setattr(upkeep, "REBUILD_GROWTH", 0.5)  # every vector index is rebuilt
+        upkeep.refresh_indices(writer)
+    indexed = Counter(index.columns[0] for index in store.lancedb_table().list_indices())
+    assert indexed["image_embedding"] == indexed["image_embedding__toy_clip"] == 1, indexed
+    hits = mmindex.connect(str(table)).search("a red circle", k=3)
+    assert len(hits) == 3 and mmindex.connect(str(table)).generations()[0]["name"] == "tiny"
