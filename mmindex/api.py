@@ -248,13 +248,20 @@ def reembed(
     workers: int | None = None,
     device: str | None = None,
     precision: str = "auto",
+    runner: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
+    shard_size: int = SHARD_SIZE,
+    commit_every: int = COMMIT_EVERY,
+    max_attempts: int = 3,
     lock_timeout: float | None = None,
     progress: bool | None = None,
 ) -> RunReport:
     """Build an embedding generation of `model` beside the table's active one, in this process;
     resumable, and rows indexed meanwhile are caught up (see `mmindex reembed --help`). The report's
     `generation` says its name, state and coverage; `mmindex.connect().compare("active", name)`
-    measures it, and `mmindex activate NAME` switches to it."""
+    measures it, and `mmindex activate NAME` switches to it. `runner="ray"` (or "sharded") runs it in
+    shards, as `index` does."""
     job = ReembedJob(
         db=db,
         table=table,
@@ -266,6 +273,12 @@ def reembed(
         workers=workers,
         device=device,
         precision=precision,
+        runner=runner,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
+        shard_size=shard_size,
+        commit_every=commit_every,
+        max_attempts=max_attempts,
         lock_timeout=lock_timeout,
     )
     with TerminalProgress(job.doing, enabled=progress) as bar:

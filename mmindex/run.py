@@ -86,9 +86,14 @@ def run_job(job: Job, *, hooks: RunHooks | None = None, progress: Progress | Non
 
 def _reembed(job: ReembedJob, hooks: RunHooks, progress: Progress | None) -> RunReport:
     made = prepare_reembed(job)
-    embedder = hooks.load_embedder(made.models)
-    report, built = run_reembed(made.store, embedder, made.options, reader=made.reader, progress=progress)
-    report.models = embedder.compute
+    if job.runner != "local":
+        from mmindex.distributed.driver import run_sharded_reembed
+
+        report, built = run_sharded_reembed(job, made, progress=progress)
+    else:
+        embedder = hooks.load_embedder(made.models)
+        report, built = run_reembed(made.store, embedder, made.options, reader=made.reader, progress=progress)
+        report.models = embedder.compute
     embedded, rows = coverage(made.store, built)
     report.generation = {**built.to_dict(), "rows_embedded": embedded, "rows": rows}
     if built.state == "ready":

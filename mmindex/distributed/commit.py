@@ -22,6 +22,7 @@ import pyarrow as pa
 from mmindex.distributed.shards import Shard
 from mmindex.distributed.worker import ShardResult, table_uri
 from mmindex.errors import StoreError
+from mmindex.ingest.reembed import REEMBED_STAGE, SAME_FINGERPRINT
 from mmindex.schema import CAPTION_HUMAN, ITEM_STAGES, SEVERITY_ERROR
 from mmindex.store.staging import drop_staging, staging_root
 from mmindex.store.writer import TableWriter
@@ -66,15 +67,24 @@ def check_group(group: Sequence[tuple[Shard, ShardResult]]) -> None:
         seen_ids |= shard.ids
 
 
-class Committer:
-    """Commits groups of shard results of one run into the table its writer holds. `captions`: the
-    results of a caption backfill (partial rows that update existing ones, never a human caption;
-    only earlier caption failures are replaced)."""
+PARTIAL_UPDATES = {  # kind -> (the condition a matched row must meet, the failure stages replaced)
+    "captions": (NOT_HUMAN, CAPTION_STAGES),
+    "reembed": (SAME_FINGERPRINT, (REEMBED_STAGE,)),
+}
 
-    def __init__(self, writer: TableWriter, run_id: str, *, captions: bool = False) -> None:
+
+class Committer:
+    """Commits groups of shard results of one run into the table its writer holds. `partial` names
+    results that are partial rows updating existing ones: "captions" (a caption backfill: never a
+    human caption) or "reembed" (a generation's vectors: never a row changed since it was read); only
+    earlier failures of that stage are replaced."""
+
+    def __init__(self, writer: TableWriter, run_id: str, *, partial: str | None = None) -> None:
+        if partial not in (None, *PARTIAL_UPDATES):
+            raise ValueError(f"partial must be None or one of {', '.join(PARTIAL_UPDATES)}, not {partial!r}")
         self.writer = writer
         self.run_id = run_id
-        self.captions = captions
+        self.partial = partial
         store = writer.store
         self.uri = table_uri(store.db_uri, store.table_name)
         self.storage_options = store.storage_options or None
@@ -122,10 +132,11 @@ class Committer:
             and f.severity == SEVERITY_ERROR
             and not f.retryable
         ]
-        if broken and not self.captions:
+        if broken and not self.partial:
             self.writer.delete_rows(broken)
         done = [row_id for r in results for row_id in r.done_ids]
-        self.writer.replace_failures(done, CAPTION_STAGES if self.captions else None, failures)
+        stages = PARTIAL_UPDATES[self.partial][1] if self.partial else None
+        self.writer.replace_failures(done, stages, failures)
         outcome.failures = len(failures)
         staged = [r.upsert_uri for r in results if r.upsert_uri]
         if staged:
@@ -153,8 +164,8 @@ class Committer:
         batches = (batch for dataset in datasets for batch in dataset.to_batches())
         reader = pa.RecordBatchReader.from_batches(schema, batches)
         builder = self._dataset().merge_insert("id")
-        if self.captions:  # partial rows update existing ones; a human caption is never overwritten
-            builder = builder.when_matched_update_all(condition=NOT_HUMAN)
+        if self.partial:  # partial rows update existing ones, under the kind's condition
+            builder = builder.when_matched_update_all(condition=PARTIAL_UPDATES[self.partial][0])
         else:
             builder = builder.when_matched_update_all().when_not_matched_insert_all()
         transaction, stats = builder.execute_uncommitted(reader)

@@ -21,11 +21,20 @@ from mmindex.errors import TableError
 from mmindex.ingest.backfill import caption_targets, stage_failures
 from mmindex.ingest.pipeline import ReadAhead, _is_partial, _timed_scan
 from mmindex.ingest.plan import plan
+from mmindex.ingest.reembed import (
+    REEMBED_STAGE,
+    finish_generation,
+    generation_name,
+    start_generation,
+    targets,
+)
 from mmindex.ingest.sources.base import SourceItem
-from mmindex.jobs.prepare import PreparedCaption, PreparedIndex
-from mmindex.jobs.spec import CaptionJob, IndexJob
+from mmindex.jobs.prepare import PreparedCaption, PreparedIndex, PreparedReembed
+from mmindex.jobs.spec import CaptionJob, IndexJob, ReembedJob
+from mmindex.models.resolve import resolve_model
 from mmindex.report import ProgressUpdate, RunReport, UnexpectedErrors
 from mmindex.schema import SEVERITY_ERROR
+from mmindex.store.generations import Generation, generations
 from mmindex.store.staging import RUN_ID_TIME
 from mmindex.store.state import SeenIds
 from mmindex.store.upkeep import finish_run
@@ -127,7 +136,7 @@ def run_sharded_captions(
                 Shard.of(items, frozenset(item.id for item in items))
                 for items in _regrouped(targets, job.shard_size, report)
             )
-            committer = Committer(writer, run_id, captions=True)
+            committer = Committer(writer, run_id, partial="captions")
             guard = UnexpectedErrors(stage_failures(store, "caption")[1])
             _dispatch(engine, shards, committer, report, job.commit_every, guard, progress)
             committer.close()
@@ -137,6 +146,55 @@ def run_sharded_captions(
     report.notes.append(f"captions by {info.caption_model}; run id {run_id}")
     report.seconds = time.perf_counter() - started
     return report
+
+
+def run_sharded_reembed(
+    job: ReembedJob,
+    prepared: PreparedReembed,
+    *,
+    engine: Engine | None = None,
+    progress: Callable[[ProgressUpdate], None] | None = None,
+) -> tuple[RunReport, Generation]:
+    """A re-embedding through shards: the driver selects the rows still lacking the generation and
+    commits (one conditional update per group); workers read and embed. Passes repeat, each under the
+    table's lock, until rows indexed meanwhile are caught up (mmindex.ingest.reembed)."""
+    run_id = new_run_id()
+    store, options = prepared.store, prepared.options
+    report = RunReport(kind="reembed", source=f"{store.describe()} ({options.from_})", table=store.describe())
+    started = time.perf_counter()
+    known = {g.name: g for g in generations(store.lancedb_table().schema)}
+    name = generation_name(known, resolve_model(job.model).name, job.name)
+    settings = job.settings()
+    engine = engine or engine_for(replace(job, db=settings.db, table=settings.table, name=name), run_id)
+    tried: set[str] = set()
+    try:
+        with report.timed("start", 0):
+            info = engine.start()
+        report.models = info.compute
+        generation = start_generation(store, info.model_id, info.dim, replace(options, name=name))
+        while options.limit is None or report.scanned < options.limit:
+            before = report.scanned
+            left = None if options.limit is None else options.limit - report.scanned
+            with open_writer(store, options.lock_timeout) as writer:
+                chunks = (
+                    [item for item, _ in chunk] for chunk in targets(store, generation, options, tried, left)
+                )
+                shards = (
+                    Shard.of(items, frozenset(i.id for i in items))
+                    for items in _regrouped(chunks, job.shard_size, report)
+                )
+                committer = Committer(writer, run_id, partial="reembed")
+                guard = UnexpectedErrors(stage_failures(store, REEMBED_STAGE)[1])
+                _dispatch(engine, shards, committer, report, job.commit_every, guard, progress)
+                committer.close()
+            if report.scanned == before:  # a pass found nothing left
+                break
+    finally:
+        engine.close()
+    generation, actions = finish_generation(store, generation, info.embed_mode)
+    report.notes += [*actions, f"run id {run_id}"]
+    report.seconds = time.perf_counter() - started
+    return report, generation
 
 
 def _dispatch(
@@ -207,6 +265,7 @@ def _absorb(report: RunReport, result: ShardResult) -> None:
         report.add_time(stage, seconds, result.stage_items.get(stage, 0))
     if report.kind == "index":  # a caption backfill counts captions, not rows
         report.indexed += result.appended + result.upserted
+    report.indexed += result.counters.get("embedded", 0)  # a re-embedding counts the rows it embedded
     report.captioned += result.counters.get("captioned", 0)
     report.unexpected.update(result.unexpected)
     report.notes += [note for note in result.notes if note not in report.notes]

@@ -14,7 +14,7 @@ from typing import Protocol
 from mmindex.distributed.shards import Shard
 from mmindex.distributed.worker import ModelInfo, ShardFailed, ShardResult, ShardWorker, worker_class
 from mmindex.errors import ConfigError
-from mmindex.jobs.spec import CaptionJob, IndexJob
+from mmindex.jobs.spec import CaptionJob, IndexJob, ReembedJob
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Engine(Protocol):
 class InProcessEngine:
     """Runs shards one after another in this process, with the same worker code as a cluster."""
 
-    def __init__(self, job: IndexJob | CaptionJob, run_id: str, max_attempts: int = 3) -> None:
+    def __init__(self, job: IndexJob | CaptionJob | ReembedJob, run_id: str, max_attempts: int = 3) -> None:
         self.job, self.run_id, self.max_attempts = job, run_id, max_attempts
         self.worker: ShardWorker | None = None
 
@@ -59,7 +59,7 @@ class InProcessEngine:
         self.worker = None
 
 
-def engine_for(job: IndexJob | CaptionJob, run_id: str) -> Engine:
+def engine_for(job: IndexJob | CaptionJob | ReembedJob, run_id: str) -> Engine:
     """The engine `job.runner` names (local runs never get here: they stream through the pipeline)."""
     if job.runner == "sharded":
         return InProcessEngine(job, run_id, job.max_attempts)

@@ -17,7 +17,7 @@ from typing import Any
 from mmindex.distributed.shards import Shard
 from mmindex.distributed.worker import ModelInfo, ShardFailed, ShardResult, worker_class
 from mmindex.errors import ConfigError
-from mmindex.jobs.spec import CaptionJob, IndexJob
+from mmindex.jobs.spec import CaptionJob, IndexJob, ReembedJob
 from mmindex.models.precision import CPU_KIND_ENV, cpu_kind, native_bf16
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 class RayEngine:
-    def __init__(self, job: IndexJob | CaptionJob, run_id: str) -> None:
+    def __init__(self, job: IndexJob | CaptionJob | ReembedJob, run_id: str) -> None:
         self.ray = import_ray()
         self.job, self.run_id = job, run_id
         self.address = job.ray_address or os.environ.get(RAY_ADDRESS_ENV) or None

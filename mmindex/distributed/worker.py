@@ -32,9 +32,10 @@ from mmindex.ingest.steps import (
     load_batch,
 )
 from mmindex.ingest.thumbnail import THUMBNAIL_ROLE
-from mmindex.jobs.spec import CaptionJob, IndexJob
+from mmindex.jobs.spec import CaptionJob, IndexJob, ReembedJob
 from mmindex.models.compiled import Compilable, CompilePolicy
 from mmindex.models.precision import detected_cpu_kind
+from mmindex.query.search import Searcher
 from mmindex.report import RunReport
 from mmindex.schema import FailureRecord
 from mmindex.store.staging import staging_uri
@@ -111,6 +112,20 @@ class ShardWorker:
             if hasattr(self.embedder, "compile") and options.compile != "off"
             else None
         )
+
+    def _attach(self, store: Any) -> None:
+        """Where this worker stages its results: the store's table."""
+        self.table_uri = table_uri(store.db_uri, store.table_name)
+        self.storage_options = store.storage_options or None
+        self._schema = None
+
+    def _stage_partial(self, store: Any, shard: Shard, rows: pa.Table, result: ShardResult) -> None:
+        """Stage partial rows (updates of existing ones) for the driver's commit of the shard's group."""
+        import lance
+
+        uri = staging_uri(store.db_uri, store.table_name, self.run_id, f"{shard.id}-{result.attempt}")
+        lance.write_dataset(rows, uri, storage_options=self.storage_options)
+        result.upsert_uri, result.upserted = uri, rows.num_rows
 
     def info(self) -> ModelInfo:
         models = [m.compute for m in (self.embedder, self.captioner) if m is not None]
@@ -216,10 +231,7 @@ class CaptionShardWorker(ShardWorker):
         self.embedder = load_embedder(self.caption.models)
         self.captioner = load_captioner(self.caption.models)
         self.preprocessors = {"caption": self.captioner.preprocess}
-        store = self.caption.store
-        self.table_uri = table_uri(store.db_uri, store.table_name)
-        self.storage_options = store.storage_options or None
-        self._schema = None
+        self._attach(self.caption.store)
 
     def run(self, shard: Shard) -> ShardResult:
         from mmindex.ingest.backfill import embed_caption_rows
@@ -246,20 +258,12 @@ class CaptionShardWorker(ShardWorker):
         if tables:
             rows = pa.concat_tables(tables)
             with report.timed("write", rows.num_rows):
-                self._stage_update(shard, null_bad_vectors(rows), result)
+                self._stage_partial(self.caption.store, shard, null_bad_vectors(rows), result)
         result.stage_seconds, result.stage_items = report.stage_seconds, report.stage_items
         result.counters = dict(report.counters) | {"captioned": report.captioned}
         result.unexpected = dict(report.unexpected)
         result.seconds = time.perf_counter() - started
         return result
-
-    def _stage_update(self, shard: Shard, rows: pa.Table, result: ShardResult) -> None:
-        import lance
-
-        store = self.caption.store
-        uri = staging_uri(store.db_uri, store.table_name, self.run_id, f"{shard.id}-{result.attempt}")
-        lance.write_dataset(rows, uri, storage_options=self.storage_options)
-        result.upsert_uri, result.upserted = uri, rows.num_rows
 
 
 def null_bad_vectors(rows: pa.Table) -> pa.Table:
@@ -290,10 +294,65 @@ def _injected_faults() -> None:
         os._exit(17)
 
 
+class ReembedShardWorker(ShardWorker):
+    """Runs shards of a re-embedding: each item (an indexed row) is read again (by uri, or its stored
+    thumbnail), embedded with the new model with its stored caption, and the generation's columns
+    are staged for the driver's one conditional update per group (mmindex.ingest.reembed)."""
+
+    def __init__(self, job: ReembedJob, run_id: str) -> None:
+        from mmindex.jobs.prepare import prepare_reembed
+        from mmindex.models.choice import load_embedder
+
+        self.run_id = run_id
+        self.reembed = prepare_reembed(job)
+        self.embedder = load_embedder(self.reembed.models)
+        self.captioner = None
+        self.generation_name = job.name
+        self._attach(self.reembed.store)
+
+    def run(self, shard: Shard) -> ShardResult:
+        from mmindex.ingest.reembed import TARGET_COLUMNS, embedded_rows, reader_for
+        from mmindex.store.generations import generation_named
+
+        started = time.perf_counter()
+        _injected_faults()
+        report = RunReport(kind="reembed")
+        store, options = self.reembed.store, self.reembed.options
+        assert self.generation_name is not None, "the driver names the generation"
+        generation = generation_named(store.lancedb_table().schema, self.generation_name)
+        columns = TARGET_COLUMNS + (["thumbnail"] if options.from_ == "thumbnails" else [])
+        parts: list[tuple[pa.Table | None, list[FailureRecord]]] = []
+        size = max(options.batch_size, 1)
+        preprocessors = {"embed": self.embedder.preprocess}
+        with load_pools(options.workers, getattr(self.reembed.reader, "fetch_concurrency", 1)) as pools:
+            for start in range(0, shard.count, size):
+                items = shard.items_in(start, min(start + size, shard.count))
+                stored = {row["id"]: row for row in Searcher(store).rows([i.id for i in items], columns)}
+                chunk = [(item, stored[item.id]) for item in items if item.id in stored]
+                reader = reader_for(chunk, self.reembed.reader, options.from_)
+                loaded = load_batch(reader, [item for item, _ in chunk], preprocessors, report, *pools)  # type: ignore[arg-type]
+                parts.append(embedded_rows(self.embedder, chunk, loaded, generation, report))
+        tables = [rows for rows, _ in parts if rows is not None]
+        result = ShardResult(
+            shard.id, uuid.uuid4().hex[:12], sorted(shard.ids), [f for _, fs in parts for f in fs]
+        )
+        if tables:
+            rows = pa.concat_tables(tables)
+            with report.timed("write", rows.num_rows):
+                self._stage_partial(store, shard, rows, result)
+        result.stage_seconds, result.stage_items = report.stage_seconds, report.stage_items
+        result.counters = {"embedded": sum(t.num_rows for t in tables)}
+        result.unexpected = dict(report.unexpected)
+        result.seconds = time.perf_counter() - started
+        return result
+
+
 class ShardFailed(MMIndexError):
     """A shard failed on every attempt (not an item's problem: those are failure rows)."""
 
 
-def worker_class(job: IndexJob | CaptionJob) -> type[ShardWorker]:
-    """The shard function's holder for a job: indexing, or a caption backfill."""
+def worker_class(job: IndexJob | CaptionJob | ReembedJob) -> type[ShardWorker]:
+    """The shard function's holder for a job: indexing, a caption backfill or a re-embedding."""
+    if isinstance(job, ReembedJob):
+        return ReembedShardWorker
     return CaptionShardWorker if isinstance(job, CaptionJob) else ShardWorker

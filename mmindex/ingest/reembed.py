@@ -41,8 +41,9 @@ from mmindex.store.upkeep import refresh_indices
 from mmindex.store.writer import open_writer
 
 REEMBED_STAGE = "reembed"
+SAME_FINGERPRINT = "target.fingerprint = source.fingerprint"  # not a row ingestion changed since it was read
 FROM_CHOICES = ("source", "thumbnails")
-_TARGET_COLUMNS = ["id", "uri", "key", "size", "version", "modified_at", "fingerprint", "caption"]
+TARGET_COLUMNS = ["id", "uri", "key", "size", "version", "modified_at", "fingerprint", "caption"]
 
 
 @dataclass
@@ -73,7 +74,7 @@ def run_reembed(
         raise ConfigError(f"--from must be one of {', '.join(FROM_CHOICES)}, got {options.from_!r}")
     report = RunReport(kind="reembed", source=f"{store.describe()} ({options.from_})", table=store.describe())
     started = time.perf_counter()
-    generation = _start(store, embedder, options)
+    generation = start_generation(store, embedder.model_id, embedder.dim, options)
     preprocessors = {"embed": embedder.preprocess}
     tried: set[str] = set()  # rows this run read, embedded or not: a pass never takes them again
     done = 0
@@ -82,11 +83,11 @@ def run_reembed(
             before = done
             pending = _Writes(store, generation, options)
             left = None if options.limit is None else options.limit - done
-            targets = _targets(store, generation, options, tried, left)
+            chunks = targets(store, generation, options, tried, left)
             for chunk, loaded in overlapped(
-                targets,
+                chunks,
                 lambda chunk: load_batch(
-                    _reader_for(chunk, reader, options.from_),
+                    reader_for(chunk, reader, options.from_),
                     [item for item, _ in chunk],
                     preprocessors,  # type: ignore[arg-type]
                     report,
@@ -95,7 +96,7 @@ def run_reembed(
                 options.prefetch,
             ):
                 report.scanned += len(chunk)
-                rows, failures = _embedded(embedder, chunk, loaded, generation, report)
+                rows, failures = embedded_rows(embedder, chunk, loaded, generation, report)
                 pending.add(rows, failures, [item.id for item, _ in chunk])
                 report.indexed += 0 if rows is None else rows.num_rows
                 for failure in failures:
@@ -106,7 +107,7 @@ def run_reembed(
             pending.flush()
             if done == before:  # a pass found nothing left: rows added meanwhile are caught up
                 break
-    generation, actions = _finish(store, generation, embedder)
+    generation, actions = finish_generation(store, generation, embedder.embed_mode)
     report.notes += actions
     report.seconds = time.perf_counter() - started
     return report, generation
@@ -118,25 +119,31 @@ def coverage(store: Store, generation: Generation) -> tuple[int, int]:
     return table.count_rows(f"{generation.image_column} IS NOT NULL"), table.count_rows()
 
 
-def _start(store: Store, embedder: Embedder, options: ReembedOptions) -> Generation:
-    """The generation to build: the one named (resumed), or a new one."""
+def start_generation(store: Store, model_id: str, dim: int, options: ReembedOptions) -> Generation:
+    """The generation to build: the one named (resumed), or a new one of `model_id`'s `dim`-d vectors."""
     with open_writer(store, options.lock_timeout) as writer:
         info = store.info()
         writer.prepare(info.model or "", info.dim or 0)  # migrates an older table
         table = writer.images
         known = {g.name: g for g in generations(table.schema)}
-        name = options.name or _resumable(known, embedder.model_id) or name_for(embedder.model_id, set(known))
+        name = generation_name(known, model_id, options.name)
         existing = known.get(name)
         if existing is not None and existing.state != "retired":
-            if existing.model != embedder.model_id:
+            if existing.model != model_id:
                 raise ConfigError(
-                    f"generation {name!r} holds vectors of {existing.model}, not {embedder.model_id}; "
+                    f"generation {name!r} holds vectors of {existing.model}, not {model_id}; "
                     "give another --name"
                 )
             if existing.state == "active":
                 raise ConfigError(f"generation {name!r} is the active one: nothing to build")
             return existing
-        return add_generation(table, name, embedder.model_id, embedder.dim)
+        return add_generation(table, name, model_id, dim)
+
+
+def generation_name(known: dict[str, Generation], model_id: str, asked: str | None) -> str:
+    """The name a run builds under: the one asked for, else an unfinished generation of the same model
+    (which the run continues), else one derived from the model."""
+    return asked or _resumable(known, model_id) or name_for(model_id, set(known))
 
 
 def _resumable(known: dict[str, Generation], model: str) -> str | None:
@@ -146,23 +153,23 @@ def _resumable(known: dict[str, Generation], model: str) -> str | None:
     )
 
 
-def _finish(store: Store, generation: Generation, embedder: Embedder) -> tuple[Generation, list[str]]:
+def finish_generation(store: Store, generation: Generation, mode: str) -> tuple[Generation, list[str]]:
     """The generation's state (`ready` when every row holds its vectors) and its vector indices,
     built now so that activating it is instant."""
     embedded, rows = coverage(store, generation)
     state = "ready" if embedded == rows else "building"
     with open_writer(store) as writer:
-        set_state(writer.images, generation.name, state, mode=embedder.embed_mode)
+        set_state(writer.images, generation.name, state, mode=mode)
         actions = refresh_indices(writer)
     finished = next(g for g in generations(store.lancedb_table().schema) if g.name == generation.name)
     return finished, actions
 
 
-def _targets(
+def targets(
     store: Store, generation: Generation, options: ReembedOptions, tried: set[str], limit: int | None
 ) -> Iterator[list[tuple[SourceItem, dict[str, Any]]]]:
     """Chunks of (item, stored row) still lacking the generation's vectors, streamed."""
-    columns = _TARGET_COLUMNS + (["thumbnail"] if options.from_ == "thumbnails" else [])
+    columns = TARGET_COLUMNS + (["thumbnail"] if options.from_ == "thumbnails" else [])
     if generation.image_column not in store.lancedb_table().schema.names:
         raise TableError(f"generation {generation.name!r} has no columns in {store.describe()}")
     query = (
@@ -209,13 +216,13 @@ class _StoredThumbnails:
         raise FetchError("rows read again have no sidecar")
 
 
-def _reader_for(chunk: list[tuple[SourceItem, dict[str, Any]]], reader: Reader | None, from_: str) -> Reader:
+def reader_for(chunk: list[tuple[SourceItem, dict[str, Any]]], reader: Reader | None, from_: str) -> Reader:
     if from_ == "thumbnails":
         return _StoredThumbnails({item.id: row.get("thumbnail") for item, row in chunk})
     return reader or UriReader()
 
 
-def _embedded(
+def embedded_rows(
     embedder: Embedder,
     chunk: list[tuple[SourceItem, dict[str, Any]]],
     loaded: LoadedBatch,
@@ -287,7 +294,6 @@ class _Writes:
                 writer.replace_failures(self.done, (REEMBED_STAGE,), self.failures)
                 if self.rows:
                     rows = pa.concat_tables(self.rows)
-                    # not a row ingestion changed since it was read (its vectors here would be stale)
-                    writer.update_columns(rows, where="target.fingerprint = source.fingerprint")
+                    writer.update_columns(rows, where=SAME_FINGERPRINT)  # no stale vector for a changed row
         self.rows, self.count, self.failures, self.done = [], 0, [], []
         self.last = time.monotonic()

@@ -216,6 +216,7 @@ def prepare_reembed(job: ReembedJob) -> PreparedReembed:
         raise ConfigError(f"--from must be one of {', '.join(FROM_CHOICES)}, got {job.from_!r}")
     if job.name is not None:
         check_name(job.name)
+    check_runner(job)
     models = ModelChoice(job.model, device=settings.device, precision=job.precision)
     check_models(models)
     options = ReembedOptions(

@@ -145,7 +145,7 @@ class ThumbnailSpec:
 
 @dataclass(kw_only=True)
 class ScaleSpec:
-    """Where a run's shards go (shared by `index` and `caption`)."""
+    """Where a run's shards go (shared by `index`, `caption` and `reembed`)."""
 
     runner: str = option(
         "local",
@@ -266,7 +266,7 @@ class ThumbnailJob(ThumbnailSpec, Job):
 
 
 @dataclass(kw_only=True)
-class ReembedJob(Job):
+class ReembedJob(ScaleSpec, Job):
     """Build an embedding generation of another model beside the active one, which keeps answering
     queries; resumable, and rows indexed meanwhile are caught up (see mmindex.ingest.reembed)."""
 

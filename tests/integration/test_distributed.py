@@ -191,6 +191,19 @@ def test_ray_runner_matches_local_and_survives_a_dead_worker(
     assert captions.captioned == uncaptioned > 0
     assert all(row["caption"] and row["text_embedding"] for row in rows_of(db).values())
 
+    # a generation built on the cluster holds what the same model made at index time
+    built = mmindex.reembed(db=db, model="toy-clip", name="again", runner="ray", shard_size=8, progress=False)
+    assert built.generation["state"] == "ready" and built.indexed == built.generation["rows"] == 29
+    table = (
+        Store(db).lancedb_table().search().select(["image_embedding", "image_embedding__again"]).limit(None)
+    )
+    both = table.to_arrow()
+    np.testing.assert_allclose(
+        np.stack(both["image_embedding__again"].to_numpy(zero_copy_only=False)),
+        np.stack(both["image_embedding"].to_numpy(zero_copy_only=False)),
+        atol=1e-5,
+    )
+
     import ray
 
     # the variable the engine sets for a cluster it starts takes effect: workers at nice 0, not Ray's 15

@@ -206,3 +206,20 @@ def test_indices_follow_a_switch_and_a_rebuild_keeps_one_index_per_column(
     assert indexed["image_embedding"] == indexed["image_embedding__toy_clip"] == 1, indexed
     hits = mmindex.connect(str(table)).search("a red circle", k=3)
     assert len(hits) == 3 and mmindex.connect(str(table)).generations()[0]["name"] == "tiny"
+
+
+def test_a_sharded_build_resumes_and_holds_what_the_same_model_made_at_index_time(
+    table: Path, cli: CliRunner
+) -> None:
+    db = ["--db", str(table), "--runner", "sharded", "--shard-size", "16", "--commit-every", "2"]
+    part = as_json(cli("reembed", "--model", "toy-clip", "--name", "shd", "--limit", "40", *db, "--json"))
+    assert part["generation"]["rows_embedded"] == part["indexed"] == 40
+    rest = as_json(cli("reembed", "--model", "toy-clip", "--name", "shd", *db, "--json"))
+    assert rest["indexed"] == 98 - 40 and rest["generation"]["state"] == "ready"
+    rows = Store(str(table)).lancedb_table().search().limit(None).to_arrow()
+    for canonical in ("image_embedding", "text_embedding"):
+        valid = rows[canonical].is_valid().to_numpy(zero_copy_only=False)
+        ours = np.stack(rows[f"{canonical}__shd"].filter(valid).to_numpy(zero_copy_only=False))
+        np.testing.assert_allclose(
+            ours, np.stack(rows[canonical].filter(valid).to_numpy(zero_copy_only=False)), atol=1e-5
+        )
