@@ -23,6 +23,7 @@ from mmindex.ingest.pipeline import ReadAhead, _is_partial, _timed_scan
 from mmindex.ingest.plan import plan
 from mmindex.ingest.reembed import (
     REEMBED_STAGE,
+    failed_ids,
     finish_generation,
     generation_name,
     start_generation,
@@ -166,7 +167,7 @@ def run_sharded_reembed(
     name = generation_name(known, resolve_model(job.model).name, job.name)
     settings = job.settings()
     engine = engine or engine_for(replace(job, db=settings.db, table=settings.table, name=name), run_id)
-    tried: set[str] = set()
+    skipped: set[str] = set()  # rows that failed: tried once per run
     try:
         with report.timed("start", 0):
             info = engine.start()
@@ -177,7 +178,8 @@ def run_sharded_reembed(
             left = None if options.limit is None else options.limit - report.scanned
             with open_writer(store, options.lock_timeout) as writer:
                 chunks = (
-                    [item for item, _ in chunk] for chunk in targets(store, generation, options, tried, left)
+                    [item for item, _ in chunk]
+                    for chunk in targets(store, generation, options, skipped, left)
                 )
                 shards = (
                     Shard.of(items, frozenset(i.id for i in items))
@@ -189,6 +191,7 @@ def run_sharded_reembed(
                 committer.close()
             if report.scanned == before:  # a pass found nothing left
                 break
+            skipped = failed_ids(store)
     finally:
         engine.close()
     generation, actions = finish_generation(store, generation, info.embed_mode)

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from mmindex.config import CAPTION_WRITE_ROWS, WRITE_SECONDS
 from mmindex.errors import ConfigError, FetchError, TableError
+from mmindex.ingest.backfill import stage_failures
 from mmindex.ingest.pipeline import load_pools, overlapped
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.uri import UriReader
@@ -76,14 +77,14 @@ def run_reembed(
     started = time.perf_counter()
     generation = start_generation(store, embedder.model_id, embedder.dim, options)
     preprocessors = {"embed": embedder.preprocess}
-    tried: set[str] = set()  # rows this run read, embedded or not: a pass never takes them again
+    skipped: set[str] = set()  # rows that failed: tried once per run (a set of failures, not of rows)
     done = 0
     with load_pools(options.workers, 8 if options.from_ == "source" else 1) as pools:
         while options.limit is None or done < options.limit:
             before = done
             pending = _Writes(store, generation, options)
             left = None if options.limit is None else options.limit - done
-            chunks = targets(store, generation, options, tried, left)
+            chunks = targets(store, generation, options, skipped, left)
             for chunk, loaded in overlapped(
                 chunks,
                 lambda chunk: load_batch(
@@ -107,6 +108,7 @@ def run_reembed(
             pending.flush()
             if done == before:  # a pass found nothing left: rows added meanwhile are caught up
                 break
+            skipped = failed_ids(store)
     generation, actions = finish_generation(store, generation, embedder.embed_mode)
     report.notes += actions
     report.seconds = time.perf_counter() - started
@@ -165,10 +167,17 @@ def finish_generation(store: Store, generation: Generation, mode: str) -> tuple[
     return finished, actions
 
 
+def failed_ids(store: Store) -> set[str]:
+    """The rows a re-embedding could not embed (failure rows at stage reembed)."""
+    permanent, earlier = stage_failures(store, REEMBED_STAGE)
+    return set(permanent) | earlier
+
+
 def targets(
-    store: Store, generation: Generation, options: ReembedOptions, tried: set[str], limit: int | None
+    store: Store, generation: Generation, options: ReembedOptions, skipped: set[str], limit: int | None
 ) -> Iterator[list[tuple[SourceItem, dict[str, Any]]]]:
-    """Chunks of (item, stored row) still lacking the generation's vectors, streamed."""
+    """Chunks of (item, stored row) still lacking the generation's vectors, streamed; rows embedded
+    meanwhile no longer match, and `skipped` ones are left out. Memory: one chunk and `skipped`."""
     columns = TARGET_COLUMNS + (["thumbnail"] if options.from_ == "thumbnails" else [])
     if generation.image_column not in store.lancedb_table().schema.names:
         raise TableError(f"generation {generation.name!r} has no columns in {store.describe()}")
@@ -179,9 +188,8 @@ def targets(
     taken = 0
     for record_batch in query.to_batches(1024):
         for row in record_batch.to_pylist():
-            if row["id"] in tried:
+            if row["id"] in skipped:
                 continue
-            tried.add(row["id"])
             item = SourceItem(
                 uri=row["uri"],
                 key=row["key"],

@@ -223,3 +223,22 @@ def test_a_sharded_build_resumes_and_holds_what_the_same_model_made_at_index_tim
         np.testing.assert_allclose(
             ours, np.stack(rows[canonical].filter(valid).to_numpy(zero_copy_only=False)), atol=1e-5
         )
+
+
+def test_a_row_whose_source_is_gone_is_a_failure_row_and_its_thumbnail_finishes_the_build(
+    tmp_path: Path,
+) -> None:
+    write_corpus(tmp_path / "corpus", 12, seed=8)
+    db = str(tmp_path / "db")
+    mmindex.index(str(tmp_path / "corpus"), db=db, model="toy-clip", progress=False)
+    gone = sorted((tmp_path / "corpus").rglob("*.jpg"))[0]
+    gone.unlink()
+    first = mmindex.reembed(db=db, model="toy-clip", name="again", progress=False)
+    assert (first.indexed, first.failed) == (11, 1) and first.generation["state"] == "building"
+    (failure,) = Store(db).failure_rows("stage = 'reembed'")
+    assert failure["key"] == gone.relative_to(tmp_path / "corpus").as_posix()
+    retry = mmindex.reembed(db=db, model="toy-clip", name="again", progress=False)  # tried once, then done
+    assert (retry.indexed, retry.failed) == (0, 1)
+    previews = mmindex.reembed(db=db, model="toy-clip", name="again", from_="thumbnails", progress=False)
+    assert previews.indexed == 1 and previews.generation["state"] == "ready"
+    assert Store(db).failure_rows("stage = 'reembed'") == []
