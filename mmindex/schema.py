@@ -33,7 +33,7 @@ Table `<name>` (default `images`), one row per image uri:
 Table `<name>_failures`, one row per (id, stage) problem:
 
     id, uri, key     as above
-    stage            scan | fetch | sidecar | decode | thumbnail | embed | caption
+    stage            scan | fetch | sidecar | decode | thumbnail | embed | caption | reembed
     severity         `error` (the item or its caption is missing) or `warning` (indexed, but degraded)
     error            one line saying what went wrong
     retryable        whether the next run tries the item again without being asked
