@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 
@@ -88,6 +89,17 @@ def caption_targets(store: Store, model_id: str, options: CaptionOptions) -> Ite
     )
 
 
+def indexed_item(row: dict[str, Any]) -> SourceItem:
+    """An indexed row (uri, key, size, version, modified_at) as an item to read again."""
+    return SourceItem(
+        uri=row["uri"],
+        key=row["key"],
+        size=row["size"] or 0,
+        version=row["version"] or "",
+        modified_at=row["modified_at"],
+    )
+
+
 def backfill_targets(
     store: Store,
     condition: str,
@@ -111,13 +123,7 @@ def backfill_targets(
         try:
             for record_batch in query.to_batches(1024):
                 for row in record_batch.to_pylist():
-                    item = SourceItem(
-                        uri=row["uri"],
-                        key=row["key"],
-                        size=row["size"] or 0,
-                        version=row["version"] or "",
-                        modified_at=row["modified_at"],
-                    )
+                    item = indexed_item(row)
                     if permanent.get(item.id) == item.fingerprint:
                         continue
                     if item.id in earlier:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from mmindex.config import CAPTION_WRITE_ROWS, WRITE_SECONDS
 from mmindex.errors import ConfigError, FetchError, TableError
-from mmindex.ingest.backfill import stage_failures
+from mmindex.ingest.backfill import indexed_item, stage_failures
 from mmindex.ingest.pipeline import load_pools, overlapped
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.uri import UriReader
@@ -190,13 +190,7 @@ def targets(
         for row in record_batch.to_pylist():
             if row["id"] in skipped:
                 continue
-            item = SourceItem(
-                uri=row["uri"],
-                key=row["key"],
-                size=row["size"] or 0,
-                version=row["version"] or "",
-                modified_at=row["modified_at"],
-            )
+            item = indexed_item(row)
             chunk.append((item, row))
             taken += 1
             if len(chunk) >= options.batch_size or taken == limit:
