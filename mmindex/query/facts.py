@@ -19,7 +19,7 @@ from mmindex.store.reader import Store
 from mmindex.store.upkeep import trained_partitions
 
 VECTOR_COLUMNS = ("image_embedding", "text_embedding")
-LARGE_COLUMNS = (*VECTOR_COLUMNS, "thumbnail")
+LARGE_COLUMNS = (*VECTOR_COLUMNS, "thumbnail")  # and every generation's `image_embedding__NAME`, ...
 # What a hit shows (mmindex.query.results.Hit). Each further column costs a point read per query, and
 # Lance decodes a whole page for a column whose values are all alike (2-3 ms at 1M rows): bookkeeping
 # columns (fingerprint, embed_mode, indexed_at, ...) are read only when asked for (`columns=`).
@@ -43,14 +43,14 @@ class TableFacts:
     @property
     def small_columns(self) -> list[str]:
         """Every stored column except the embeddings and the thumbnail: what filters may name."""
-        return [name for name in self.schema.names if name not in LARGE_COLUMNS]
+        return [name for name in self.schema.names if not name.startswith(LARGE_COLUMNS)]
 
     def result_columns(self, columns: Sequence[str] = ()) -> list[str]:
         """What results carry: the hit's columns the table has and `columns` ("*": every small
         column; "thumbnail": the preview bytes). ConfigError for a column the table lacks."""
         names = self.schema.names
         wanted = self.small_columns if "*" in columns else [c for c in HIT_COLUMNS if c in names]
-        unknown = [c for c in columns if c != "*" and (c not in names or c in VECTOR_COLUMNS)]
+        unknown = [c for c in columns if c != "*" and (c not in names or c.startswith(VECTOR_COLUMNS))]
         if unknown:
             known = ", ".join(self.small_columns)
             raise ConfigError(f"no column {', '.join(map(repr, unknown))} to return; columns: {known}")

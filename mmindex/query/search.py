@@ -24,13 +24,11 @@ from mmindex.errors import ConfigError, DecodeError, TableError, engine_message
 from mmindex.models.clip import ClipEmbedder
 from mmindex.models.precision import check_precision
 from mmindex.models.text_tower import TextTower
-from mmindex.query.facts import VECTOR_COLUMNS, FactsCache, TableFacts
+from mmindex.query.facts import FactsCache, TableFacts
 from mmindex.query.relevance import ANY, Relevance
 from mmindex.query.results import LabelScore, Results, rows_at
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_in, sql_string
-
-__all__ = ["VECTOR_COLUMNS", "Searcher", "with_synthetic"]
 
 DEFAULT_LABEL_TEMPLATE = "a photo of a {}"
 MAX_K = 10_000  # results per query
@@ -259,10 +257,6 @@ class Searcher:
             for result, name in zip(found, names, strict=True)
         ]
 
-    def check_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
-        """The query vector as float32 and unit length, refused if its dimension is not the table's."""
-        return self._checked(vector, self.facts())
-
     def _column(self, column: str, facts: TableFacts) -> str:
         """A known vector column as the queried generation names it."""
         generation = facts.generation(self.generation)
@@ -271,6 +265,7 @@ class Searcher:
         )
 
     def _checked(self, vector: np.ndarray | Sequence[float], facts: TableFacts) -> np.ndarray:
+        """The query vector as float32 and unit length, refused if its dimension is not the table's."""
         array = np.asarray(vector, dtype=np.float32).reshape(-1)
         generation = facts.generation(self.generation)
         if generation.dim and array.shape[0] != generation.dim:

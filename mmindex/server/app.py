@@ -62,7 +62,6 @@ TEXT_CACHE_SIZE = 256
 PROBE_CAPTIONS = 64  # captions the int8 text tower is judged on at start-up
 TEXT_INT8_CHOICES = ("auto", "off")
 ROW_ID = re.compile(r"[0-9a-f]{32}")
-HIDDEN_COLUMNS = ("image_embedding", "text_embedding", "thumbnail")
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description="results per page")]
 OFFSET = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip (paging)")]

@@ -15,6 +15,7 @@ from conftest import CliRunner
 from starlette.testclient import TestClient
 
 import mmindex
+from mmindex.errors import ConfigError
 from mmindex.flows.compare import compare_generations
 from mmindex.ingest.reembed import ReembedOptions, coverage, run_reembed
 from mmindex.models.clip import ClipEmbedder
@@ -162,6 +163,10 @@ def test_a_running_server_follows_a_switch_without_a_restart_and_generations_com
         )
     )
     assert mixed["queries"] == 2 and mixed["labelled_queries"] == 1
+    every = mmindex.connect(str(table)).search("a red circle", k=2, columns=["*"]).to_arrow().column_names
+    assert not any("embedding" in name for name in every)  # no generation's vectors among the columns
+    with pytest.raises(ConfigError, match="no column 'image_embedding__tiny'"):
+        mmindex.connect(str(table)).search("a red circle", columns=["image_embedding__tiny"])
     grid = mmindex.connect(str(table)).side_by_side("a red circle", "toy_clip", "tiny")._repr_html_()
     assert "toy_clip" in grid and "tiny" in grid and grid.count("<img") == 20
     state = compare_generations(a="toy_clip", b="tiny", db=str(table), return_state=True)
