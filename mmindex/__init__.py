@@ -6,7 +6,7 @@
 
 The names below are the public surface: the jobs as functions (index, caption, maintain) and as
 typed specs (IndexJob, ... run by run_job), and the parts for callers who want to swap one (sources,
-embedder, captioner, store, searcher; see ARCHITECTURE.md). Importing mmindex is cheap: heavy
+embedder, captioner, store, searcher; see docs/concepts/architecture.md). Importing mmindex is cheap: heavy
 modules load on first use, and the library never imports Prefect.
 """
 

@@ -86,7 +86,7 @@ def test_no_public_name_is_also_a_submodule() -> None:
 
 def test_the_public_names_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The public parts, put together as a notebook would: a source, the toy embedder, a store, a run
-    and a search over it (the README examples use them fully)."""
+    and a search over it (the examples of README and docs/ use them fully)."""
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "photos" / "red.png")
     Image.new("RGB", (40, 30), (10, 10, 200)).save(tmp_path / "photos" / "blue.jpg")

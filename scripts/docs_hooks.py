@@ -1,0 +1,70 @@
+"""MkDocs hook: the command-line reference is generated from the `mmindex` command itself.
+
+docs/reference/cli.md holds the marker `<!-- mmindex:cli -->`; at build time it becomes one section
+per command (its help, usage and every option with its default), read from the click command that
+typer builds, so the page can never drift from the flags.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+MARKER = "<!-- mmindex:cli -->"
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    if MARKER not in markdown:
+        return markdown
+    return markdown.replace(MARKER, cli_reference())
+
+
+def cli_reference() -> str:
+    import typer.main
+
+    from mmindex.cli import app
+
+    group: Any = typer.main.get_command(app)  # typer's own copy of click: duck-typed below
+    root = group.context_class(group, info_name="mmindex")
+    sections = []
+    for name, command in group.commands.items():
+        if command.hidden:
+            continue
+        context = command.context_class(command, info_name=name, parent=root)
+        usage = " ".join(["mmindex", name, *command.collect_usage_pieces(context)])
+        sections.append(
+            "\n".join(
+                [
+                    f"## mmindex {name}",
+                    "",
+                    f"```text\n{usage}\n```",
+                    "",
+                    help_text(command.help or ""),
+                    "",
+                    parameter_table(command, context),
+                ]
+            )
+        )
+    return "\n\n".join(sections) + "\n"
+
+
+def help_text(text: str) -> str:
+    """A command's docstring as prose: typer's `\\b` (keep line breaks) markers dropped."""
+    return inspect.cleandoc(text).replace("\b\n", "").strip()
+
+
+def parameter_table(command: Any, context: Any) -> str:
+    """One row per argument and option, from the same help records `--help` prints."""
+    rows = ["| argument or option | what it does |", "|---|---|"]
+    for parameter in command.params:
+        record = parameter.get_help_record(context)
+        if record is None or getattr(parameter, "hidden", False):
+            continue
+        name, text = record
+        text = cell(text).replace("[", "\\[")  # "[default: 7d]" is no link
+        rows.append(f"| `{cell(name)}` | {text} |")
+    return "\n".join(rows)
+
+
+def cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
