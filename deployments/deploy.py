@@ -25,16 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from mmindex.config import RETENTION
-from mmindex.jobs.spec import JOBS, CaptionJob, IndexJob, MaintainJob, help_of
+from mmindex.jobs.spec import CaptionJob, IndexJob, MaintainJob, help_of
+from mmindex.run import JOB_KINDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ENTRYPOINTS = {
-    "index": "flows/index.py:index",
-    "caption": "flows/caption.py:caption_missing",
-    "maintain": "flows/maintain.py:maintain",
-    "reembed": "flows/reembed.py:reembed",
-}
-JOB_OF_FLOW = {flow: JOBS[flow] for flow in ENTRYPOINTS}
+DEPLOYED = {name: kind for name, kind in JOB_KINDS.items() if kind.deployed}  # the kinds deployed here
+ENTRYPOINTS = {name: f"flows/jobs.py:{kind.flow_function}" for name, kind in DEPLOYED.items()}
+JOB_OF_FLOW = {name: kind.spec for name, kind in DEPLOYED.items()}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -176,12 +173,8 @@ def deploy(args: argparse.Namespace) -> list[str]:
 def serve_all(args: argparse.Namespace) -> None:
     from prefect import serve
 
-    from mmindex.flows.caption import caption_missing
-    from mmindex.flows.index import index
-    from mmindex.flows.maintain import maintain
-    from mmindex.flows.reembed import reembed
+    from mmindex.flows.jobs import FLOWS as flows
 
-    flows = {"index": index, "caption": caption_missing, "maintain": maintain, "reembed": reembed}
     serve(
         *[
             flows[spec["flow"]].to_deployment(

@@ -1,5 +1,9 @@
-"""Prefect flows over mmindex's job specs: parameters generated from the spec, the body is `run_job`
-with task-wrapped parts, and every run gets a readable name, progress and a summary artifact."""
+"""The Prefect flows of mmindex's jobs, one per entry of the registry (mmindex.run.JOB_KINDS): parameters
+generated from the job's spec, the body is `run_job` with task-wrapped parts, and every run gets a
+readable name, progress and a summary artifact.
+
+Each flow is also a name of this module (`index`, `caption_missing`, `maintain`, ...: the entry's
+`flow_function`), which is what a deployment's entrypoint names: `flows/jobs.py:index`."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from mmindex.config import Settings
 from mmindex.flows.reporting import FlowProgress, publish_report
 from mmindex.jobs.spec import Job, option_of, ordered_fields
 from mmindex.progress import TerminalProgress
-from mmindex.run import RunHooks, run_job
+from mmindex.run import JOB_KINDS, JobKind, RunHooks, run_job
 from mmindex.tasks.index import CAPTION_STEPS, INDEX_STEPS
 from mmindex.tasks.models import load_captioner, load_embedder, maintain_table
 
@@ -49,38 +53,33 @@ def job_parameters(job_class: type[Job]) -> list[inspect.Parameter]:
     return positional + keywords
 
 
-JobBody = Callable[..., dict[str, Any]]
+def job_flow(kind: JobKind) -> Flow[..., dict[str, Any]]:
+    """The flow of one kind of job: its parameters are the spec's fields (plus `progress_bar`), so a
+    deployment or the UI passes fields; the body builds the job and runs it (`run_in_flow`)."""
+    job_class = kind.spec
+    progress = inspect.Parameter(
+        "progress_bar", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool
+    )
+    signature = inspect.Signature([*job_parameters(job_class), progress], return_annotation=dict[str, Any])
 
+    def body(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        values = dict(signature.bind(*args, **kwargs).arguments)
+        progress_bar = bool(values.pop("progress_bar", False))
+        return run_in_flow(job_class.from_values(values), progress_bar=progress_bar)
 
-def job_flow(job_class: type[Job], name: str) -> Callable[[JobBody], Flow[..., dict[str, Any]]]:
-    """Make `function(job, progress_bar=False)` a flow whose parameters are `job_class`'s fields (plus
-    `progress_bar`): a deployment or the UI passes fields, the function receives the job."""
-
-    def make(function: JobBody) -> Flow[..., dict[str, Any]]:
-        progress = inspect.Parameter(
-            "progress_bar", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool
-        )
-        returns = dict[str, Any]
-        signature = inspect.Signature([*job_parameters(job_class), progress], return_annotation=returns)
-
-        def body(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            values = dict(signature.bind(*args, **kwargs).arguments)
-            progress_bar = bool(values.pop("progress_bar", False))
-            return function(job_class.from_values(values), progress_bar=progress_bar)
-
-        body.__signature__ = signature  # type: ignore[attr-defined]
-        body.__name__ = body.__qualname__ = function.__name__
-        body.__module__ = function.__module__
-        body.__doc__ = (function.__doc__ or "") + "\n\n" + parameter_docs(job_class)
-        description = (job_class.__doc__ or "").strip().splitlines()[0]
-        return flow(name=name, description=description, flow_run_name=run_namer(job_class.kind))(body)
-
-    return make
+    body.__signature__ = signature  # type: ignore[attr-defined]
+    body.__name__ = body.__qualname__ = kind.flow_function
+    body.__module__ = __name__
+    description = (job_class.__doc__ or "").strip()
+    body.__doc__ = description + "\n\n" + parameter_docs(job_class)
+    return flow(name=kind.flow, description=description.splitlines()[0], flow_run_name=run_namer(kind.name))(
+        body
+    )
 
 
 def run_in_flow(job: Job, *, progress_bar: bool = False) -> dict[str, Any]:
     with TerminalProgress(job.doing, enabled=progress_bar) as terminal:
-        progress = FlowProgress(terminal if progress_bar else None) if job.kind != "maintain" else None
+        progress = FlowProgress(terminal if progress_bar else None) if JOB_KINDS[job.kind].progress else None
         report = run_job(job, hooks=PREFECT_HOOKS, progress=progress)
     publish_report(report, job.kind)
     return report.to_dict()
@@ -106,3 +105,8 @@ def run_namer(kind: str) -> Callable[[], str]:
 
 def parameter_docs(job_class: type[Job]) -> str:
     return "\n".join(f"{f.name}: {option_of(f).help}" for f in fields(job_class))
+
+
+FLOWS: dict[str, Flow[..., dict[str, Any]]] = {name: job_flow(kind) for name, kind in JOB_KINDS.items()}
+# each flow under its own name too, for deployments' entrypoints (`flows/jobs.py:index`) and imports
+globals().update({kind.flow_function: FLOWS[name] for name, kind in JOB_KINDS.items()})

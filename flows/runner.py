@@ -10,7 +10,6 @@ orchestrator never costs a run.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -33,24 +32,13 @@ class ServerDidNotStart(Exception):
     """Prefect's temporary server did not answer in time (or exited)."""
 
 
-FLOWS = {  # job kind -> (module, flow function)
-    "index": ("mmindex.flows.index", "index"),
-    "caption": ("mmindex.flows.caption", "caption_missing"),
-    "maintain": ("mmindex.flows.maintain", "maintain"),
-    "thumbnails": ("mmindex.flows.thumbnails", "thumbnails"),
-    "reembed": ("mmindex.flows.reembed", "reembed"),
-    "finetune": ("mmindex.flows.finetune", "finetune"),
-    "generate": ("mmindex.flows.generate", "generate"),
-}
-
-
 def flow_for(job: Job) -> Flow[..., dict[str, Any]]:
     """The Prefect flow that runs a job of this kind (an unknown kind is an error, never a fallback)."""
+    from mmindex.flows.jobs import FLOWS
+
     if job.kind not in FLOWS:
         raise ConfigError(f"no Prefect flow runs {job.kind!r} jobs; kinds with one: {', '.join(FLOWS)}")
-    module, name = FLOWS[job.kind]
-    flow: Flow[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
-    return flow
+    return FLOWS[job.kind]
 
 
 class PrefectRunner:

@@ -23,7 +23,7 @@ _EXPORTS = {
     "Results": "mmindex.query.results",
     "Duplicates": "mmindex.query.results",
     "index": "mmindex.api",
-    "open_searcher": "mmindex.api",
+    "open_searcher": "mmindex.query.search",
     "caption": "mmindex.api",
     "maintain": "mmindex.api",
     "thumbnails": "mmindex.api",
@@ -99,7 +99,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mmindex.api import caption, finetune, generate, index, maintain, open_searcher, reembed, thumbnails
+    from mmindex.api import caption, finetune, generate, index, maintain, reembed, thumbnails
     from mmindex.config import Settings
     from mmindex.errors import ConfigError, MMIndexError
     from mmindex.finetuning.report import FinetuneReport
@@ -118,7 +118,7 @@ if TYPE_CHECKING:
     from mmindex.models.clip import ClipEmbedder
     from mmindex.query.handle import ImageIndex, connect
     from mmindex.query.results import Duplicates, Hit, LabelScore, Results
-    from mmindex.query.search import Searcher
+    from mmindex.query.search import Searcher, open_searcher
     from mmindex.report import RunReport
     from mmindex.run import run_job
     from mmindex.store.reader import Store

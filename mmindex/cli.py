@@ -28,17 +28,14 @@ from mmindex.config import DEVICES, Settings
 from mmindex.errors import ConfigError, MMIndexError
 from mmindex.jobs.spec import (
     PRECISION_HELP,
-    CaptionJob,
     FinetuneJob,
     GenerateJob,
     IndexJob,
     Job,
-    MaintainJob,
-    ReembedJob,
-    ThumbnailJob,
     option_of,
     ordered_fields,
 )
+from mmindex.run import JOB_KINDS, JobKind, validate
 
 app = typer.Typer(
     add_completion=False,
@@ -140,34 +137,33 @@ def cli_parameters(job_class: type[Job]) -> list[inspect.Parameter]:
     ]
 
 
-def job_command(job_class: type[Job]) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register `function(job, **own_options)` as the command for `job_class`: its options are the
-    job's fields (mmindex.jobs.spec) followed by the function's own keyword options (--json, ...)."""
+def job_command(kind: JobKind) -> None:
+    """Register the command of one kind of job: its options are the spec's fields (mmindex.jobs.spec),
+    then --json and, for jobs that report progress, --progress/--no-progress."""
+    job_class = kind.spec
+    names = {f.name for f in fields(job_class)}
+    own = [
+        inspect.Parameter("json_output", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOption)
+    ]
+    if kind.progress:
+        own.append(
+            inspect.Parameter(
+                "progress", inspect.Parameter.KEYWORD_ONLY, default=True, annotation=ProgressOption
+            )
+        )
 
-    def register(function: Callable[..., None]) -> Callable[..., None]:
-        hints = get_type_hints(function, include_extras=True)
-        own = [
-            parameter.replace(annotation=hints[parameter.name], kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            for parameter in inspect.signature(function).parameters.values()
-            if parameter.name != "job"
-        ]
-        names = {f.name for f in fields(job_class)}
+    def command(**values: Any) -> None:
+        job = job_class.from_values({k: v for k, v in values.items() if k in names})
+        run_job_command(job, json_output=values["json_output"], progress=values.get("progress", False))
 
-        def command(**values: Any) -> None:
-            job = job_class.from_values({k: v for k, v in values.items() if k in names})
-            function(job, **{k: v for k, v in values.items() if k not in names})
-
-        command.__signature__ = inspect.Signature([*cli_parameters(job_class), *own])  # type: ignore[attr-defined]
-        command.__doc__ = function.__doc__ or job_class.__doc__
-        app.command(name=job_class.kind)(handles_errors(command))
-        return function
-
-    return register
+    command.__signature__ = inspect.Signature([*cli_parameters(job_class), *own])  # type: ignore[attr-defined]
+    command.__doc__ = job_class.__doc__
+    command.__name__ = kind.name
+    app.command(name=kind.name)(handles_errors(command))
 
 
 def run_job_command(job: Job, *, json_output: bool, progress: bool) -> None:
     """Validate the job (exit 2 before any flow or model starts), run it, print the result."""
-    from mmindex.run import validate
     from mmindex.runner import runner_named
 
     _check_device(getattr(job, "device", None))
@@ -176,48 +172,14 @@ def run_job_command(job: Job, *, json_output: bool, progress: bool) -> None:
     result = runner.run(job, progress_bar=progress and not json_output and sys.stderr.isatty())
     if json_output:
         emit_json(result)
-    elif job.kind in ("maintain", "finetune"):
+    elif "summary" in result:  # reports that write their own summary (maintenance, fine-tuning)
         typer.echo("\n".join(result["summary"]))
     else:
         typer.echo("\n".join(_summary(result)))
 
 
-@job_command(IndexJob)
-def index(job: IndexJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
-    """Index images (and their captions) into a LanceDB table of CLIP embeddings."""
-    run_job_command(job, json_output=json_output, progress=progress)
-
-
-@job_command(CaptionJob)
-def caption(job: CaptionJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
-    """Generate captions for indexed images that have none; resumable; human captions are never touched."""
-    run_job_command(job, json_output=json_output, progress=progress)
-
-
-@job_command(MaintainJob)
-def maintain(job: MaintainJob, json_output: JsonOption = False) -> None:
-    """Compact a table, fold new rows into its indices (or build them) and delete old versions."""
-    run_job_command(job, json_output=json_output, progress=False)
-
-
-@job_command(ThumbnailJob)
-def thumbnails(job: ThumbnailJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
-    """Make the thumbnails a table's rows lack (indexed before thumbnails or with --no-thumbnails)."""
-    run_job_command(job, json_output=json_output, progress=progress)
-
-
-@job_command(GenerateJob)
-def generate(job: GenerateJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
-    """Generate images from text prompts into a folder or prefix (each with a sidecar holding its
-    prompt, model and seed), then index them into the table, marked as synthetic."""
-    run_job_command(job, json_output=json_output, progress=progress)
-
-
-@job_command(FinetuneJob)
-def finetune(job: FinetuneJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
-    """Fine-tune the table's CLIP model on its own captioned rows, report held-out recall before and
-    after, and save a model directory (then `mmindex reembed --model DIR`, `compare`, `activate`)."""
-    run_job_command(job, json_output=json_output, progress=progress)
+for _kind in JOB_KINDS.values():
+    job_command(_kind)
 
 
 def _summary(report: dict[str, Any]) -> list[str]:
@@ -368,13 +330,6 @@ def search(
             generation=generation,
         )
     print_hits(results.to_list(), json_output, first_rank=offset + 1)
-
-
-@job_command(ReembedJob)
-def reembed(job: ReembedJob, json_output: JsonOption = False, progress: ProgressOption = True) -> None:
-    """Build an embedding generation of another model beside the active one, which keeps answering
-    queries meanwhile. Resumable: a rerun continues; rows indexed meanwhile are caught up."""
-    run_job_command(job, json_output=json_output, progress=progress)
 
 
 @app.command("generations")

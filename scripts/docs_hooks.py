@@ -11,12 +11,36 @@ import inspect
 from typing import Any
 
 MARKER = "<!-- mmindex:cli -->"
+FLOWS_MARKER = "<!-- mmindex:flows -->"
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    if MARKER not in markdown:
-        return markdown
-    return markdown.replace(MARKER, cli_reference())
+    if MARKER in markdown:
+        markdown = markdown.replace(MARKER, cli_reference())
+    if FLOWS_MARKER in markdown:
+        markdown = markdown.replace(FLOWS_MARKER, flows_table())
+    return markdown
+
+
+def flows_table() -> str:
+    """One row per kind of job, from the registry: its command, flow, entrypoint and Python function."""
+    from mmindex.run import JOB_KINDS
+
+    rows = [
+        "| job | command | Prefect flow | entrypoint | Python | deployed by deploy.py |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, kind in JOB_KINDS.items():
+        cells = [
+            f"`{kind.spec.__name__}`",
+            f"`mmindex {name}`",
+            f"`{kind.flow}`",
+            f"`flows/jobs.py:{kind.flow_function}`",
+            f"`mmindex.{name}()`",
+            "yes" if kind.deployed else "",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def cli_reference() -> str:

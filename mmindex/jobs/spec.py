@@ -253,8 +253,7 @@ class MaintainJob(Job):
 
 @dataclass(kw_only=True)
 class ThumbnailJob(ThumbnailSpec, Job):
-    """Make the thumbnails a table's rows lack (rows indexed before thumbnails or with --no-thumbnails);
-    resumable."""
+    """Make the thumbnails a table's rows lack (indexed before thumbnails or with --no-thumbnails)."""
 
     kind: ClassVar[str] = "thumbnails"
     doing: ClassVar[str] = "making thumbnails"
@@ -267,8 +266,7 @@ class ThumbnailJob(ThumbnailSpec, Job):
 
 @dataclass(kw_only=True)
 class ReembedJob(ScaleSpec, Job):
-    """Build an embedding generation of another model beside the active one, which keeps answering
-    queries; resumable, and rows indexed meanwhile are caught up (see mmindex.ingest.reembed)."""
+    """Build an embedding generation of another model beside the active one (which keeps answering)."""
 
     kind: ClassVar[str] = "reembed"
     doing: ClassVar[str] = "re-embedding"
@@ -358,9 +356,3 @@ class GenerateJob(Job):
     )
     device: str | None = option(None, help=DEVICE_HELP)
     precision: str = option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
-
-
-JOBS: dict[str, type[Job]] = {
-    job.kind: job
-    for job in (IndexJob, CaptionJob, MaintainJob, ThumbnailJob, ReembedJob, FinetuneJob, GenerateJob)
-}

@@ -18,7 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 CPU_KIND_ENV = "MMINDEX_CPU_KIND"
 # CPUs whose bf16 matrix products run natively: ViT-B/32's image tower ran 2.6x faster in bf16 than
-# in fp32 on an AMD EPYC with AVX512-BF16 (docs/concepts/models.md, "Precision"); AMX is faster still. Every other
+# in fp32 on an AMD EPYC with AVX512-BF16 (docs/concepts/models.md); AMX is faster still. Every other
 # kind emulates bf16 at 0.14-0.16x of fp32 (AVX2 EPYC, bench/results/modes.md), so `auto` is fp32.
 NATIVE_BF16_KINDS = ("amx", "avx512_bf16")
 CPU_KINDS = (*NATIVE_BF16_KINDS, "avx512", "avx2", "default")

@@ -466,3 +466,11 @@ def with_synthetic(where: str | None, synthetic: str, columns: Sequence[str]) ->
     else:
         clause = "synthetic IS NOT TRUE" if synthetic == "exclude" else "synthetic = TRUE"
     return f"({where}) AND {clause}" if where else clause
+
+
+def open_searcher(db: str | None = None, table: str | None = None, *, device: str = "auto") -> Searcher:
+    """A Searcher over a table; the table's own embedding model is loaded on the first query."""
+    from mmindex.config import Settings
+
+    settings = Settings.from_env(db=db, table=table)
+    return Searcher(Store.from_settings(settings), device=device)

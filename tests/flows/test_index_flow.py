@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from mmindex.flows.index import index
+from mmindex.flows.jobs import index  # type: ignore[attr-defined]
 from mmindex.store.reader import Store
 from mmindex.store.writer import open_writer
 

@@ -1,4 +1,5 @@
-"""One definition per option: the job specs drive the CLI, the flows, the Python API and deploy.py."""
+"""One entry per kind of job and one definition per option: the registry (mmindex.run.JOB_KINDS) and
+the job specs drive the CLI, the flows, the Python API and deploy.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import typer
 
 import mmindex
 from mmindex.cli import app
-from mmindex.jobs.spec import JOBS, CaptionJob, IndexJob, Job, MaintainJob, option_of
+from mmindex.errors import ConfigError
+from mmindex.jobs.spec import CaptionJob, IndexJob, Job, MaintainJob, option_of
+from mmindex.run import JOB_KINDS, kind_of, run_job
+
+JOBS = {name: kind.spec for name, kind in JOB_KINDS.items()}
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -45,15 +50,6 @@ CONTRACT = {
         "--json", "--control",
     },
 }  # fmt: skip
-API = {
-    "index": mmindex.index,
-    "caption": mmindex.caption,
-    "maintain": mmindex.maintain,
-    "thumbnails": mmindex.thumbnails,
-    "reembed": mmindex.reembed,
-    "finetune": mmindex.finetune,
-    "generate": mmindex.generate,
-}
 
 
 def command(name: str) -> Any:
@@ -97,7 +93,7 @@ def test_flow_parameters_are_the_job_fields(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", sorted(JOBS))
 def test_python_functions_take_the_job_fields_with_the_same_defaults(kind: str) -> None:
-    job_class, function = JOBS[kind], API[kind]
+    job_class, function = JOBS[kind], getattr(mmindex, kind)
     parameters = inspect.signature(function).parameters
     assert set(parameters) - {"progress"} == {f.name for f in fields(job_class)}
     for spec_field in fields(job_class):
@@ -109,6 +105,55 @@ def test_python_functions_take_the_job_fields_with_the_same_defaults(kind: str) 
         else:
             assert parameter.default == spec_field.default, spec_field.name
     assert function.__doc__
+
+
+def test_every_kind_of_job_has_its_command_flow_function_and_reference() -> None:
+    """The registry is the one list: a kind missing from the command line, the flows, the Python API
+    (and its public names) or the docs' CLI reference fails here."""
+    from mmindex.flows.jobs import FLOWS
+
+    commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert set(JOB_KINDS) <= commands
+    assert set(FLOWS) == set(JOB_KINDS)
+    assert {flow.name for flow in FLOWS.values()} == {kind.flow for kind in JOB_KINDS.values()}
+    import mmindex.api
+    import mmindex.flows.jobs as flow_module
+
+    assert set(mmindex.api.__all__) == set(JOB_KINDS) <= set(mmindex.__all__)
+    for name, kind in JOB_KINDS.items():
+        assert getattr(flow_module, kind.flow_function) is FLOWS[name]
+        assert kind_of(kind.spec) is kind
+
+
+def test_the_python_functions_are_generated_from_the_registry() -> None:
+    """mmindex/api.py is what scripts/generate_api.py writes today: a new field or kind regenerates it."""
+    result = subprocess.run(
+        [sys.executable, "scripts/generate_api.py", "--check"], cwd=PROJECT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_unknown_kind_of_job_is_an_error_never_a_fallback() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    @dataclass(kw_only=True)
+    class CleanupJob(Job):
+        kind: ClassVar[str] = "cleanup"
+        doing: ClassVar[str] = "cleaning"
+
+    @dataclass(kw_only=True)
+    class PretendIndex(Job):  # claims a registered kind without being its spec
+        kind: ClassVar[str] = "index"
+        doing: ClassVar[str] = "indexing"
+
+    for job in (CleanupJob(), PretendIndex()):
+        with pytest.raises(ConfigError, match="not a kind of mmindex job"):
+            run_job(job)
+    from mmindex.flows.runner import flow_for
+
+    with pytest.raises(ConfigError, match="no Prefect flow runs 'cleanup'"):
+        flow_for(CleanupJob())
 
 
 def test_a_misspelt_keyword_is_a_clear_type_error() -> None:
