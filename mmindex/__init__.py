@@ -21,6 +21,7 @@ _EXPORTS = {
     "connect": "mmindex.query.handle",
     "ImageIndex": "mmindex.query.handle",
     "Results": "mmindex.query.results",
+    "SearchRequest": "mmindex.query.request",
     "Duplicates": "mmindex.query.results",
     "index": "mmindex.api",
     "open_searcher": "mmindex.query.search",
@@ -62,6 +63,7 @@ __all__ = [
     "connect",
     "ImageIndex",
     "Results",
+    "SearchRequest",
     "Duplicates",
     "index",
     "caption",
@@ -117,6 +119,7 @@ if TYPE_CHECKING:
     from mmindex.models.captioner import Captioner
     from mmindex.models.clip import ClipEmbedder
     from mmindex.query.handle import ImageIndex, connect
+    from mmindex.query.request import SearchRequest
     from mmindex.query.results import Duplicates, Hit, LabelScore, Results
     from mmindex.query.search import Searcher, open_searcher
     from mmindex.report import RunReport

@@ -35,6 +35,7 @@ from mmindex.jobs.spec import (
     option_of,
     ordered_fields,
 )
+from mmindex.query.request import SearchRequest
 from mmindex.run import JOB_KINDS, JobKind, validate
 
 app = typer.Typer(
@@ -253,19 +254,39 @@ def search(
         str | None,
         typer.Option("--generation", help="search this embedding generation, not the active one"),
     ] = None,
+    distinct: Annotated[
+        bool, typer.Option("--distinct", help="hide exact copies (the same file content) of a better hit")
+    ] = False,
     token: TokenOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Search: TEXT -> images, --image -> similar images, --captions, --labels, --text-only, --hybrid."""
     _check_device(device)
-    if text is None and image is None:
-        raise ConfigError("give a TEXT query or --image PATH")
     if (labels or captions) and image is None:
         raise ConfigError("--labels and --captions score an image: add --image PATH")
+    if text_only and hybrid:
+        raise ConfigError("give --text-only or --hybrid, not both")
     if (text_only or hybrid) and text is None:
         raise ConfigError("--text-only and --hybrid need a TEXT query")
+    if text is None and image is None:
+        raise ConfigError("give a TEXT query or --image PATH")
     if text is not None and image is not None:
         raise ConfigError("give either a TEXT query or --image, not both")
+    request = SearchRequest(
+        text=text,
+        image=image,
+        mode="text" if text_only else "hybrid" if hybrid else "vector",
+        k=k,
+        offset=offset,
+        where=where,
+        synthetic=synthetic,
+        distinct=distinct,
+        min_score=min_score,
+        order_by=order_by,
+        generation=generation,
+        imagine=imagine,
+        generator=generator,
+    )  # one validation, the same as a notebook's and the server's
     settings = _settings(db, table)
     if not server and not no_server and not (labels or captions or imagine or generation):
         from mmindex.server.announce import find_server
@@ -281,22 +302,7 @@ def search(
             raise ConfigError("--labels, --captions and --imagine run locally: leave out --server")
         from mmindex.server.client import search_remote
 
-        mode = "text" if text_only else "hybrid" if hybrid else "vector"
-        hits = search_remote(
-            server,
-            text=text,
-            image=image,
-            k=k,
-            offset=offset,
-            where=where,
-            mode=mode,
-            synthetic=synthetic,
-            token=token,
-            min_score=min_score,
-            order_by=order_by,
-            generation=generation,
-        )
-        print_hits(hits, json_output)
+        print_hits(search_remote(server, request, token=token), json_output)
         return
     from mmindex.query.handle import ImageIndex
     from mmindex.query.search import with_synthetic
@@ -315,20 +321,7 @@ def search(
     if image is not None and captions:
         results = index.captions_for(image, k, with_synthetic(where, synthetic, index.searcher.facts().names))
     else:
-        results = index.search(
-            text,
-            image=image,
-            k=k,
-            where=where,
-            offset=offset,
-            mode="text" if text_only else "hybrid" if hybrid else "vector",
-            synthetic=synthetic,
-            imagine=imagine,
-            generator=generator,
-            min_score=min_score,
-            order_by=order_by,
-            generation=generation,
-        )
+        results = index.execute(request)
     print_hits(results.to_list(), json_output, first_rank=offset + 1)
 
 

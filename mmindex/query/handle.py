@@ -11,15 +11,16 @@ index runs have committed since.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from mmindex.config import Settings
 from mmindex.errors import ConfigError, TableError
 from mmindex.models.clip import ClipEmbedder
-from mmindex.query.relevance import ANY, relevance
-from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Results
+from mmindex.query.relevance import ANY, Relevance, relevance
+from mmindex.query.request import MAX_K, SearchRequest
+from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Results, without_exact_duplicates
 from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher, with_synthetic
 from mmindex.store.reader import Store
 from mmindex.store.upkeep import table_stats
@@ -27,7 +28,28 @@ from mmindex.store.upkeep import table_stats
 if TYPE_CHECKING:
     from mmindex.query.compare import Comparison, SideBySide
 
-SEARCH_MODES = ("vector", "text", "hybrid")
+
+class VectorEngine(Protocol):
+    """What answers the vector part of a search: a text's embedding and the rows nearest a vector.
+    `ImageIndex` is one (one query at a time); the search server's batches concurrent queries."""
+
+    def text_vector(self, text: str, generation: str | None = None) -> np.ndarray: ...
+
+    def nearest(
+        self,
+        vector: np.ndarray | Sequence[float],
+        *,
+        k: int,
+        offset: int,
+        where: str | None,
+        exclude: str | None = None,
+        relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
+        generation: str | None = None,
+        query: str = "vector",
+    ) -> Results: ...
+
+
 DUPLICATE_TILE = 4096  # rows per side of one similarity tile (64 MB of float32 scores)
 
 
@@ -134,6 +156,7 @@ class ImageIndex:
         mode: str = "vector",
         offset: int = 0,
         synthetic: str = "include",
+        distinct: bool = False,
         imagine: int = 0,
         generator: str | None = None,
         min_score: float | None = None,
@@ -142,49 +165,123 @@ class ImageIndex:
         generation: str | None = None,
     ) -> Results:
         """Images for one query: `text`, `image` (path, bytes or PIL image) or a `vector` from the
-        table's model. `mode`: "vector" (CLIP similarity, the default), "text" (BM25 over captions)
-        or "hybrid" (both, fused by reciprocal rank). `where` is an SQL filter over the columns;
-        `offset` skips that many results (paging); `synthetic`: "include" generated images (the
-        default), "exclude" them or search "only" them. `imagine=N` (text queries) also makes N
-        images for the text with `generator` (a text-to-image model; default sd-turbo) and fuses their
-        image-to-image results with the text results by reciprocal rank (mmindex.query.imagine).
-        `min_score` keeps only hits with at least that cosine score; `order_by` ("modified_at desc")
-        orders the relevant hits by a column (mmindex.query.relevance). Hits carry id, uri, key,
-        caption, caption_source, width, height, format and synthetic, plus `columns` ("thumbnail":
-        the preview bytes, else read when a notebook grid is drawn; "*": every column but the
-        embeddings) in `to_arrow()`. `generation` searches another embedding generation than the
-        active one (`generations()` lists them), with its own model."""
-        where = with_synthetic(where, synthetic, self.searcher.facts().names)
-        controls = relevance(min_score, order_by, lambda: self.searcher.facts().schema)
-        given = [
-            name
-            for name, value in (("text", text), ("image", image), ("vector", vector))
-            if value is not None
-        ]
-        if len(given) != 1:
-            raise ConfigError(f"give exactly one of text, image or vector (got {', '.join(given) or 'none'})")
-        if mode not in SEARCH_MODES:
-            raise ConfigError(f"mode {mode!r} is not one of: {', '.join(SEARCH_MODES)}")
-        if mode != "vector" and text is None:
-            raise ConfigError(f"mode {mode!r} searches caption text: give a text query")
-        if text is not None and not text.strip():
-            raise ConfigError("the text query is empty")
-        page: dict[str, Any] = {"offset": offset, "relevance": controls, "columns": columns}
-        searcher = self.searcher_for(generation)
-        if vector is not None:
-            return searcher.vector(vector, k, where, **page)
-        if image is not None:
-            return searcher.image(image, k, where, **page)
-        assert text is not None
-        if imagine:
-            if controls != ANY:
-                raise ConfigError("min_score and order_by do not apply to imagined (fused) searches")
-            return self._imagined(text, imagine, generator, k, where, offset, mode)
-        if mode == "text":
-            return searcher.fulltext(text, k, where, **page)
-        if mode == "hybrid":
-            return searcher.hybrid(text, k, where, **page)
-        return searcher.text(text, k, where, **page)
+        table's model. The keywords are those of `SearchRequest` (mmindex.query.request), which says
+        what each does: `mode` ("vector", "text" for BM25 over captions, "hybrid"), `k`, `offset`,
+        `where`, `synthetic`, `distinct`, `min_score`, `order_by`, `generation`, `imagine` and
+        `generator`. Hits carry id, uri, key, caption, caption_source, width, height, format and
+        synthetic, plus `columns` ("thumbnail": the preview bytes, else read when a notebook grid is
+        drawn; "*": every column but the embeddings) in `to_arrow()`."""
+        request = SearchRequest(
+            text=text,
+            image=image,
+            vector=vector,
+            mode=mode,
+            k=k,
+            offset=offset,
+            where=where,
+            synthetic=synthetic,
+            distinct=distinct,
+            min_score=min_score,
+            order_by=order_by,
+            generation=generation,
+            imagine=imagine,
+            generator=generator,
+            columns=tuple(columns),
+        )
+        return self.execute(request)
+
+    def execute(
+        self,
+        request: SearchRequest,
+        *,
+        engine: VectorEngine | None = None,
+        exclude: str | None = None,
+        hidden_digest: str | None = None,
+    ) -> Results:
+        """Answer a search request: what `search()`, `mmindex search` and the search server all call.
+
+        `engine` embeds texts and finds nearest vectors (the server passes one that batches
+        concurrent queries; default: this handle's searchers). `exclude` leaves a row out of the
+        ranking ("more like this" leaves out its own row); with `request.distinct`, exact copies of a
+        better hit are hidden, and so are those of `hidden_digest` (the file a "more like this"
+        query starts from)."""
+        engine = engine or self
+        facts = self.searcher.facts()
+        where = with_synthetic(request.where, request.synthetic, facts.names)
+        controls = relevance(request.min_score, request.order_by, lambda: facts.schema)
+        searcher = self.searcher_for(request.generation)
+        if request.imagine:
+            assert request.text is not None  # the request checked it
+            text, count, generator = request.text, request.imagine, request.generator
+            return self._imagined(text, count, generator, request.k, where, request.offset, request.mode)
+        k, offset = request.k, request.offset
+        # with distinct, more is fetched, copies are hidden, then the page is cut (and ordered)
+        fetch_k, fetch_offset = (min(2 * (offset + k), MAX_K), 0) if request.distinct else (k, offset)
+        whole = not request.distinct or controls.orders_whole_set
+        fetched = controls if whole else Relevance(controls.min_score)
+        columns = (*request.columns, *(("sha256",) if request.distinct else ()))
+        if request.mode == "vector":
+            if request.vector is not None:
+                vector = request.vector
+            elif request.text is not None:
+                vector = engine.text_vector(request.text, request.generation)
+            else:
+                vector = searcher.embed_image(request.image)
+            found = engine.nearest(
+                vector,
+                k=fetch_k,
+                offset=fetch_offset,
+                where=where,
+                exclude=exclude,
+                relevance=fetched,
+                columns=columns,
+                generation=request.generation,
+                query=request.query,
+            )
+        else:
+            assert request.text is not None  # the request checked it
+            searched = {"text": searcher.fulltext, "hybrid": searcher.hybrid}[request.mode]
+            found = searched(
+                request.text, fetch_k, where, offset=fetch_offset, relevance=fetched, columns=columns
+            )
+        if not request.distinct:
+            return found
+        kept = without_exact_duplicates(found, offset, k, hidden_digest)
+        if fetched is controls:
+            return kept
+        return kept.with_table(Relevance(order_by=controls.order_by).page(kept.to_arrow(), 0, k))
+
+    # the default VectorEngine: this handle's own searchers, one query at a time
+
+    def text_vector(self, text: str, generation: str | None = None) -> np.ndarray:
+        """The text's embedding by the model of `generation` (None: the active one)."""
+        vector: np.ndarray = self.searcher_for(generation).text_encoder.embed_texts([text])[0]
+        return vector
+
+    def nearest(
+        self,
+        vector: np.ndarray | Sequence[float],
+        *,
+        k: int,
+        offset: int,
+        where: str | None,
+        exclude: str | None = None,
+        relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
+        generation: str | None = None,
+        query: str = "vector",
+    ) -> Results:
+        """The rows nearest a vector of `generation`'s model (mmindex.query.search.Searcher.vector)."""
+        return self.searcher_for(generation).vector(
+            vector,
+            k,
+            where,
+            offset=offset,
+            query=query,
+            exclude=exclude,
+            relevance=relevance,
+            columns=columns,
+        )
 
     def _imagined(
         self, text: str, count: int, generator: str | None, k: int, where: str | None, offset: int, mode: str
@@ -214,7 +311,9 @@ class ImageIndex:
     def similar(self, row_id: str, k: int = 10, where: str | None = None, *, offset: int = 0) -> Results:
         """ "More like this": the images closest to an indexed one (itself left out)."""
         vector = self.embedding(row_id)
-        return self.searcher.vector(vector, k, where, offset=offset, query=f"like {row_id}", exclude=row_id)
+        found = self.execute(SearchRequest(vector=vector, k=k, offset=offset, where=where), exclude=row_id)
+        found.query = f"like {row_id}"
+        return found
 
     def captions_for(self, image: ImageQuery, k: int = 5, where: str | None = None) -> Results:
         """The stored captions closest to an image (image -> text), one hit per distinct caption."""

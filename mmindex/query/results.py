@@ -270,3 +270,19 @@ def _figure(thumbnail: bytes | None, key: str, caption: str | None, score: str |
         f'<figure style="margin:0" title="{html.escape(row_id)}">{picture}'
         f"<figcaption>{'<br>'.join(lines)}</figcaption></figure>"
     )
+
+
+def without_exact_duplicates(found: Results, offset: int, k: int, hidden_digest: str | None) -> Results:
+    """The page `offset`..`offset + k` of `found` (fetched from the top, with `sha256`) without exact
+    copies of a better hit or of the file `hidden_digest`."""
+    table = found.to_arrow()
+    digests = table.column("sha256").to_pylist() if "sha256" in table.column_names else [None] * len(found)
+    seen: set[str] = {hidden_digest} if hidden_digest is not None else set()
+    keep = []
+    for row, digest in enumerate(digests):
+        if digest is not None and digest in seen:
+            continue
+        if digest is not None:
+            seen.add(digest)
+        keep.append(row)
+    return found.with_table(rows_at(table, keep[offset : offset + k]))

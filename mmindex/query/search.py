@@ -26,13 +26,12 @@ from mmindex.models.precision import check_precision
 from mmindex.models.text_tower import TextTower
 from mmindex.query.facts import FactsCache, TableFacts
 from mmindex.query.relevance import ANY, Relevance
+from mmindex.query.request import MAX_K, MAX_OFFSET, SYNTHETIC_CHOICES
 from mmindex.query.results import LabelScore, Results, rows_at
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_in, sql_string
 
 DEFAULT_LABEL_TEMPLATE = "a photo of a {}"
-MAX_K = 10_000  # results per query
-MAX_OFFSET = 100_000  # deepest page start
 
 
 ImageQuery = str | Path | bytes | Any  # a path, encoded bytes, or a PIL image
@@ -449,9 +448,6 @@ def _run(query: Any, where: str | None) -> Any:
         if where:
             raise TableError(f"the filter {where!r} cannot be applied: {engine_message(exc)}") from exc
         raise
-
-
-SYNTHETIC_CHOICES = ("include", "exclude", "only")
 
 
 def with_synthetic(where: str | None, synthetic: str, columns: Sequence[str]) -> str | None:

@@ -19,7 +19,8 @@ import io
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Annotated, Any, NamedTuple
 
@@ -37,10 +38,10 @@ from mmindex.errors import ConfigError, DecodeError, MMIndexError, TableError
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.query.filters import check_filter
-from mmindex.query.handle import SEARCH_MODES, ImageIndex
-from mmindex.query.relevance import ANY, Relevance, relevance
-from mmindex.query.results import Results, rows_at
-from mmindex.query.search import with_synthetic
+from mmindex.query.handle import ImageIndex
+from mmindex.query.relevance import ANY, Relevance
+from mmindex.query.request import SEARCH_MODES, SYNTHETIC_CHOICES, SearchRequest
+from mmindex.query.results import Results
 from mmindex.server.coalesce import Coalescer
 from mmindex.server.guard import (
     LOOPBACK_HOSTS,
@@ -82,7 +83,11 @@ ORDER_BY = Annotated[
     ),
 ]
 SYNTHETIC = Annotated[
-    str, Query(pattern="^(include|exclude|only)$", description="generated images: include, exclude or only")
+    str,
+    Query(
+        pattern="^(" + "|".join(SYNTHETIC_CHOICES) + ")$",
+        description="generated images: include, exclude or only",
+    ),
 ]
 
 GENERATION = Annotated[
@@ -108,10 +113,20 @@ class Page:
     thumbnails: THUMBNAILS = False
     generation: GENERATION = None
 
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The columns beyond a hit's own that answering this page needs."""
-        return ("thumbnail",) * self.thumbnails + ("sha256",) * self.distinct
+    def request(self, **query: Any) -> SearchRequest:
+        """The search request for this page and a query (`text=` and `mode=`, or `vector=`)."""
+        return SearchRequest(
+            **query,
+            k=self.k,
+            offset=self.offset,
+            where=self.where,
+            synthetic=self.synthetic,
+            distinct=self.distinct,
+            min_score=self.min_score,
+            order_by=self.order_by,
+            generation=self.generation,
+            columns=("thumbnail",) if self.thumbnails else (),
+        )
 
 
 PAGE = Annotated[Page, Depends()]
@@ -191,21 +206,21 @@ class SearchService:
 
     def nearest(
         self,
-        vector: np.ndarray,
+        vector: np.ndarray | Sequence[float],
         *,
         k: int,
         offset: int,
         where: str | None,
-        synthetic: str,
         exclude: str | None = None,
         relevance: Relevance = ANY,
-        columns: tuple[str, ...] = (),
+        columns: Sequence[str] = (),
         generation: str | None = None,
+        query: str = "vector",
     ) -> Results:
         """Images nearest a query vector; concurrent queries with the same page and filter are
         answered by one multi-vector LanceDB query."""
-        where = with_synthetic(where, synthetic, self.index.searcher.facts().names)
-        return self._searches(SearchKey(k, offset, where, exclude, relevance, columns, generation), vector)
+        key = SearchKey(k, offset, where, exclude, relevance, tuple(columns), generation)
+        return self._searches(key, np.asarray(vector, dtype=np.float32))
 
     def _search_vectors(self, key: SearchKey, vectors: list[np.ndarray]) -> list[Results]:
         return self.index.searcher_for(key.generation).vectors(
@@ -229,76 +244,14 @@ class SearchService:
         return check_filter(where, self.index.searcher.facts().small_columns)
 
     def search(
-        self,
-        *,
-        vector: np.ndarray | None = None,
-        text: str | None = None,
-        mode: str = "vector",
-        page: Page = FIRST_PAGE,
-        exclude: str | None = None,
-        hidden_digest: str | None = None,
+        self, request: SearchRequest, *, exclude: str | None = None, hidden_digest: str | None = None
     ) -> Results:
-        """One page of results. `exclude` leaves a row out of the ranking; with `page.distinct`, exact
-        copies of a better hit are hidden, and so are those of `hidden_digest` (the file a "more like
-        this" query starts from); `min_score` and `order_by` as in mmindex.query.relevance."""
-        checked = self.where(page.where)
-        k, offset = page.k, page.offset
-        controls = relevance(page.min_score, page.order_by, lambda: self.index.searcher.facts().schema)
-        fetch_k, fetch_offset = (min(2 * (offset + k), MAX_OFFSET), 0) if page.distinct else (k, offset)
-        # with distinct, a page of the ranking is ordered after its copies are hidden
-        columns = page.columns
-        ordered_whole = not page.distinct or controls.orders_whole_set
-        fetched = controls if ordered_whole else Relevance(controls.min_score)
-        if vector is not None or mode == "vector":
-            if vector is None:
-                assert text is not None
-                vector = self.text_vector(text, page.generation)
-            found = self.nearest(
-                vector,
-                k=fetch_k,
-                offset=fetch_offset,
-                where=checked,
-                synthetic=page.synthetic,
-                exclude=exclude,
-                relevance=fetched,
-                columns=columns,
-                generation=page.generation,
-            )
-        else:
-            assert text is not None
-            searcher = self.index.searcher_for(page.generation)
-            searched = {"text": searcher.fulltext, "hybrid": searcher.hybrid}[mode]
-            names = self.index.searcher.facts().names
-            where_synthetic = with_synthetic(checked, page.synthetic, names)
-            with self._model_lock if mode == "hybrid" else contextlib.nullcontext():  # hybrid embeds
-                found = searched(
-                    text,
-                    fetch_k,
-                    where_synthetic,
-                    offset=fetch_offset,
-                    relevance=fetched,
-                    columns=columns,
-                )
-        if not page.distinct:
-            return found
-        kept = _without_exact_duplicates(found, offset, k, hidden_digest)
-        if fetched is controls:
-            return kept
-        return kept.with_table(Relevance(order_by=controls.order_by).page(kept.to_arrow(), 0, k))
-
-
-def _without_exact_duplicates(found: Results, offset: int, k: int, hidden_digest: str | None) -> Results:
-    table = found.to_arrow()
-    digests = table.column("sha256").to_pylist() if "sha256" in table.column_names else [None] * len(found)
-    seen: set[str] = {hidden_digest} if hidden_digest is not None else set()
-    keep = []
-    for row, digest in enumerate(digests):
-        if digest is not None and digest in seen:
-            continue
-        if digest is not None:
-            seen.add(digest)
-        keep.append(row)
-    return found.with_table(rows_at(table, keep[offset : offset + k]))
+        """One page of results for a request from a client: its filter checked against the untrusted
+        grammar, then answered as every search is (ImageIndex.execute), with this service batching
+        concurrent text embeddings and vector searches."""
+        checked = replace(request, where=self.where(request.where))
+        with self._model_lock if request.mode == "hybrid" else contextlib.nullcontext():  # hybrid embeds
+            return self.index.execute(checked, engine=self, exclude=exclude, hidden_digest=hidden_digest)
 
 
 def check_query_image(data: bytes) -> None:
@@ -395,9 +348,7 @@ def create_app(
         page: PAGE,
         mode: Annotated[str, Query(pattern="^(" + "|".join(SEARCH_MODES) + ")$")] = "vector",
     ) -> dict[str, Any]:
-        if not q.strip():
-            raise ConfigError("the query is empty")
-        found = service.search(text=q, mode=mode, page=page)
+        found = service.search(page.request(text=q, mode=mode))
         return page_json(found, mode=mode, page=page, query=q)
 
     @app.post(
@@ -413,7 +364,7 @@ def create_app(
                 raise DecodeError("the uploaded image is empty")
             vector = await run_in_threadpool(service.image_vector, data)  # keep the event loop free
             del data
-        found = await run_in_threadpool(functools.partial(service.search, vector=vector, page=page))
+        found = await run_in_threadpool(service.search, page.request(vector=vector))
         return page_json(found, mode="image", page=page, query=image.filename or "image")
 
     @app.get(
@@ -427,7 +378,7 @@ def create_app(
             _checked_id(row_id), queried.facts().generation(page.generation).image_column
         )
         digest = index.row(row_id, ["sha256"]).get("sha256") if page.distinct else None
-        found = service.search(vector=vector, page=page, exclude=row_id, hidden_digest=digest)
+        found = service.search(page.request(vector=vector), exclude=row_id, hidden_digest=digest)
         return page_json(found, mode="similar", page=page, query=row_id)
 
     @app.get(

@@ -12,41 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from mmindex.errors import ConfigError
+from mmindex.query.request import SearchRequest
 from mmindex.query.results import HIT_FIELDS
 
 TIMEOUT_SECONDS = 60.0
 
 
-def search_remote(
-    server: str,
-    *,
-    text: str | None,
-    image: Path | None,
-    k: int,
-    offset: int,
-    where: str | None,
-    mode: str,
-    synthetic: str = "include",
-    token: str | None = None,
-    min_score: float | None = None,
-    order_by: str | None = None,
-    generation: str | None = None,
-) -> list[dict[str, Any]]:
-    """The hits, as `mmindex search --json` prints them locally. `token` is the server's shared
-    secret, if it requires one."""
+def search_remote(server: str, search: SearchRequest, *, token: str | None = None) -> list[dict[str, Any]]:
+    """The hits of `search`, as `mmindex search --json` prints them locally. `token` is the server's
+    shared secret, if it requires one."""
     base = server.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ConfigError(f"--server {server!r} must be an http:// or https:// URL")
-    params: dict[str, str] = {"k": str(k), "offset": str(offset), "synthetic": synthetic}
+    params = search.to_params()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if where:
-        params["where"] = where
-    if min_score is not None:
-        params["min_score"] = repr(min_score)
-    if order_by:
-        params["order_by"] = order_by
-    if generation:
-        params["generation"] = generation
+    image = search.image
+    if image is not None and not isinstance(image, str | Path):
+        raise ConfigError("a search server takes a query image from a file: give its path")
+    image = Path(image) if image is not None else None
     if image is not None:
         try:
             data = image.expanduser().read_bytes()
@@ -60,7 +43,6 @@ def search_remote(
             method="POST",
         )
     else:
-        params.update(q=text or "", mode=mode)
         request = urllib.request.Request(
             f"{base}/api/search?{urllib.parse.urlencode(params)}", headers=headers
         )

@@ -293,6 +293,61 @@ def test_cli_search_through_the_server_prints_the_local_json(
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
 
 
+REQUESTS = [  # (the command's arguments, the same as SearchRequest keywords)
+    (
+        ["a red square", "-k", "6", "--distinct", "--where", "width >= 16", "--synthetic", "exclude"],
+        {"text": "a red square", "k": 6, "distinct": True, "where": "width >= 16", "synthetic": "exclude"},
+    ),
+    (
+        ["red square", "--hybrid", "-k", "5", "--offset", "2"],
+        {"text": "red square", "mode": "hybrid", "k": 5, "offset": 2},
+    ),
+]
+
+
+@pytest.mark.parametrize(("arguments", "keywords"), REQUESTS)
+def test_one_search_request_answers_alike_from_python_the_cli_and_the_server(
+    served: tuple[str, Path],
+    cli: CliRunner,
+    client: httpx.Client,
+    arguments: list[str],
+    keywords: dict[str, object],
+) -> None:
+    """Python, the command in process, the command through the server and plain HTTP build the same
+    SearchRequest, and get the same hits."""
+    import mmindex
+    from mmindex.query.request import SearchRequest
+
+    request = SearchRequest(**keywords)  # type: ignore[arg-type]
+    python = [hit.id for hit in mmindex.connect(str(served[1])).search(**keywords)]  # type: ignore[arg-type]
+    local = cli("search", *arguments, "--json", "--db", str(served[1]), "--no-server")
+    remote = cli("search", *arguments, "--json", "--server", served[0])
+    http = client.get("/api/search", params=request.to_params())
+    assert local.returncode == remote.returncode == 0 and http.status_code == 200, (
+        local.stderr + remote.stderr
+    )
+    assert len(python) == keywords["k"]
+    assert [hit["id"] for hit in json.loads(local.stdout)] == python
+    assert [hit["id"] for hit in json.loads(remote.stdout)] == python
+    assert [hit["id"] for hit in http.json()["hits"]] == python
+
+
+def test_a_bad_search_request_is_refused_alike_everywhere(
+    served: tuple[str, Path], cli: CliRunner, client: httpx.Client
+) -> None:
+    import mmindex
+    from mmindex.errors import ConfigError
+
+    message = "min_score is a cosine cutoff; bm25 scores have no fixed scale"
+    with pytest.raises(ConfigError, match=message):
+        mmindex.connect(str(served[1])).search("red", mode="text", min_score=0.2)
+    for where in (["--db", str(served[1]), "--no-server"], ["--server", served[0]]):
+        refused = cli("search", "red", "--text-only", "--min-score", "0.2", *where)
+        assert refused.returncode == 2 and message in refused.stderr
+    answer = client.get("/api/search", params={"q": "red", "mode": "text", "min_score": "0.2"})
+    assert answer.status_code in (400, 422) and message in answer.json()["error"]
+
+
 def test_the_cli_finds_the_running_server_of_its_table(served: tuple[str, Path], cli: CliRunner) -> None:
     import os
 
