@@ -172,7 +172,7 @@ def in_process_concurrency(store: Store, clients: int = 8, per_client: int = 6) 
 
     def client(worker: int) -> None:
         for n in range(per_client):
-            service.search(text=query_text(500_000 + worker * 100 + n), page=Page(k=10))
+            service.search(Page(k=10).request(text=query_text(500_000 + worker * 100 + n)))
 
     threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
     started = time.perf_counter()

@@ -233,7 +233,7 @@ class Searcher:
                 query_vectors[positions[0]] if len(positions) == 1 else [query_vectors[i] for i in positions]
             )
             built = table.search(given, vector_column_name=column).distance_type("cosine")
-            built = built.select(columns).limit(wanted)
+            built = built.select([*columns, "_distance"]).limit(wanted)  # named: Lance warns otherwise
             if max_distance is not None:
                 built = built.distance_range(upper_bound=max_distance)
             built = built.bypass_vector_index() if exact else _tuned(built, settings)
