@@ -8,6 +8,7 @@ typer builds, so the page can never drift from the flags.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 MARKER = "<!-- mmindex:cli -->"
@@ -27,17 +28,16 @@ def flows_table() -> str:
     from mmindex.run import JOB_KINDS
 
     rows = [
-        "| job | command | Prefect flow | entrypoint | Python | deployed by deploy.py |",
-        "|---|---|---|---|---|---|",
+        "| command | Prefect flow | entrypoint in `flows/jobs.py` | Python | deploy.py |",
+        "|---|---|---|---|---|",
     ]
     for name, kind in JOB_KINDS.items():
         cells = [
-            f"`{kind.spec.__name__}`",
             f"`mmindex {name}`",
             f"`{kind.flow}`",
-            f"`flows/jobs.py:{kind.flow_function}`",
+            f"`{kind.flow_function}`",
             f"`mmindex.{name}()`",
-            "yes" if kind.deployed else "",
+            "scheduled" if kind.deployed else "",
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -55,7 +55,8 @@ def cli_reference() -> str:
         if command.hidden:
             continue
         context = command.context_class(command, info_name=name, parent=root)
-        usage = " ".join(["mmindex", name, *command.collect_usage_pieces(context)])
+        pieces = [argument_name(piece) for piece in command.collect_usage_pieces(context)]
+        usage = " ".join(["mmindex", name, *pieces])
         sections.append(
             "\n".join(
                 [
@@ -70,6 +71,12 @@ def cli_reference() -> str:
             )
         )
     return "\n\n".join(sections) + "\n"
+
+
+def argument_name(piece: str) -> str:
+    """typer writes arguments as `{source}` or `[prompts]...`; `--help` readers know SOURCE, [PROMPTS]."""
+    piece = re.sub(r"\{(\w+)\}", lambda found: found.group(1).upper(), piece)
+    return re.sub(r"\[([a-z_]+)\]", lambda found: f"[{found.group(1).upper()}]", piece)
 
 
 def help_text(text: str) -> str:
