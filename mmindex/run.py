@@ -111,7 +111,7 @@ def kind_of(job: Job | type[Job]) -> JobKind:
     """The registry entry of a job (or spec class); an unknown kind is an error, never a fallback."""
     name = getattr(job, "kind", None)
     kind = JOB_KINDS.get(name) if isinstance(name, str) else None
-    if kind is None or not isinstance(job, kind.spec) and job is not kind.spec:
+    if kind is None or (not isinstance(job, kind.spec) and job is not kind.spec):
         raise ConfigError(f"not a kind of mmindex job: {job!r}; the kinds: {', '.join(JOB_KINDS)}")
     return kind
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,10 +83,9 @@ def _ordered(table: pa.Table, order: Order) -> pa.Table:
 
 
 def relevance(min_score: float | None, order_by: str | None, schema: Callable[[], pa.Schema]) -> Relevance:
-    """Checked relevance controls for the table whose schema `schema()` reads (only for an
-    `order_by`: a plain query reads no schema for them). ConfigError on anything else."""
-    if min_score is not None and not (math.isfinite(min_score) and -1.0 <= min_score <= 1.0):
-        raise ConfigError(f"min_score is a cosine between -1 and 1, got {min_score}")
+    """The relevance controls of a checked SearchRequest (mmindex.query.request checks `min_score`)
+    for the table whose schema `schema()` reads (only for an `order_by`: a plain query reads no
+    schema for them). ConfigError for a column that cannot order the hits."""
     return Relevance(min_score, parse_order(order_by, schema()) if order_by else None)
 
 
