@@ -10,6 +10,7 @@ drawn as a grid), embeddings never.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from mmindex.query.facts import FactsCache, TableFacts
 from mmindex.query.relevance import ANY, Relevance
 from mmindex.query.request import MAX_K, MAX_OFFSET, SYNTHETIC_CHOICES
 from mmindex.query.results import LabelScore, Results, rows_at
+from mmindex.store import aio
 from mmindex.store.reader import Store
 from mmindex.store.sql import sql_in, sql_string
 
@@ -102,7 +104,12 @@ class Searcher:
 
     def facts(self) -> TableFacts:
         """The table's columns, model, dimension and indices at its latest version (cached)."""
-        return self._facts.current()[1]
+        return self._facts.current().facts
+
+    def learn_facts(self) -> TableFacts:
+        """`facts()` with the constant columns learned now (mmindex.query.facts); a searcher learns
+        them in the background on its second query at a version, a server before it starts."""
+        return self._facts.learn()
 
     # -- vector queries --------------------------------------------------------------------------
 
@@ -218,9 +225,11 @@ class Searcher:
         _check_k(k, offset)
         if not vectors:
             return []
-        table, facts = self._facts.current()
+        snapshot = self._facts.for_query()
+        facts = snapshot.facts
         query_vectors = [self._checked(vector, facts) for vector in vectors]
         columns = facts.result_columns([*columns, *relevance.columns])
+        stored = facts.stored_columns(columns)
         column = self._column(column, facts)
         indexed = column in facts.indexed
         settings = facts.query_settings(column, filtered=bool(where))
@@ -232,14 +241,14 @@ class Searcher:
             given = (
                 query_vectors[positions[0]] if len(positions) == 1 else [query_vectors[i] for i in positions]
             )
-            built = table.search(given, vector_column_name=column).distance_type("cosine")
-            built = built.select([*columns, "_distance"]).limit(wanted)  # named: Lance warns otherwise
+            built = snapshot.reads.query().nearest_to(given).column(column).distance_type("cosine")
+            built = built.select([*stored, "_distance"]).limit(wanted)  # named: Lance warns otherwise
             if max_distance is not None:
                 built = built.distance_range(upper_bound=max_distance)
             built = built.bypass_vector_index() if exact else _tuned(built, settings)
-            return _per_query(
-                _run(built.where(where, prefilter=True) if where else built, where), len(positions)
-            )
+            if where:
+                built = built.where(where)  # before the search (the async builder's default)
+            return _per_query(_run(built, where), len(positions))
 
         everyone = list(range(len(query_vectors)))
         found = search(everyone, exact=not indexed)
@@ -252,7 +261,9 @@ class Searcher:
                     found[i] = exact
         names = queries or ["vector"] * len(query_vectors)
         return [
-            self._ranked(_without_id(result, exclude), offset, k, name, relevance)
+            self._ranked(
+                facts.with_constants(_without_id(result, exclude), columns), offset, k, name, relevance
+            )
             for result, name in zip(found, names, strict=True)
         ]
 
@@ -320,16 +331,16 @@ class Searcher:
         """BM25 full-text search over captions (human and generated). Scores are BM25, not cosine."""
         _check_k(k, offset)
         _check_unscaled(relevance, "bm25")
-        table, facts = self._facts.current()
+        snapshot = self._facts.for_query()
+        facts = snapshot.facts
         self._require_fts(facts)
-        search = table.search(query, query_type="fts", fts_columns="caption")
-        search = search.select([*facts.result_columns([*columns, *relevance.columns]), "_score"]).limit(
-            offset + k
-        )
+        columns = facts.result_columns([*columns, *relevance.columns])
+        search = snapshot.table.search(query, query_type="fts", fts_columns="caption")
+        search = search.select([*facts.stored_columns(columns), "_score"]).limit(offset + k)
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
-        page = relevance.page(_scored(result, "_score"), offset, k)
+        page = relevance.page(facts.with_constants(_scored(result, "_score"), columns), offset, k)
         return Results(page, score_kind="bm25", query=query, thumbnails=self.thumbnails)
 
     def hybrid(
@@ -347,24 +358,26 @@ class Searcher:
 
         _check_k(k, offset)
         _check_unscaled(relevance, "rrf")
-        table, facts = self._facts.current()
+        snapshot = self._facts.for_query()
+        facts = snapshot.facts
         self._require_fts(facts)
+        columns = facts.result_columns([*columns, *relevance.columns])
         vector = self.text_encoder.embed_texts([query])[0]
         image_column = self._column("image_embedding", facts)
         search = (
-            table.search(query_type="hybrid", vector_column_name=image_column, fts_columns="caption")
+            snapshot.table.search(query_type="hybrid", vector_column_name=image_column, fts_columns="caption")
             .vector(vector)
             .text(query)
             .distance_type("cosine")
             .rerank(RRFReranker())
-            .select(facts.result_columns([*columns, *relevance.columns]))
+            .select(facts.stored_columns(columns))
             .limit(offset + k)
         )
         search = _tuned(search, facts.query_settings(image_column, filtered=bool(where)))
         if where:
             search = search.where(where, prefilter=True)
         result = _run(search, where)
-        page = relevance.page(_scored(result, "_relevance_score"), offset, k)
+        page = relevance.page(facts.with_constants(_scored(result, "_relevance_score"), columns), offset, k)
         return Results(page, score_kind="rrf", query=query, thumbnails=self.thumbnails)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -442,8 +455,10 @@ def _without_id(result: pa.Table, row_id: str | None) -> pa.Table:
 
 
 def _run(query: Any, where: str | None) -> Any:
+    """The query's rows as an Arrow table; `query` is LanceDB's synchronous or async builder."""
     try:
-        return query.to_arrow()
+        result = query.to_arrow()
+        return aio.run(result) if inspect.isawaitable(result) else result
     except (ValueError, RuntimeError, OSError) as exc:
         if where:
             raise TableError(f"the filter {where!r} cannot be applied: {engine_message(exc)}") from exc

@@ -171,9 +171,11 @@ class SearchService:
         self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     def warm(self, text_int8: str = "auto") -> None:
-        """Load the model, choose how text queries run (`text_int8`: "auto" tries an int8 text tower,
-        judged on the table's captions; "off" keeps the model's own mode) and run one query."""
+        """Load the model, learn the table's constant columns, choose how text queries run
+        (`text_int8`: "auto" tries an int8 text tower, judged on the table's captions; "off" keeps
+        the model's own mode) and run one query."""
         embedder = self.index.searcher.embedder
+        self.index.searcher.learn_facts()
         if text_int8 == "auto":
             embedder.speed_up_text_queries(self.index.sample_captions(PROBE_CAPTIONS))
         self.text_vector("warm-up")

@@ -40,6 +40,16 @@ def connect(
         raise ConfigError(f"cannot open database {db_uri}: {explain_connect(exc)}") from exc
 
 
+async def open_table_at(db_uri: str, storage_options: dict[str, str] | None, name: str, version: int) -> Any:
+    """The named table as LanceDB's AsyncTable, checked out at `version` (it never moves from it)."""
+    import lancedb
+
+    connection = await lancedb.connect_async(db_uri, storage_options=storage_options or None)
+    table = await connection.open_table(name)
+    await table.checkout(version)
+    return table
+
+
 def open_table(connection: Any, db_uri: str, name: str) -> Any | None:
     """The named table, or None when it does not exist."""
     try:

@@ -76,3 +76,52 @@ def test_where_filter_and_k(searcher: Searcher) -> None:
 def test_missing_table_is_a_table_error(tmp_path: Path) -> None:
     with pytest.raises(TableError, match="no table 'images'"):
         Searcher(Store(str(tmp_path / "empty-db"))).text("anything")
+
+
+def test_constant_columns_are_learned_not_read_and_follow_new_versions(
+    shapes_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import time
+
+    from mmindex.query import facts as facts_module
+
+    monkeypatch.setattr(facts_module, "CONSTANTS_MIN_ROWS", 0)  # learnt at 1M rows, where they cost
+    db = tmp_path / "db"
+    shutil.copytree(shapes_db, db)
+    store = Store(str(db))
+    table = store.lancedb_table()
+    stored = {row["id"]: row for row in table.search().limit(None).to_arrow().to_pylist()}
+    searcher = Searcher(store, ClipEmbedder.load("toy-clip"))
+
+    def hits_match_the_rows(hits: list) -> None:  # type: ignore[type-arg]
+        for hit in hits:
+            assert (hit.synthetic, hit.format, hit.width) == (
+                stored[hit.id]["synthetic"],
+                stored[hit.id]["format"],
+                stored[hit.id]["width"],
+            )
+
+    for _ in range(2):  # the second query at a version starts learning in the background
+        searcher.text("a red circle", k=5)
+    deadline = time.monotonic() + 30
+    while not searcher.facts().constants and time.monotonic() < deadline:
+        time.sleep(0.05)
+    facts = searcher.facts()
+    assert facts.constants.get("synthetic") is False  # no generated images among the shapes
+    assert "format" not in facts.constants and "id" not in facts.constants  # JPEG and PNG; ids differ
+    assert "synthetic" not in facts.stored_columns(facts.result_columns())
+    hits = searcher.text("a red circle", k=5)
+    hits_match_the_rows(hits)
+    hits_match_the_rows(searcher.fulltext("red", k=5))
+    every_column = searcher.text("a red circle", k=5, columns=["*"]).to_arrow().column_names
+    assert every_column[:3] == ["id", "uri", "key"] and "synthetic" in every_column
+
+    changed = hits[0].id
+    table.update(where=f"id = '{changed}'", values={"synthetic": True})  # another writer's commit
+    stored[changed]["synthetic"] = True
+    assert "synthetic" not in searcher.facts().constants
+    again = searcher.text("a red circle", k=5)
+    assert again[0].id == changed and again[0].synthetic is True
+    hits_match_the_rows(again)
+    assert "synthetic" not in searcher.learn_facts().constants
