@@ -338,12 +338,73 @@ def test_asking_for_cuda_without_one_is_a_model_error(tiny_clip: str) -> None:
         ClipEmbedder.load(tiny_clip, device="cuda")
 
 
-def test_the_text_tower_alone_embeds_texts_as_the_whole_model_does_in_fp32(tiny_clip: str) -> None:
+TRICKY_TEXTS = [
+    "a red circle",
+    "Two  BLUE squares\ton a long grey road at night, under 3 lamps!!",
+    "café déjà-vu: naïve façade 🙂 (x2)",
+    "it's what they'll've done",
+    " ".join(["a very long caption that goes on"] * 12),  # past the context: truncated
+]
+
+
+@pytest.mark.parametrize("variant", ["as saved", "gelu", "eos id 2"])
+def test_the_text_tower_alone_embeds_texts_as_the_whole_model_does_in_fp32(
+    tiny_clip: str, tmp_path: Path, variant: str
+) -> None:
+    """The lean text tower (plain torch, no transformers) against transformers' whole model, with
+    the activations and the legacy end-of-text rule other CLIP configs use."""
+    import json
+    import shutil
+
     from mmindex.models.text_tower import TextTower
 
-    texts = ["a red circle", "two blue squares on a long grey road at night"]
-    whole = ClipEmbedder.load(tiny_clip, device="cpu", precision="fp32").embed_texts(texts)
-    alone = TextTower.load(tiny_clip, device="cpu")
-    assert alone.embed_texts(texts) == pytest.approx(whole, abs=1e-6)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_clip, model)
+    config = json.loads((model / "config.json").read_text())
+    if variant == "gelu":
+        config["text_config"]["hidden_act"] = "gelu"
+    if variant == "eos id 2":
+        config["text_config"]["eos_token_id"] = 2
+    (model / "config.json").write_text(json.dumps(config))
+    whole = ClipEmbedder.load(str(model), device="cpu", precision="fp32").embed_texts(TRICKY_TEXTS)
+    alone = TextTower.load(str(model), device="cpu")
+    assert alone.lean
+    assert alone.embed_texts(TRICKY_TEXTS) == pytest.approx(whole, abs=1e-5)
     with pytest.raises(ModelError):  # the same one-line refusal as the whole model's
         TextTower.load(str(Path(tiny_clip) / "missing"), device="cpu")
+
+
+def test_the_lean_tower_tokenizes_and_defaults_as_transformers_does(tiny_clip: str) -> None:
+    from transformers import AutoTokenizer, CLIPTextConfig
+
+    from mmindex.models.clip_text import TEXT_DEFAULTS, LeanClipText, lean_text_files
+    from mmindex.models.resolve import resolve_model
+
+    files = lean_text_files(resolve_model(tiny_clip))
+    assert files is not None
+    lean = LeanClipText(files, "cpu")
+    theirs = AutoTokenizer.from_pretrained(tiny_clip)(
+        TRICKY_TEXTS, padding=True, truncation=True, max_length=lean.max_text_tokens, return_tensors="pt"
+    )
+    assert lean.token_ids(TRICKY_TEXTS).tolist() == theirs["input_ids"].tolist()
+    defaults = CLIPTextConfig()
+    assert {name: getattr(defaults, name) for name in TEXT_DEFAULTS} == TEXT_DEFAULTS
+
+
+def test_a_checkpoint_the_lean_tower_does_not_run_loads_with_transformers(
+    tiny_clip: str, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from mmindex.models.text_tower import TextTower
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_clip, model)
+    config = json.loads((model / "config.json").read_text())
+    config["text_config"]["hidden_act"] = "silu"  # an activation the lean tower does not compute
+    (model / "config.json").write_text(json.dumps(config))
+    tower = TextTower.load(str(model), device="cpu")
+    assert not tower.lean
+    whole = ClipEmbedder.load(str(model), device="cpu", precision="fp32").embed_texts(TRICKY_TEXTS[:2])
+    assert tower.embed_texts(TRICKY_TEXTS[:2]) == pytest.approx(whole, abs=1e-6)

@@ -119,3 +119,18 @@ def test_the_public_names_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert isinstance(labels[0], mmindex.LabelScore) and abs(sum(s.probability for s in labels) - 1) < 1e-5
     assert mmindex.MaintainJob().kind == "maintain" and mmindex.CaptionJob().kind == "caption"
     assert mmindex.Captioner.load("toy-captioner").caption_images([Image.new("RGB", (32, 32))])[0]
+
+
+def test_a_text_search_in_a_fresh_process_never_imports_transformers(shapes_db: Path) -> None:
+    """`mmindex search "TEXT"` without a server: the CLIP text tower runs in plain torch, since
+    transformers' import graph alone took longer than the whole rest of a cold query."""
+    statement = (
+        "from mmindex.cli import main; sys.argv = ['mmindex', 'search', 'a red circle', '--no-server', "
+        f"'--db', {str(shapes_db)!r}, '-k', '2', '--json']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code"
+    )
+    code = f"import sys, json\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    hits, loaded = output.strip().splitlines()[:-1], set(json.loads(output.strip().splitlines()[-1]))
+    assert "red" in "".join(hits) and "torch" in loaded  # the query ran, with the model
+    assert not any(name == "transformers" or name.startswith("transformers.") for name in loaded)
