@@ -19,7 +19,7 @@ randomly initialised CLIP with the ViT-B/32 configuration (the text tower's real
   search, JSON), each query distinct so no cache helps; then 8 concurrent clients, rounds
   alternating between the servers: p50/p99 and the number of errors;
 - 48 text queries from 8 threads through the server's `SearchService` in process (int8 text
-  tower): wall time, the CPU work per query it implies, and the average batch of each coalescer;
+  tower): wall time, the CPU work per query it implies, and the average batch;
 - LanceDB's floor: one top-10 query over 1,000 unindexed rows;
 - near-duplicate grouping (`duplicates(threshold=0.97)`) seconds, up to 200,000 rows.
 """
@@ -181,11 +181,11 @@ def in_process_concurrency(store: Store, clients: int = 8, per_client: int = 6) 
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    texts, searches = service._texts, service._searches
+    texts = service._text_searches
     return (
         f"{clients * per_client} queries from {clients} threads in process: {wall:.2f} s, "
         f"{wall * 1000 / (clients * per_client):.0f} ms of work per query; average batch: "
-        f"text {texts.items / texts.batches:.1f}, search {searches.items / searches.batches:.1f}"
+        f"{texts.items / texts.batches:.1f} text queries (one forward pass, one LanceDB query)"
     )
 
 

@@ -30,10 +30,21 @@ if TYPE_CHECKING:
 
 
 class VectorEngine(Protocol):
-    """What answers the vector part of a search: a text's embedding and the rows nearest a vector.
-    `ImageIndex` is one (one query at a time); the search server's batches concurrent queries."""
+    """What answers the vector part of a search: the rows nearest a text or a vector. `ImageIndex`
+    is one (one query at a time); the search server's batches concurrent queries."""
 
-    def text_vector(self, text: str, generation: str | None = None) -> np.ndarray: ...
+    def nearest_text(
+        self,
+        text: str,
+        *,
+        k: int,
+        offset: int,
+        where: str | None,
+        exclude: str | None = None,
+        relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
+        generation: str | None = None,
+    ) -> Results: ...
 
     def nearest(
         self,
@@ -220,13 +231,19 @@ class ImageIndex:
         whole = not request.distinct or controls.orders_whole_set
         fetched = controls if whole else Relevance(controls.min_score)
         columns = (*request.columns, *(("sha256",) if request.distinct else ()))
-        if request.mode == "vector":
-            if request.vector is not None:
-                vector = request.vector
-            elif request.text is not None:
-                vector = engine.text_vector(request.text, request.generation)
-            else:
-                vector = searcher.embed_image(request.image)
+        if request.mode == "vector" and request.text is not None:
+            found = engine.nearest_text(
+                request.text,
+                k=fetch_k,
+                offset=fetch_offset,
+                where=where,
+                exclude=exclude,
+                relevance=fetched,
+                columns=columns,
+                generation=request.generation,
+            )
+        elif request.mode == "vector":
+            vector = request.vector if request.vector is not None else searcher.embed_image(request.image)
             found = engine.nearest(
                 vector,
                 k=fetch_k,
@@ -257,6 +274,32 @@ class ImageIndex:
         """The text's embedding by the model of `generation` (None: the active one)."""
         vector: np.ndarray = self.searcher_for(generation).text_encoder.embed_texts([text])[0]
         return vector
+
+    def nearest_text(
+        self,
+        text: str,
+        *,
+        k: int,
+        offset: int,
+        where: str | None,
+        exclude: str | None = None,
+        relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
+        generation: str | None = None,
+    ) -> Results:
+        """The rows nearest a text, embedded by `generation`'s model."""
+        vector = self.text_vector(text, generation)
+        return self.nearest(
+            vector,
+            k=k,
+            offset=offset,
+            where=where,
+            exclude=exclude,
+            relevance=relevance,
+            columns=columns,
+            generation=generation,
+            query=text,
+        )
 
     def nearest(
         self,

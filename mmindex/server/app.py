@@ -165,7 +165,9 @@ class SearchService:
     def __init__(self, index: ImageIndex) -> None:
         self.index = index
         self._model_lock = threading.Lock()
-        self._texts: Coalescer[None, str, np.ndarray] = Coalescer(self._embed_texts, self._model_lock)
+        # a text query embeds and searches in one batch: clients then travel as one group, and the
+        # batches stay large (two stages in turn split 8 clients into batches of about 2)
+        self._text_searches: Coalescer[SearchKey, str, Results] = Coalescer(self._search_texts)
         self._searches: Coalescer[SearchKey, np.ndarray, Results] = Coalescer(self._search_vectors)
         self._cache_lock = threading.Lock()
         self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
@@ -182,29 +184,51 @@ class SearchService:
 
     def text_vector(self, text: str, generation: str | None = None) -> np.ndarray:
         """The text's embedding by the model of `generation` (None: the active one, followed across
-        `mmindex activate`); concurrent queries share one forward pass, repeated ones (paging) reuse it."""
-        searcher = self.index.searcher_for(generation)
-        key = (searcher.facts().generation(generation).model, text)
-        with self._cache_lock:
-            cached = self._vectors.get(key)
-            if cached is not None:
-                self._vectors.move_to_end(key)
-                return cached
-        if searcher is self.index.searcher:
-            vector = self._texts(None, text)
-        else:
-            with self._model_lock:
-                vector = searcher.text_encoder.embed_texts([text])[0]
-        with self._cache_lock:
-            self._vectors[key] = vector
-            while len(self._vectors) > TEXT_CACHE_SIZE:
-                self._vectors.popitem(last=False)
-        return vector
+        `mmindex activate`); repeated texts (paging) reuse it."""
+        return self._text_vectors([text], generation)[0]
 
-    def _embed_texts(self, _: None, texts: list[str]) -> list[np.ndarray]:
-        unique = list(dict.fromkeys(texts))
-        vectors = dict(zip(unique, self.index.searcher.embedder.embed_texts(unique), strict=True))
-        return [vectors[text] for text in texts]
+    def _text_vectors(self, texts: Sequence[str], generation: str | None) -> list[np.ndarray]:
+        """The texts' embeddings: those in the cache reused, the others in one forward pass."""
+        searcher = self.index.searcher_for(generation)
+        model = searcher.facts().generation(generation).model
+        found: dict[str, np.ndarray] = {}
+        with self._cache_lock:
+            for text in texts:
+                cached = self._vectors.get((model, text))
+                if cached is not None:
+                    self._vectors.move_to_end((model, text))
+                    found[text] = cached
+        missing = list(dict.fromkeys(text for text in texts if text not in found))
+        if missing:
+            encoder = searcher.embedder if searcher is self.index.searcher else searcher.text_encoder
+            with self._model_lock:
+                vectors = encoder.embed_texts(missing)
+            with self._cache_lock:
+                for text, vector in zip(missing, vectors, strict=True):
+                    self._vectors[(model, text)] = found[text] = vector
+                while len(self._vectors) > TEXT_CACHE_SIZE:
+                    self._vectors.popitem(last=False)
+        return [found[text] for text in texts]
+
+    def nearest_text(
+        self,
+        text: str,
+        *,
+        k: int,
+        offset: int,
+        where: str | None,
+        exclude: str | None = None,
+        relevance: Relevance = ANY,
+        columns: Sequence[str] = (),
+        generation: str | None = None,
+    ) -> Results:
+        """Images nearest a text; concurrent queries with the same page and filter share one forward
+        pass of the text tower and one multi-vector LanceDB query."""
+        key = SearchKey(k, offset, where, exclude, relevance, tuple(columns), generation)
+        return self._text_searches(key, text)
+
+    def _search_texts(self, key: SearchKey, texts: list[str]) -> list[Results]:
+        return self._search_vectors(key, self._text_vectors(texts, key.generation))
 
     def nearest(
         self,

@@ -407,3 +407,40 @@ def test_a_row_its_original_and_example_captions(client: httpx.Client, served: t
     assert 1 <= len(examples) <= 3 and len(set(examples)) == len(examples)
     captions = Store(str(served[1])).lancedb_table().search().select(["caption"]).limit(None).to_arrow()
     assert set(examples) <= set(captions["caption"].to_pylist())
+
+
+def test_concurrent_text_queries_share_one_forward_pass_and_one_search(shapes_db: Path) -> None:
+    """Text queries that arrive while the model is busy are embedded and searched as one batch, and
+    each gets the hits it would get alone."""
+    import threading
+    import time
+
+    from mmindex.query.handle import ImageIndex
+    from mmindex.server.app import Page, SearchService
+
+    service = SearchService(ImageIndex(Store(str(shapes_db)), device="cpu"))
+    service.warm("off")
+    texts = [f"a {colour} {shape}" for colour in ("red", "blue") for shape in ("circle", "star", "square")]
+    alone = {text: [hit.id for hit in service.search(Page(k=4).request(text=text))] for text in texts}
+    service._vectors.clear()  # embed them again, together
+    before = (service._text_searches.batches, service._text_searches.items)
+    together: dict[str, list[str]] = {}
+
+    def ask(text: str) -> None:
+        together[text] = [hit.id for hit in service.search(Page(k=4).request(text=text))]
+
+    threads = [threading.Thread(target=ask, args=(text,)) for text in texts]
+    with service._model_lock:  # busy: the first query waits for the model, the others gather
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            waiting = sum(len(batch) for batch in service._text_searches._pending.values())
+            if service._text_searches.items - before[1] == 1 and waiting == len(texts) - 1:
+                break
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join()
+    batches = service._text_searches.batches - before[0]
+    assert together == alone
+    assert batches == 2  # the one that waited for the model, then everyone who came meanwhile
