@@ -11,14 +11,14 @@ index runs have committed since.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
 from mmindex.config import Settings
 from mmindex.errors import ConfigError, TableError
 from mmindex.models.clip import ClipEmbedder
-from mmindex.query.relevance import ANY, Relevance, relevance
+from mmindex.query.relevance import Relevance, relevance
 from mmindex.query.request import MAX_K, SearchRequest
 from mmindex.query.results import DuplicateGroup, Duplicates, LabelScore, Results, without_exact_duplicates
 from mmindex.query.search import DEFAULT_LABEL_TEMPLATE, ImageQuery, Searcher, with_synthetic
@@ -29,35 +29,27 @@ if TYPE_CHECKING:
     from mmindex.query.compare import Comparison, SideBySide
 
 
+class VectorPage(NamedTuple):
+    """What a vector query asks besides its text or vector: the page, the filter and the controls.
+    Queries with the same one can be answered by one multi-vector LanceDB query."""
+
+    k: int
+    offset: int
+    where: str | None
+    exclude: str | None  # a row left out of the ranking ("more like this" leaves out its own row)
+    relevance: Relevance
+    columns: tuple[str, ...]
+    generation: str | None  # the embedding generation searched (None: the active one)
+
+
 class VectorEngine(Protocol):
     """What answers the vector part of a search: the rows nearest a text or a vector. `ImageIndex`
     is one (one query at a time); the search server's batches concurrent queries."""
 
-    def nearest_text(
-        self,
-        text: str,
-        *,
-        k: int,
-        offset: int,
-        where: str | None,
-        exclude: str | None = None,
-        relevance: Relevance = ANY,
-        columns: Sequence[str] = (),
-        generation: str | None = None,
-    ) -> Results: ...
+    def nearest_text(self, text: str, page: VectorPage) -> Results: ...
 
     def nearest(
-        self,
-        vector: np.ndarray | Sequence[float],
-        *,
-        k: int,
-        offset: int,
-        where: str | None,
-        exclude: str | None = None,
-        relevance: Relevance = ANY,
-        columns: Sequence[str] = (),
-        generation: str | None = None,
-        query: str = "vector",
+        self, vector: np.ndarray | Sequence[float], page: VectorPage, query: str = "vector"
     ) -> Results: ...
 
 
@@ -231,30 +223,12 @@ class ImageIndex:
         whole = not request.distinct or controls.orders_whole_set
         fetched = controls if whole else Relevance(controls.min_score)
         columns = (*request.columns, *(("sha256",) if request.distinct else ()))
+        page = VectorPage(fetch_k, fetch_offset, where, exclude, fetched, columns, request.generation)
         if request.mode == "vector" and request.text is not None:
-            found = engine.nearest_text(
-                request.text,
-                k=fetch_k,
-                offset=fetch_offset,
-                where=where,
-                exclude=exclude,
-                relevance=fetched,
-                columns=columns,
-                generation=request.generation,
-            )
+            found = engine.nearest_text(request.text, page)
         elif request.mode == "vector":
             vector = request.vector if request.vector is not None else searcher.embed_image(request.image)
-            found = engine.nearest(
-                vector,
-                k=fetch_k,
-                offset=fetch_offset,
-                where=where,
-                exclude=exclude,
-                relevance=fetched,
-                columns=columns,
-                generation=request.generation,
-                query=request.query,
-            )
+            found = engine.nearest(vector, page, query=request.query)
         else:
             assert request.text is not None  # the request checked it
             searched = {"text": searcher.fulltext, "hybrid": searcher.hybrid}[request.mode]
@@ -275,55 +249,23 @@ class ImageIndex:
         vector: np.ndarray = self.searcher_for(generation).text_encoder.embed_texts([text])[0]
         return vector
 
-    def nearest_text(
-        self,
-        text: str,
-        *,
-        k: int,
-        offset: int,
-        where: str | None,
-        exclude: str | None = None,
-        relevance: Relevance = ANY,
-        columns: Sequence[str] = (),
-        generation: str | None = None,
-    ) -> Results:
-        """The rows nearest a text, embedded by `generation`'s model."""
-        vector = self.text_vector(text, generation)
-        return self.nearest(
-            vector,
-            k=k,
-            offset=offset,
-            where=where,
-            exclude=exclude,
-            relevance=relevance,
-            columns=columns,
-            generation=generation,
-            query=text,
-        )
+    def nearest_text(self, text: str, page: VectorPage) -> Results:
+        """The rows nearest a text, embedded by the model of the page's generation."""
+        return self.nearest(self.text_vector(text, page.generation), page, query=text)
 
     def nearest(
-        self,
-        vector: np.ndarray | Sequence[float],
-        *,
-        k: int,
-        offset: int,
-        where: str | None,
-        exclude: str | None = None,
-        relevance: Relevance = ANY,
-        columns: Sequence[str] = (),
-        generation: str | None = None,
-        query: str = "vector",
+        self, vector: np.ndarray | Sequence[float], page: VectorPage, query: str = "vector"
     ) -> Results:
-        """The rows nearest a vector of `generation`'s model (mmindex.query.search.Searcher.vector)."""
-        return self.searcher_for(generation).vector(
+        """The rows nearest a vector of the page's generation (mmindex.query.search.Searcher.vectors)."""
+        return self.searcher_for(page.generation).vector(
             vector,
-            k,
-            where,
-            offset=offset,
+            page.k,
+            page.where,
+            offset=page.offset,
             query=query,
-            exclude=exclude,
-            relevance=relevance,
-            columns=columns,
+            exclude=page.exclude,
+            relevance=page.relevance,
+            columns=page.columns,
         )
 
     def _imagined(

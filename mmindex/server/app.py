@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Path, Query, Request, UploadFile
@@ -38,8 +38,7 @@ from mmindex.errors import ConfigError, DecodeError, MMIndexError, TableError
 from mmindex.ingest.sources.base import SourceItem
 from mmindex.ingest.sources.uri import UriReader
 from mmindex.query.filters import check_filter
-from mmindex.query.handle import ImageIndex
-from mmindex.query.relevance import ANY, Relevance
+from mmindex.query.handle import ImageIndex, VectorPage
 from mmindex.query.request import SEARCH_MODES, SYNTHETIC_CHOICES, SearchRequest
 from mmindex.query.results import Results
 from mmindex.server.coalesce import Coalescer
@@ -147,18 +146,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 UPLOAD_ERRORS = {**ERRORS, 413: {"model": ErrorBody, "description": "the upload is over the size cap"}}
 
 
-class SearchKey(NamedTuple):
-    """What vector queries must share to be answered by one LanceDB query."""
-
-    k: int
-    offset: int
-    where: str | None
-    exclude: str | None  # a row left out of the ranking ("more like this" leaves out its own row)
-    relevance: Relevance
-    columns: tuple[str, ...]
-    generation: str | None
-
-
 class SearchService:
     """The model, the table and the caches behind the routes."""
 
@@ -167,8 +154,8 @@ class SearchService:
         self._model_lock = threading.Lock()
         # a text query embeds and searches in one batch: clients then travel as one group, and the
         # batches stay large (two stages in turn split 8 clients into batches of about 2)
-        self._text_searches: Coalescer[SearchKey, str, Results] = Coalescer(self._search_texts)
-        self._searches: Coalescer[SearchKey, np.ndarray, Results] = Coalescer(self._search_vectors)
+        self._text_searches: Coalescer[VectorPage, str, Results] = Coalescer(self._search_texts)
+        self._searches: Coalescer[VectorPage, np.ndarray, Results] = Coalescer(self._search_vectors)
         self._cache_lock = threading.Lock()
         self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
@@ -210,53 +197,30 @@ class SearchService:
                     self._vectors.popitem(last=False)
         return [found[text] for text in texts]
 
-    def nearest_text(
-        self,
-        text: str,
-        *,
-        k: int,
-        offset: int,
-        where: str | None,
-        exclude: str | None = None,
-        relevance: Relevance = ANY,
-        columns: Sequence[str] = (),
-        generation: str | None = None,
-    ) -> Results:
-        """Images nearest a text; concurrent queries with the same page and filter share one forward
-        pass of the text tower and one multi-vector LanceDB query."""
-        key = SearchKey(k, offset, where, exclude, relevance, tuple(columns), generation)
-        return self._text_searches(key, text)
+    def nearest_text(self, text: str, page: VectorPage) -> Results:
+        """Images nearest a text; concurrent queries with the same page share one forward pass of
+        the text tower and one multi-vector LanceDB query."""
+        return self._text_searches(page, text)
 
-    def _search_texts(self, key: SearchKey, texts: list[str]) -> list[Results]:
-        return self._search_vectors(key, self._text_vectors(texts, key.generation))
+    def _search_texts(self, page: VectorPage, texts: list[str]) -> list[Results]:
+        return self._search_vectors(page, self._text_vectors(texts, page.generation))
 
     def nearest(
-        self,
-        vector: np.ndarray | Sequence[float],
-        *,
-        k: int,
-        offset: int,
-        where: str | None,
-        exclude: str | None = None,
-        relevance: Relevance = ANY,
-        columns: Sequence[str] = (),
-        generation: str | None = None,
-        query: str = "vector",
+        self, vector: np.ndarray | Sequence[float], page: VectorPage, query: str = "vector"
     ) -> Results:
-        """Images nearest a query vector; concurrent queries with the same page and filter are
-        answered by one multi-vector LanceDB query."""
-        key = SearchKey(k, offset, where, exclude, relevance, tuple(columns), generation)
-        return self._searches(key, np.asarray(vector, dtype=np.float32))
+        """Images nearest a query vector; concurrent queries with the same page are answered by one
+        multi-vector LanceDB query."""
+        return self._searches(page, np.asarray(vector, dtype=np.float32))
 
-    def _search_vectors(self, key: SearchKey, vectors: list[np.ndarray]) -> list[Results]:
-        return self.index.searcher_for(key.generation).vectors(
+    def _search_vectors(self, page: VectorPage, vectors: list[np.ndarray]) -> list[Results]:
+        return self.index.searcher_for(page.generation).vectors(
             vectors,
-            key.k,
-            key.where,
-            offset=key.offset,
-            exclude=key.exclude,
-            relevance=key.relevance,
-            columns=key.columns,
+            page.k,
+            page.where,
+            offset=page.offset,
+            exclude=page.exclude,
+            relevance=page.relevance,
+            columns=page.columns,
         )
 
     def image_vector(self, data: bytes) -> np.ndarray:
